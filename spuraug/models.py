@@ -1,0 +1,111 @@
+"""Backbones: torchvision's ResNet-50 for the real datasets, a small CNN for the toy.
+
+Every model exposes ``features(x)`` (the penultimate embedding, used by DFR) and a
+linear head ``fc`` (re-initialised by DDB's retraining stage).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MODEL_NAMES = ("resnet50", "toy_cnn")
+
+
+class ToyCNN(nn.Module):
+    """A four-block CNN sized for two CPU cores and 64x64 images (~0.1 M parameters)."""
+
+    def __init__(self, n_classes: int = 2, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.body = nn.Sequential(
+            block(3, width // 2), block(width // 2, width), block(width, width * 2),
+            block(width * 2, width * 2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = width * 2
+        self.fc = nn.Linear(self.feature_dim, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.body(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class ResNet50(nn.Module):
+    """torchvision ResNet-50 with a new ``n_classes`` head."""
+
+    def __init__(self, n_classes: int = 2, pretrained: bool = True, weights_path: str | None = None) -> None:
+        super().__init__()
+        from torchvision.models import ResNet50_Weights, resnet50
+
+        net = resnet50(weights=None)
+        if weights_path is not None or pretrained:
+            net.load_state_dict(load_imagenet_resnet50_state(weights_path))
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        self.body = net
+        self.fc = nn.Linear(self.feature_dim, n_classes)
+        self._weights_enum = ResNet50_Weights.IMAGENET1K_V1
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class WeightsMissingError(RuntimeError):
+    """Pretrained weights are not on this machine."""
+
+
+def load_imagenet_resnet50_state(weights_path: str | os.PathLike | None = None) -> dict:
+    """The ImageNet ResNet-50 state dict (torchvision's IMAGENET1K_V1, as in the papers).
+
+    Looks at ``weights_path`` first, then torchvision's own cache
+    (``$TORCH_HOME/hub/checkpoints``). It downloads only where the network is allowed
+    (``HF_HUB_OFFLINE``/``SPURAUG_OFFLINE`` unset); otherwise the error names the file
+    and where to put it.
+    """
+    from torch.hub import get_dir
+    from torchvision.models import ResNet50_Weights
+
+    weights = ResNet50_Weights.IMAGENET1K_V1
+    filename = os.path.basename(weights.url)
+    if weights_path is not None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise WeightsMissingError(f"--weights {path}: no such file (expected a ResNet-50 state dict)")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    cached = Path(get_dir()) / "checkpoints" / filename
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("SPURAUG_OFFLINE") == "1"
+    if offline:
+        raise WeightsMissingError(
+            f"ImageNet ResNet-50 weights not found: expected {cached}. Download {weights.url} "
+            f"on a machine with network (or run `make weights`) and copy it there, "
+            "or pass --weights PATH."
+        )
+    return weights.get_state_dict(progress=True)
+
+
+def build_model(name: str, n_classes: int, pretrained: bool = True, weights_path: str | None = None) -> nn.Module:
+    """A backbone by name: ``resnet50`` (ImageNet-pretrained) or ``toy_cnn``."""
+    if name == "resnet50":
+        return ResNet50(n_classes, pretrained=pretrained, weights_path=weights_path)
+    if name == "toy_cnn":
+        return ToyCNN(n_classes)
+    raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")

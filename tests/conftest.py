@@ -1,0 +1,21 @@
+"""Test-wide settings: no hub access, small thread pools, small toy configs."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("SPURAUG_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def small_toy():
+    """A toy benchmark small enough for unit tests (same generator as the default)."""
+    from spuraug.data.toy import ToyConfig
+
+    return ToyConfig(n_train=200, n_val=80, n_test=80)
