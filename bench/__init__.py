@@ -1,0 +1,2 @@
+"""The harness: sweeps, versioned result tables, the CI regression gate, the leaderboard
+and the throughput tables. See docs/harness.md."""

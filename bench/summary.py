@@ -1,0 +1,280 @@
+"""Collect finished run folders into one summary table per dataset and write it out.
+
+A run folder follows the cross-team contract (``runs/<dataset>/<method>/seed<S>/`` with
+``result.json``, ``metrics.jsonl``, ``config.json`` and a ``done`` marker). The summary
+reads the *test* metrics of the selected checkpoint from ``result.json``.
+
+Conventions (also in docs/harness.md):
+
+- accuracies are percentages, as :mod:`spuraug.metrics` returns them;
+- ``*_mean`` is the mean over seeds, ``*_std`` the SAMPLE standard deviation over seeds
+  (``ddof=1``); with a single seed the std is undefined: NaN in memory, an empty cell in
+  ``summary.csv`` and "n/a" in ``summary.md``/``summary.tex``;
+- ``avg_acc`` is the plain accuracy over test examples, ``adjusted_avg_acc`` the per-group
+  test accuracy weighted by the training-group proportions;
+- one column per group, named by the dataset's group name (``"three / land"``), holding
+  the mean test accuracy of that group over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+#: The fixed leading columns of summary.csv, in order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "method",
+    "n_seeds",
+    "worst_group_acc_mean",
+    "worst_group_acc_std",
+    "avg_acc_mean",
+    "avg_acc_std",
+    "adjusted_avg_acc_mean",
+    "adjusted_avg_acc_std",
+)
+SUMMARY_METRICS: tuple[str, ...] = ("worst_group_acc", "avg_acc", "adjusted_avg_acc")
+#: Files copied from each run folder into a version folder.
+RUN_FILES: tuple[str, ...] = ("result.json", "metrics.jsonl", "config.json")
+
+
+class RunFolderError(ValueError):
+    """A run folder that does not follow the contract; the message names file and field."""
+
+
+@dataclass
+class RunRecord:
+    """One finished run: where it lives and what its ``result.json`` says."""
+
+    path: Path
+    dataset: str
+    method: str
+    seed: int
+    result: dict = field(repr=False)
+
+    @property
+    def test(self) -> dict:
+        return self.result["test"]
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read a finished run folder; raise :class:`RunFolderError` if it is not finished or malformed."""
+    path = Path(path)
+    result_file = path / "result.json"
+    if not (path / "done").exists():
+        raise RunFolderError(f"{path}: run not finished (no 'done' marker)")
+    try:
+        result = json.loads(result_file.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{result_file}: missing (the run has a 'done' marker but no result)") from None
+    except json.JSONDecodeError as e:
+        raise RunFolderError(f"{result_file}: not valid JSON ({e})") from None
+    for key in ("dataset", "method", "seed", "test"):
+        if key not in result:
+            raise RunFolderError(f"{result_file}: missing field {key!r}")
+    test = result["test"]
+    for key in (*SUMMARY_METRICS, "groups"):
+        if key not in test:
+            raise RunFolderError(f"{result_file}: field 'test' has no {key!r}")
+    return RunRecord(path, str(result["dataset"]), str(result["method"]), int(result["seed"]), result)
+
+
+def find_runs(runs_dir: str | Path, dataset: str, methods: Sequence[str] | None = None,
+              seeds: Sequence[int] | None = None) -> tuple[list[RunRecord], list[str]]:
+    """Finished runs of ``dataset`` under ``runs_dir`` (optionally only some methods/seeds).
+
+    Returns ``(records, problems)``: ``problems`` names every expected run (method x seed,
+    when both are given) that is missing or unfinished, and every malformed folder.
+    """
+    base = Path(runs_dir) / dataset
+    records: list[RunRecord] = []
+    problems: list[str] = []
+    if methods is not None and seeds is not None:
+        candidates = [base / m / f"seed{s}" for m in methods for s in seeds]
+    else:
+        candidates = sorted(p for p in base.glob("*/seed*") if p.is_dir())
+        if methods is not None:
+            candidates = [p for p in candidates if p.parent.name in methods]
+        if seeds is not None:
+            candidates = [p for p in candidates if p.name in {f"seed{s}" for s in seeds}]
+    for p in candidates:
+        if not p.exists():
+            problems.append(f"{p}: missing")
+            continue
+        try:
+            records.append(load_run(p))
+        except RunFolderError as e:
+            problems.append(str(e))
+    return records, problems
+
+
+def group_names_for(dataset: str, n_groups: int) -> list[str]:
+    """The dataset's group names from the registry, or ``group <g>`` for an unknown dataset."""
+    try:
+        from spuraug.data.registry import dataset_info
+
+        names = list(dataset_info(dataset).group_names)
+    except (KeyError, ImportError):
+        names = []
+    if len(names) < n_groups:
+        names += [f"group {g}" for g in range(len(names), n_groups)]
+    return names
+
+
+def _group_index(entry: dict, n_attributes: int) -> int:
+    return int(entry["y"]) * n_attributes + int(entry["a"])
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    vals = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    vals = vals[~np.isnan(vals)]
+    if len(vals) == 0:
+        return math.nan, math.nan
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+    return float(np.mean(vals)), std
+
+
+def summarize(records: Iterable[RunRecord], method_order: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (dataset, method): :data:`SUMMARY_COLUMNS` then one column per group.
+
+    Methods appear in ``method_order`` (then alphabetically for the rest). Group columns
+    that have no test example in any run (e.g. MetaShift's two empty test groups) are
+    dropped.
+    """
+    by_key: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in records:
+        by_key.setdefault((r.dataset, r.method), []).append(r)
+    order = list(method_order or [])
+    keys = sorted(by_key, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
+    rows = []
+    group_columns: list[str] = []
+    for dataset, method in keys:
+        runs = sorted(by_key[(dataset, method)], key=lambda r: r.seed)
+        row: dict = {"dataset": dataset, "method": method, "n_seeds": len(runs)}
+        for metric in SUMMARY_METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.test.get(metric) for r in runs])
+        groups0 = runs[0].test["groups"]
+        n_attributes = max(int(g["a"]) for g in groups0) + 1
+        n_groups = max(_group_index(g, n_attributes) for g in groups0) + 1
+        names = group_names_for(dataset, n_groups)
+        per_group: dict[int, list] = {}
+        for r in runs:
+            for g in r.test["groups"]:
+                per_group.setdefault(_group_index(g, n_attributes), []).append(g.get("acc"))
+        for gi in sorted(per_group):
+            mean, _ = _mean_std(per_group[gi])
+            if math.isnan(mean):
+                continue
+            row[names[gi]] = mean
+            if names[gi] not in group_columns:
+                group_columns.append(names[gi])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *group_columns])
+
+
+# -- writing -------------------------------------------------------------------------
+
+AVERAGES_NOTE = (
+    "avg = plain accuracy over all test examples; adjusted avg = per-group test accuracy "
+    "weighted by the training-group proportions (the GroupDRO/JTT/DFR papers' Waterbirds average). "
+    "Test accuracy in percent at the selected checkpoint; mean +- sample std (ddof=1) over seeds, "
+    "n/a with one seed."
+)
+
+
+def _fmt(mean: float, std: float | None = None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if std is None:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {'n/a' if math.isnan(std) else f'{std:.2f}'}"
+
+
+def display_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The human-readable table (header, rows) that summary.md, summary.tex and the console show."""
+    group_cols = [c for c in df.columns if c not in SUMMARY_COLUMNS]
+    header = ["method", "seeds", "worst-group acc", "avg acc (plain)", "adjusted avg acc (train-weighted)",
+              *group_cols]
+    rows = []
+    for _, r in df.iterrows():
+        rows.append([
+            str(r["method"]), str(int(r["n_seeds"])),
+            *(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in SUMMARY_METRICS),
+            *(_fmt(r[c]) for c in group_cols),
+        ])
+    return header, rows
+
+
+def format_console(df: pd.DataFrame) -> str:
+    """The summary as an aligned plain-text table."""
+    header, rows = display_rows(df)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def format_markdown(df: pd.DataFrame, title: str = "", extra: str = "") -> str:
+    header, rows = display_rows(df)
+    out = [f"# {title}", ""] if title else []
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", AVERAGES_NOTE, ""]
+    if extra:
+        out += [extra, ""]
+    return "\n".join(out)
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def format_latex(df: pd.DataFrame, caption: str = "") -> str:
+    header, rows = display_rows(df)
+    lines = [
+        "% Generated by bench.sweep. " + tex_escape(AVERAGES_NOTE),
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+        r"\hline",
+        " & ".join(tex_escape(h) for h in header) + r" \\",
+        r"\hline",
+    ]
+    for r in rows:
+        lines.append(" & ".join(tex_escape(c).replace("±", r"$\pm$") for c in r) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    cap = caption + (". " if caption else "") + AVERAGES_NOTE
+    lines += [r"\caption{" + tex_escape(cap).replace("+-", r"$\pm$") + "}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def write_summary(df: pd.DataFrame, out_dir: Path, title: str = "", extra_md: str = "") -> None:
+    """Write summary.csv (NaN as empty cells, full precision), summary.md and summary.tex."""
+    df.to_csv(out_dir / "summary.csv", index=False, na_rep="", float_format="%.4f")
+    (out_dir / "summary.md").write_text(format_markdown(df, title, extra_md))
+    (out_dir / "summary.tex").write_text(format_latex(df, caption=title))
+
+
+def copy_runs(records: Iterable[RunRecord], out_dir: Path) -> list[str]:
+    """Copy each run's contract files to ``out_dir/runs/<method>/seed<S>/``; return the copied paths."""
+    copied = []
+    for r in records:
+        dest = out_dir / "runs" / r.method / f"seed{r.seed}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            if (r.path / name).exists():
+                shutil.copy2(r.path / name, dest / name)
+                copied.append(str((dest / name).relative_to(out_dir)))
+    return copied

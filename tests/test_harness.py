@@ -1,0 +1,166 @@
+"""The harness's sweep side: summary tables, version folders, provenance, launcher."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+
+import pytest
+from harness_runs import make_run
+
+from bench.launch import LocalLauncher, RunSpec
+from bench.provenance import new_version_dir
+from bench.summary import SUMMARY_COLUMNS, find_runs, load_run, summarize
+from bench.sweep import ddb_generation_throughput, parse_overrides, run_sweep
+
+
+@pytest.fixture
+def toy_runs(tmp_path):
+    runs = tmp_path / "runs"
+    # ERM: three seeds, WGA 60/70/80, avg 90/92/94, adjusted 91/91/94
+    for seed, wga, avg, adj in [(0, 60.0, 90.0, 91.0), (1, 70.0, 92.0, 91.0), (2, 80.0, 94.0, 94.0)]:
+        make_run(runs, "toy", "erm", seed, wga, avg, adj, group_accs=[99.0, wga, wga + 5, 98.0])
+    # JTT: one seed only
+    make_run(runs, "toy", "jtt", 0, 85.0, 88.0, 87.0, group_accs=[90.0, 85.0, 86.0, 89.0],
+             annotation={"train_group_labels": False, "val_group_labels": True})
+    # an unfinished run must not enter the table
+    make_run(runs, "toy", "jtt", 1, 10.0, 10.0, 10.0, done=False)
+    return runs
+
+
+def test_summary_matches_hand_computed_mean_and_sample_std(toy_runs):
+    records, problems = find_runs(toy_runs, "toy", ["erm", "jtt"], [0, 1, 2])
+    assert len(records) == 4
+    assert any("jtt/seed1" in p and "not finished" in p for p in problems)
+    assert any("jtt/seed2" in p and "missing" in p for p in problems)
+    df = summarize(records, method_order=["erm", "jtt"])
+    assert list(df.columns[: len(SUMMARY_COLUMNS)]) == list(SUMMARY_COLUMNS)
+    # group columns are named by the toy benchmark's group names
+    assert list(df.columns[len(SUMMARY_COLUMNS):]) == ["three / land", "three / water", "eight / land", "eight / water"]
+    erm = df[df.method == "erm"].iloc[0]
+    assert erm.n_seeds == 3
+    assert erm.worst_group_acc_mean == pytest.approx(70.0)
+    assert erm.worst_group_acc_std == pytest.approx(10.0)  # sqrt(((-10)^2 + 0 + 10^2) / (3 - 1))
+    assert erm.avg_acc_std == pytest.approx(2.0)
+    assert erm.adjusted_avg_acc_mean == pytest.approx(92.0)
+    assert erm.adjusted_avg_acc_std == pytest.approx(math.sqrt(3.0))  # (1 + 1 + 4) / 2
+    assert erm["eight / land"] == pytest.approx(75.0)
+    jtt = df[df.method == "jtt"].iloc[0]
+    assert jtt.n_seeds == 1 and jtt.worst_group_acc_mean == 85.0
+    assert math.isnan(jtt.worst_group_acc_std)
+
+
+def test_empty_groups_are_dropped_from_the_columns(tmp_path):
+    make_run(tmp_path, "toy", "erm", 0, 50.0, 60.0, None, group_accs=[None, 70.0, 50.0, None])
+    records, _ = find_runs(tmp_path, "toy")
+    df = summarize(records)
+    assert [c for c in df.columns if c not in SUMMARY_COLUMNS] == ["three / water", "eight / land"]
+    assert math.isnan(df.adjusted_avg_acc_mean.iloc[0])
+
+
+def test_malformed_result_names_file_and_field(tmp_path):
+    d = make_run(tmp_path, "toy", "erm", 0, 50.0, 60.0)
+    result = json.loads((d / "result.json").read_text())
+    del result["test"]["worst_group_acc"]
+    (d / "result.json").write_text(json.dumps(result))
+    with pytest.raises(ValueError, match=r"result\.json.*worst_group_acc"):
+        load_run(d)
+
+
+def test_version_folders_never_overwrite(tmp_path):
+    git = {"sha": "abcdef0123", "short_sha": "abcdef0", "dirty": False}
+    day = dt.date(2026, 11, 28)
+    first = new_version_dir(tmp_path, "toy", git, day)
+    (first / "summary.csv").write_text("precious")
+    second = new_version_dir(tmp_path, "toy", git, day)
+    third = new_version_dir(tmp_path, "toy", git, day)
+    assert first.name == "2026-11-28_abcdef0"
+    assert second.name == "2026-11-28_abcdef0-2" and third.name == "2026-11-28_abcdef0-3"
+    assert (first / "summary.csv").read_text() == "precious"
+    dirty = new_version_dir(tmp_path, "toy", {**git, "dirty": True}, day)
+    assert dirty.name == "2026-11-28_abcdef0-dirty"
+
+
+def test_sweep_writes_version_folder_with_provenance(toy_runs, tmp_path, capsys):
+    results = tmp_path / "results"
+    out, df, outcomes = run_sweep("toy", ["erm", "jtt"], [0, 1, 2], runs_dir=str(toy_runs),
+                                  results_dir=str(results), run=False, command="make bench")
+    assert out is not None and out.parent == results / "toy"
+    assert outcomes == []
+    for name in ("summary.csv", "summary.md", "summary.tex", "provenance.json"):
+        assert (out / name).is_file(), name
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[: len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS)
+    assert float(rows[0]["worst_group_acc_std"]) == pytest.approx(10.0)
+    assert rows[1]["method"] == "jtt" and rows[1]["worst_group_acc_std"] == ""  # one seed: empty std
+    md = (out / "summary.md").read_text()
+    assert "avg acc (plain)" in md and "adjusted avg acc (train-weighted)" in md and "70.00 ± 10.00" in md
+    tex = (out / "summary.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"70.00 $\pm$ 10.00" in tex
+    prov = json.loads((out / "provenance.json").read_text())
+    for key in ("command", "git", "software", "hardware", "seeds", "config_hashes", "annotation",
+                "wall_time_s", "ddb_generation_throughput"):
+        assert key in prov, key
+    assert prov["command"] == "make bench"
+    assert set(prov["git"]) == {"sha", "short_sha", "dirty"}
+    assert {"python", "torch", "cuda", "packages"} <= set(prov["software"])
+    assert {"cpu_model", "gpus"} <= set(prov["hardware"])
+    assert prov["config_hashes"]["erm/seed2"] == "hash-erm-2"
+    assert prov["annotation"]["jtt"] == {"train_group_labels": False, "val_group_labels": True}
+    assert prov["wall_time_s"]["erm/seed0"] == 1.5
+    assert any("jtt/seed1" in p for p in prov["sweep"]["missing_or_unfinished"])
+    for m, s in [("erm", 0), ("erm", 2), ("jtt", 0)]:
+        assert (out / "runs" / m / f"seed{s}" / "metrics.jsonl").is_file()
+        assert (out / "runs" / m / f"seed{s}" / "result.json").is_file()
+    assert not (out / "runs" / "jtt" / "seed1").exists()
+    printed = capsys.readouterr().out
+    assert "70.00 ± 10.00" in printed and str(out) in printed
+    # a second sweep writes a second folder
+    out2, _, _ = run_sweep("toy", ["erm", "jtt"], [0, 1, 2], runs_dir=str(toy_runs), results_dir=str(results),
+                           run=False)
+    assert out2 != out and out2.name.startswith(out.name)
+
+
+def test_parse_overrides():
+    assert parse_overrides(["erm.epochs=2", "erm.lr=1e-3", "dataset.n_train=400", "seed_list=[1, 2]"]) == {
+        "erm": {"epochs": 2, "lr": 1e-3}, "dataset": {"n_train": 400}, "seed_list": [1, 2]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["erm.epochs"])
+
+
+def test_ddb_throughput_read_from_manifests(tmp_path):
+    d = tmp_path / "toy" / "ddb" / "seed0" / "inpaint"
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({"stage": "inpaint", "n_generated": 120, "wall_time_s": 60.0}))
+    (tmp_path / "toy" / "ddb" / "seed0" / "manifest.json").write_text(
+        json.dumps({"stages": {"prune": {"images_per_s": 4.0}}}))
+    rows = ddb_generation_throughput(tmp_path, "toy")
+    got = {r["stage"]: r["images_per_s"] for r in rows}
+    assert got == {"inpaint": pytest.approx(2.0), "prune": pytest.approx(4.0)}
+    assert ddb_generation_throughput(tmp_path, "celeba") == []
+
+
+def test_local_launcher_skips_finished_and_survives_failures(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(spec):
+        calls.append(spec.label)
+        if spec.method == "broken":
+            raise RuntimeError("boom")
+        make_run(tmp_path, spec.dataset, spec.method, spec.seed, 50.0, 60.0)
+
+    monkeypatch.setattr(LocalLauncher, "_run_inprocess", staticmethod(fake_run))
+    make_run(tmp_path, "toy", "erm", 0, 50.0, 60.0)  # already finished
+    logs = []
+    la = LocalLauncher(log=logs.append)
+    for m, s in [("erm", 0), ("broken", 0), ("erm", 1)]:
+        la.submit(RunSpec("toy", m, s, runs_dir=str(tmp_path)))
+    outcomes = la.wait()
+    assert [o.status for o in outcomes] == ["skipped", "failed", "done"]
+    assert calls == ["toy/broken/seed0", "toy/erm/seed1"]
+    assert "boom" in outcomes[1].error
+    assert logs[0].startswith("[1/3] toy/erm/seed0: already finished")
+    assert any(line.startswith("[3/3] toy/erm/seed1: done in") for line in logs)
