@@ -1,0 +1,109 @@
+"""Find DDB's example images (source, mask, generated) and pruning verdicts on disk.
+
+The DDB stages write cached artifact folders under ``runs/<dataset>/ddb/`` (see
+spuraug/ddb/artifacts.py); the prune stage writes a table with one row per generated
+image. This module reads any ``*.csv`` / ``*.jsonl`` / ``*.json`` table under a folder
+whose name starts with ``prune`` and recognises the columns below; image paths may be
+absolute or relative to the table's folder, its parent, or the ``ddb`` folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+KEPT_KEYS = ("kept", "keep", "verdict")
+SOURCE_KEYS = ("source_path", "source_image", "source")
+MASK_KEYS = ("mask_path", "mask")
+GENERATED_KEYS = ("generated_path", "generated", "edited_path", "image_path", "path")
+
+
+def _read_table(path: Path) -> list[dict]:
+    try:
+        if path.suffix == ".csv":
+            with open(path, newline="") as f:
+                return list(csv.DictReader(f))
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, csv.Error, UnicodeDecodeError):
+        return []
+    if isinstance(data, list):
+        return [d for d in data if isinstance(d, dict)]
+    if isinstance(data, dict):
+        for key in ("rows", "samples", "examples", "table"):
+            if isinstance(data.get(key), list):
+                return [d for d in data[key] if isinstance(d, dict)]
+    return []
+
+
+def _truthy(v) -> bool | None:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int | float):
+        return bool(v)
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("1", "true", "yes", "kept", "keep"):
+            return True
+        if t in ("0", "false", "no", "pruned", "prune"):
+            return False
+    return None
+
+
+def _resolve(value, roots: list[Path]) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    p = Path(value)
+    if p.is_absolute():
+        return str(p) if p.is_file() else None
+    for root in roots:
+        if (root / p).is_file():
+            return str(root / p)
+    return None
+
+
+def _first(row: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if k in row and row[k] not in (None, ""):
+            return row[k]
+    return None
+
+
+def _float(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def find_examples(runs_dir: str | Path, dataset: str) -> list[dict]:
+    """Rows ``{"source", "mask", "generated", "kept", "p", "rho"}`` with existing image paths.
+
+    Only rows whose generated image exists are returned; an empty list when DDB has not
+    run on ``dataset``.
+    """
+    base = Path(runs_dir) / dataset / "ddb"
+    if not base.is_dir():
+        return []
+    out = []
+    tables = [p for p in sorted(base.rglob("*")) if p.suffix in (".csv", ".jsonl", ".json")
+              and p.name not in ("manifest.json", "key.json")
+              and any(part.startswith("prune") for part in p.relative_to(base).parts[:-1])]
+    for table in tables:
+        roots = [table.parent, table.parent.parent, base]
+        for row in _read_table(table):
+            kept = _truthy(_first(row, KEPT_KEYS))
+            generated = _resolve(_first(row, GENERATED_KEYS), roots)
+            if kept is None or generated is None:
+                continue
+            out.append({
+                "source": _resolve(_first(row, SOURCE_KEYS), roots),
+                "mask": _resolve(_first(row, MASK_KEYS), roots),
+                "generated": generated,
+                "kept": kept,
+                "p": _float(row.get("p", row.get("prob_source"))),
+                "rho": _float(row.get("rho", row.get("attribution_in_mask"))),
+            })
+    return out
