@@ -17,6 +17,8 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "spuraug.data.commands",
     "spuraug.scoring",
+    "spuraug.weights",
+    "spuraug.doctor",
 )
 
 
