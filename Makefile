@@ -13,6 +13,34 @@ SEEDS ?=
 DATA_DIR ?=
 export HF_HUB_OFFLINE ?= 1
 
+# Containers (docs/containers.md): DOCKER=1 runs bench/weights/doctor inside the image, GPU=1 the
+# GPU image with --gpus all; data, runs, results and the model caches are mounted from the host
+# and the container runs as the host's uid:gid, so everything it writes lands here.
+DOCKER ?=
+GPU ?=
+WEIGHTS ?=
+DOCKER_ON = $(filter-out 0 no false,$(DOCKER))
+GPU_ON = $(filter-out 0 no false,$(GPU))
+VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= spuraug
+IMAGE_GPU ?= $(IMAGE):$(VERSION)-gpu
+IMAGE_CPU ?= $(IMAGE):$(VERSION)-cpu
+DOCKER_CLI ?= docker
+SHM_SIZE ?= 8g
+CACHE_HOME = $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
+HOST_DATA_DIR = $(abspath $(or $(DATA_DIR),$(SPURAUG_DATA_DIR),data))
+HOST_HF_HOME = $(abspath $(or $(HF_HOME),$(CACHE_HOME)/huggingface))
+HOST_TORCH_HOME = $(abspath $(or $(TORCH_HOME),$(CACHE_HOME)/torch))
+DOCKER_RUN = $(DOCKER_CLI) run --rm --init -i $(shell [ -t 0 ] && echo -t) \
+	--user $(shell id -u):$(shell id -g) $(if $(GPU_ON),--gpus all) --shm-size $(SHM_SIZE) \
+	-v "$(HOST_DATA_DIR)":/data -v "$(CURDIR)/results":/work/results -v "$(CURDIR)/runs":/work/runs \
+	-v "$(HOST_HF_HOME)":/cache/huggingface -v "$(HOST_TORCH_HOME)":/cache/torch \
+	$(if $(HF_HUB_CACHE),-v "$(abspath $(HF_HUB_CACHE))":/cache/huggingface/hub) \
+	-e SPURAUG_DATA_DIR=/data -e HF_HOME=/cache/huggingface -e TORCH_HOME=/cache/torch \
+	-e HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) -e SPURAUG_GIT_SHA=$(shell git rev-parse HEAD 2>/dev/null) \
+	$(if $(GPU_ON),$(IMAGE_GPU),$(IMAGE_CPU))
+RUN_PY = $(if $(DOCKER_ON),$(DOCKER_RUN) python,$(PY))
+
 .PHONY: help setup test lint bench
 
 help: ## list every target with one line
@@ -33,5 +61,28 @@ test: setup ## run the test suite (offline: HF_HUB_OFFLINE=1)
 lint: setup ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-bench: setup ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [DATA_DIR=..]
-	$(PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [DATA_DIR=..] [DOCKER=1 [GPU=1]]
+	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR)))
+
+# ---- containers and weights (docs/containers.md)
+.PHONY: image image-gpu image-cpu weights doctor docker-volumes
+
+image: image-gpu image-cpu ## build both images, tagged spuraug:<version>-gpu and spuraug:<version>-cpu
+
+image-gpu: ## build the GPU image (CUDA 13 runtime, the pinned lock)
+	$(DOCKER_CLI) build -f docker/Dockerfile.gpu -t $(IMAGE_GPU) .
+
+image-cpu: ## build the CPU image (python:3.11-slim, CPU torch)
+	$(DOCKER_CLI) build -f docker/Dockerfile.cpu -t $(IMAGE_CPU) .
+
+weights: export HF_HUB_OFFLINE := 0
+weights: export SPURAUG_OFFLINE := 0
+weights: $(if $(DOCKER_ON),docker-volumes,setup) ## download every model of the real benchmark into the caches, verify, print sizes (needs network) [WEIGHTS=names] [DOCKER=1]
+	$(if $(DOCKER_ON),$(DOCKER_RUN) spuraug,HF_HUB_OFFLINE=0 SPURAUG_OFFLINE=0 $(PY) -m spuraug.cli) weights fetch $(WEIGHTS)
+
+doctor: $(if $(DOCKER_ON),docker-volumes,setup) ## check GPU, packages, weights, datasets and toy zoo; say what to do [DOCKER=1 [GPU=1]]
+	$(if $(DOCKER_ON),$(DOCKER_RUN) spuraug,$(PY) -m spuraug.cli) doctor
+
+# Bind-mount sources must exist, or docker creates them owned by root.
+docker-volumes:
+	mkdir -p "$(HOST_DATA_DIR)" "$(CURDIR)/results" "$(CURDIR)/runs" "$(HOST_HF_HOME)" "$(HOST_TORCH_HOME)"
