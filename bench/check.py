@@ -1,0 +1,213 @@
+"""``python -m bench.check``: the accuracy regression gate for CI (``make check``).
+
+Runs a CI-sized toy sweep (every registered method, :data:`CI_SEEDS`, the config
+overrides :data:`CI_OVERRIDES`: a smaller toy benchmark and fewer epochs) into a fresh
+temporary runs folder, then compares each method's test worst-group and average
+accuracy (mean over the CI seeds) with ``results/reference/toy.json``::
+
+    {"_meta": {"command": ..., "overrides": ..., ...},
+     "<method>": {"worst_group_acc": x, "avg_acc": y, "tolerance": t}, ...}
+
+It prints expected, got and difference per method and metric and exits with 1 when any
+metric is LOWER than expected by more than the tolerance, or a method of the reference
+did not produce a result. Higher by more than the tolerance is reported as "better"
+and does not fail (pass ``--strict`` to fail on it too: the reference is then stale).
+A registered method without a reference entry is reported and does not fail.
+
+``--write-reference`` measures and writes the reference instead (the command is noted
+inside the file). Re-measure it whenever a config or method changes results on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.launch import RunSpec, make_launcher
+from bench.provenance import git_state, hardware, software, write_json
+from bench.summary import find_runs, summarize
+
+DEFAULT_REFERENCE = Path("results/reference/toy.json")
+CHECK_METRICS: tuple[str, ...] = ("worst_group_acc", "avg_acc")
+CI_DATASET = "toy"
+CI_SEEDS: tuple[int, ...] = (0,)
+#: The CI-sized toy sweep: merged into bench/configs/toy.yaml for every method.
+CI_OVERRIDES: dict = {
+    "dataset_options": {"n_train": 1200, "n_val": 400, "n_test": 800},
+    "erm": {"epochs": 6, "keep_epochs": [2]},
+    "groupdro": {"epochs": 6},
+    "jtt": {"epochs": 6},
+}
+#: Tolerance written into a new reference (accuracy points), per metric.
+DEFAULT_TOLERANCE = 5.0
+
+
+def compare(reference: dict, got: dict[str, dict], strict: bool = False) -> tuple[list[dict], bool]:
+    """Compare measured ``got`` ({method: {metric: value}}) with ``reference``.
+
+    Returns ``(rows, passed)``; each row is ``{"method", "metric", "expected", "got",
+    "diff", "tolerance", "status"}`` with status ``ok``, ``REGRESSION``, ``better``,
+    ``MISSING`` (in the reference, no result) or ``no reference``.
+    """
+    rows: list[dict] = []
+    passed = True
+    methods = [m for m in reference if not m.startswith("_")]
+    for m in methods:
+        entry = reference[m]
+        tol = float(entry.get("tolerance", DEFAULT_TOLERANCE))
+        for metric in CHECK_METRICS:
+            if metric not in entry:
+                continue
+            exp = float(entry[metric])
+            value = got.get(m, {}).get(metric)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                rows.append({"method": m, "metric": metric, "expected": exp, "got": None, "diff": None,
+                             "tolerance": tol, "status": "MISSING"})
+                passed = False
+                continue
+            diff = float(value) - exp
+            if diff < -tol:
+                status = "REGRESSION"
+                passed = False
+            elif diff > tol:
+                status = "better"
+                passed = passed and not strict
+            else:
+                status = "ok"
+            rows.append({"method": m, "metric": metric, "expected": exp, "got": float(value), "diff": diff,
+                         "tolerance": tol, "status": status})
+    for m in got:
+        if m not in reference:
+            for metric in CHECK_METRICS:
+                rows.append({"method": m, "metric": metric, "expected": None, "got": got[m].get(metric),
+                             "diff": None, "tolerance": None, "status": "no reference"})
+    return rows, passed
+
+
+def format_rows(rows: list[dict]) -> str:
+    def f(v, sign=False):
+        return "-" if v is None else (f"{v:+.2f}" if sign else f"{v:.2f}")
+
+    lines = [f"{'method':<10} {'metric':<16} {'expected':>9} {'got':>9} {'diff':>8} {'tol':>6}  status"]
+    for r in rows:
+        lines.append(f"{r['method']:<10} {r['metric']:<16} {f(r['expected']):>9} {f(r['got']):>9} "
+                     f"{f(r['diff'], True):>8} {f(r['tolerance']):>6}  {r['status']}")
+    return "\n".join(lines)
+
+
+def load_reference(path: str | Path) -> dict:
+    """Read and validate a reference file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        ref = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"bench.check: error: no reference {path}; create it with "
+                         f"`python -m bench.check --write-reference`") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"bench.check: error: {path}: not valid JSON ({e})") from None
+    for m, entry in ref.items():
+        if m.startswith("_"):
+            continue
+        if not isinstance(entry, dict):
+            raise SystemExit(f"bench.check: error: {path}: {m}: expected an object")
+        for key in (*CHECK_METRICS, "tolerance"):
+            if not isinstance(entry.get(key), int | float):
+                raise SystemExit(f"bench.check: error: {path}: {m}.{key}: expected a number, got {entry.get(key)!r}")
+    return ref
+
+
+def measure(runs_dir: str | Path, methods: Sequence[str] | None = None, seeds: Sequence[int] = CI_SEEDS,
+            overrides: dict | None = None, dataset: str = CI_DATASET, log=print) -> tuple[dict[str, dict], dict]:
+    """Run the CI sweep into ``runs_dir``; return ``({method: {metric: mean}}, info)``.
+
+    ``info`` holds per-run wall times, config hashes and failures.
+    """
+    from spuraug.methods import method_names
+
+    methods = list(methods) if methods else list(method_names())
+    overrides = CI_OVERRIDES if overrides is None else overrides
+    launcher = make_launcher("local", log=log)
+    for m in methods:
+        for s in seeds:
+            launcher.submit(RunSpec(dataset, m, int(s), str(runs_dir), overrides=overrides))
+    outcomes = launcher.wait()
+    records, problems = find_runs(runs_dir, dataset, methods, seeds)
+    df = summarize(records, method_order=methods)
+    got = {str(r["method"]): {metric: float(r[f"{metric}_mean"]) for metric in CHECK_METRICS}
+           for _, r in df.iterrows()}
+    info = {
+        "wall_time_s": {f"{o.spec.method}/seed{o.spec.seed}": round(o.wall_time_s, 2) for o in outcomes},
+        "config_hashes": {f"{r.method}/seed{r.seed}": r.result.get("config_hash") for r in records},
+        "failed": [f"{o.spec.label}: {o.error}" for o in outcomes if o.status == "failed"],
+        "problems": problems,
+    }
+    return got, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference", default=str(DEFAULT_REFERENCE))
+    p.add_argument("--methods", nargs="+", help="default: every registered method")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(CI_SEEDS))
+    p.add_argument("--runs-dir", help="keep the CI runs here (default: a temporary folder, deleted after)")
+    p.add_argument("--strict", action="store_true", help="also fail when a metric is better than the tolerance")
+    p.add_argument("--write-reference", action="store_true", help="measure and write the reference file")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="tolerance written by --write-reference (accuracy points)")
+    args = p.parse_args(argv)
+
+    reference = None if args.write_reference else load_reference(args.reference)
+    if reference is not None and reference.get("_meta", {}).get("overrides") not in (None, CI_OVERRIDES):
+        print("bench.check: warning: the reference was measured with other CI overrides "
+              f"({reference['_meta']['overrides']}); re-measure it with --write-reference", file=sys.stderr)
+    tmp = None
+    runs_dir = args.runs_dir
+    if runs_dir is None:
+        tmp = tempfile.mkdtemp(prefix="spuraug-check-")
+        runs_dir = tmp
+    t0 = time.monotonic()
+    try:
+        got, info = measure(runs_dir, args.methods, args.seeds)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    wall = time.monotonic() - t0
+    print(f"\nCI toy sweep: {len(got)} method(s), seeds {args.seeds}, {wall:.0f} s")
+    for f in info["failed"]:
+        print(f"FAILED run: {f}")
+    if args.write_reference:
+        command = shlex.join(["python", "-m", "bench.check", *(argv if argv is not None else sys.argv[1:])])
+        ref = {"_meta": {
+            "command": command,
+            "note": "measured by the command above on the machine below; CI_OVERRIDES of bench/check.py "
+                    "applied to bench/configs/toy.yaml; test accuracy (%) mean over the seeds",
+            "overrides": CI_OVERRIDES, "seeds": args.seeds, "git": git_state(),
+            "machine": hardware()["cpu_model"], "torch": software()["torch"],
+            "wall_time_s": round(wall, 1), "run_wall_time_s": info["wall_time_s"],
+            "config_hashes": info["config_hashes"],
+        }}
+        for m, metrics in got.items():
+            ref[m] = {**{k: round(v, 2) for k, v in metrics.items()}, "tolerance": args.tolerance}
+        Path(args.reference).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.reference), ref)
+        print(format_rows(compare(ref, got)[0]))
+        print(f"wrote {args.reference}")
+        return 1 if info["failed"] else 0
+    rows, passed = compare(reference, got, strict=args.strict)
+    print(format_rows(rows))
+    if info["failed"]:
+        passed = False
+    print("check PASSED" if passed else "check FAILED: accuracy regression (see the rows above)")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
