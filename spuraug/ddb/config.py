@@ -1,0 +1,230 @@
+"""DDB's configuration: one dataclass per stage, defaults = the published recipe.
+
+Every default cites where it comes from: the paper (Yazdan Parast et al., ICCV 2025,
+arXiv 2503.17226) or its public code (github.com/ArianYp/DDB: ``textual_inversion.py``,
+``generate.py``, ``train.py``, README). Per-dataset values live in the ``ddb:`` section
+of ``bench/configs/<dataset>.yaml`` and override these; unknown keys are an error that
+names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+#: diffusers' textual-inversion object templates, with the class noun after the token
+#: (the public code's ``textual_inversion.py`` appends " animal"; DDB uses the class noun).
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {token} {noun}",
+    "a rendering of a {token} {noun}",
+    "a cropped photo of the {token} {noun}",
+    "the photo of a {token} {noun}",
+    "a photo of a clean {token} {noun}",
+    "a dark photo of the {token} {noun}",
+    "a photo of my {token} {noun}",
+    "a photo of the cool {token} {noun}",
+    "a close-up photo of a {token} {noun}",
+    "a bright photo of the {token} {noun}",
+    "a cropped photo of a {token} {noun}",
+    "a photo of the {token} {noun}",
+    "a good photo of the {token} {noun}",
+    "a photo of one {token} {noun}",
+    "a close-up photo of the {token} {noun}",
+    "a rendition of the {token} {noun}",
+    "a photo of the clean {token} {noun}",
+    "a rendition of a {token} {noun}",
+    "a photo of a nice {token} {noun}",
+    "a good photo of a {token} {noun}",
+    "a photo of the nice {token} {noun}",
+    "a photo of the small {token} {noun}",
+    "a photo of the weird {token} {noun}",
+    "a photo of the large {token} {noun}",
+    "a photo of a cool {token} {noun}",
+    "a photo of a small {token} {noun}",
+)
+
+
+@dataclass
+class InvertConfig:
+    """Textual inversion, one token per class (method.md, Stage 1; public README command)."""
+
+    model: str = "stabilityai/stable-diffusion-2-base"  # public README --pretrained_model_name_or_path
+    revision: str | None = None
+    #: The placeholder token of each class; ``None`` -> ``<class-0>``, ``<class-1>``, ...
+    tokens: list[str] | None = None
+    initializer_token: str = "bird"  # a generic noun (paper); public README: "animal" on MetaShift
+    noun: str = "bird"  # the class noun in the templates (public code: " animal")
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    n_images: int = 30  # paper's ablation: 30 images best on Waterbirds (93.0 WGA)
+    image_seed: int = 0  # which N training images of the class (uniform draw, fixed seed)
+    resolution: int = 512  # README --resolution=512
+    center_crop: bool = False  # diffusers default (README does not pass --center_crop)
+    train_batch_size: int = 1  # README --train_batch_size=1
+    gradient_accumulation_steps: int = 4  # README --gradient_accumulation_steps=4
+    max_train_steps: int = 3000  # README --max_train_steps=3000 (optimizer steps)
+    learning_rate: float = 5e-4  # README --learning_rate=5.0e-04
+    scale_lr: bool = True  # README --scale_lr: lr * batch * accumulation * n_gpus = 2e-3
+    lr_scheduler: str = "constant"  # README --lr_scheduler=constant, warmup 0
+    adam_beta1: float = 0.9  # diffusers textual_inversion.py default
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2  # diffusers default, applied to the new row only
+    adam_epsilon: float = 1e-8
+    #: A 9-channel inpainting UNet is trained fully masked: mask = 1 and the masked image
+    #: all zeros, encoded by the VAE ("encode", what the inpainting pipeline does for a
+    #: full mask) or zero latents ("zeros").
+    full_mask_latents: str = "encode"
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA for the frozen UNet/VAE, fp32 on CPU
+    seed: int = 0
+    checkpoint_every: int = 500  # diffusers --checkpointing_steps default
+
+
+@dataclass
+class SourcesConfig:
+    """Which training images are repainted: the K lowest-ERM-loss images per class."""
+
+    #: K per class (class index -> K); the public code's --k0/--k1.
+    k: list[int] = field(default_factory=lambda: [1300, 1112])  # paper: Waterbirds 1300 / 1112 generated
+    batch_size: int = 64  # public generate.py --batch_size
+
+
+@dataclass
+class SegmentConfig:
+    """The causal object's mask from a text prompt (paper: LangSAM)."""
+
+    backend: str = "grounded_sam"  # "grounded_sam" (LangSAM recipe) | "clipseg"
+    prompt: str = "bird."  # public generate.py --mask_prompt ("animal." on MetaShift)
+    detector: str = "IDEA-Research/grounding-dino-tiny"  # LangSAM's Grounding DINO, via transformers
+    sam: str = "facebook/sam-vit-base"
+    clipseg: str = "CIDAS/clipseg-rd64-refined"
+    revision: str | None = None
+    box_threshold: float = 0.3  # LangSAM default
+    text_threshold: float = 0.25  # LangSAM default
+    #: "first": the detector's first box above threshold, as LangSAM/public code (masks[0]);
+    #: "top_score": the highest-scoring box.
+    box_choice: str = "first"
+    clipseg_threshold: float = 0.4
+    batch_size: int = 8
+    device: str = "auto"
+
+
+@dataclass
+class InpaintConfig:
+    """Repaint the object as the OTHER class (method.md, Stage 2)."""
+
+    model: str = "stabilityai/stable-diffusion-2-inpainting"  # public generate.py
+    revision: str | None = None
+    #: Prompt; ``{token}`` is the other class's learned token (public: "a photo of a <cat> animal").
+    prompt: str = "a photo of a {token} bird"
+    negative_prompt: str | None = None
+    resolution: int = 512  # the SD2 inpainting pipeline's default height/width
+    num_inference_steps: int = 50  # diffusers pipeline default (public code passes none)
+    guidance_scale: float = 7.5  # diffusers pipeline default
+    strength: float = 1.0
+    scheduler: str = "default"  # "default" (the model folder's) | "ddim" | "dpm" | "euler" | "pndm"
+    #: Keep the background exactly: paste the source pixels back outside the mask
+    #: (the paper keeps the background; the pipeline alone re-encodes it through the VAE).
+    paste_back: bool = True
+    mask_dilation: int = 0  # pixels of dilation of the mask before inpainting
+    #: "new": the generated image is labelled with the new class j (paper);
+    #: "source": with the source class i (public generate.py writes class_label = i).
+    label: str = "new"
+    batch_size: int = 8
+    dtype: str = "auto"  # auto: fp16 on CUDA (public code), fp32 on CPU
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class PruneConfig:
+    """Bicephalous pruning (method.md, Stage 3)."""
+
+    threshold: float = 0.3  # P, public generate.py --threshold
+    #: "raw": rho = sum of IG attributions inside the mask (public code, P calibrated to it);
+    #: "fraction": that sum divided by the total attribution (= f(x) - f(baseline) by completeness).
+    rho: str = "raw"
+    #: IG target: "new" class j (paper) | "source" class i (public code passes class_label = i).
+    ig_target: str = "new"
+    n_steps: int = 50  # captum IntegratedGradients default
+    internal_batch_size: int = 64
+    batch_size: int = 16
+    use_condition1: bool = True
+    use_condition2: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class RetrainConfig:
+    """Retraining from the ERM weights (method.md, Stage 4; public train.py)."""
+
+    gamma: list[float] = field(default_factory=lambda: [6.0, 10.0])  # train.py --gamma1 6 --gamma2 10
+    lr: float = 5e-6  # train.py --lr
+    batch_size: int = 32  # train.py --batch_size
+    epochs: int = 200  # train.py --epochs
+    weight_decay: float = 0.0  # train.py: Adam without weight decay
+    reinit_head: bool = True  # train.py weight_init(fc): Xavier uniform, bias 0
+
+
+@dataclass
+class DDBConfig:
+    invert: InvertConfig = field(default_factory=InvertConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_SECTIONS = {f.name: f for f in fields(DDBConfig)}
+_CHOICES = {
+    ("segment", "backend"): ("grounded_sam", "clipseg"),
+    ("segment", "box_choice"): ("first", "top_score"),
+    ("inpaint", "label"): ("new", "source"),
+    ("inpaint", "scheduler"): ("default", "ddim", "dpm", "euler", "pndm"),
+    ("prune", "rho"): ("raw", "fraction"),
+    ("prune", "ig_target"): ("new", "source"),
+    ("invert", "full_mask_latents"): ("encode", "zeros"),
+}
+
+
+def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDBConfig:
+    """Build a :class:`DDBConfig` from a ``ddb:`` mapping of ``{stage: {field: value}}``.
+
+    Keys not given keep the defaults. An unknown stage or field, or a value outside a
+    field's choices, raises ``ValueError`` naming ``where.stage.field``.
+    """
+    section = dict(section or {})
+    cfg = DDBConfig()
+    for stage, values in section.items():
+        if stage not in _SECTIONS:
+            raise ValueError(f"{where}.{stage}: unknown DDB stage; expected one of {', '.join(_SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}.{stage}: expected a mapping of options, got {values!r}")
+        obj = getattr(cfg, stage)
+        known = {f.name for f in fields(obj)}
+        for key, value in values.items():
+            if key not in known:
+                raise ValueError(f"{where}.{stage}.{key}: unknown option; known: {', '.join(sorted(known))}")
+            choices = _CHOICES.get((stage, key))
+            if choices is not None and value not in choices:
+                raise ValueError(f"{where}.{stage}.{key}: {value!r} is not one of {choices}")
+            setattr(obj, key, value)
+    return cfg
+
+
+def apply_overrides(cfg: DDBConfig, overrides: dict[str, Any]) -> DDBConfig:
+    """Set dotted options (``{"inpaint.batch_size": 4}``) on ``cfg``; ``None`` values are skipped."""
+    nested: dict[str, dict] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        stage, _, key = dotted.partition(".")
+        nested.setdefault(stage, {})[key] = value
+    current = cfg.to_dict()
+    for stage, values in nested.items():
+        current.setdefault(stage, {}).update(values)
+    return ddb_config(current)

@@ -1,0 +1,93 @@
+"""Loading the pretrained models DDB uses, by hub id or local folder, with one clear error.
+
+A model id is one of: a Hugging Face hub id (``stabilityai/stable-diffusion-2-inpainting``),
+a local folder in the library's own format (what ``save_pretrained`` writes), or a toy-zoo
+id (``spuraug/toy-...``) that :func:`spuraug.toyworld.zoo.resolve_model_id` maps to a
+folder. The same ``from_pretrained`` call loads all three, so the code the tests run on
+tiny models saved to a temporary folder is the code that loads the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from spuraug.models import WeightsMissingError
+
+TOY_PREFIX = "spuraug/toy-"
+
+
+class ModelMissingError(WeightsMissingError):
+    """A pretrained model is neither on disk nor downloadable here."""
+
+
+def resolve(model_id: str) -> str:
+    """The path or hub id ``from_pretrained`` should receive for ``model_id``."""
+    if str(model_id).startswith(TOY_PREFIX):
+        try:
+            from spuraug.toyworld.zoo import resolve_model_id
+        except ImportError as e:  # the toy zoo module is not installed
+            raise ModelMissingError(
+                f"model {model_id!r} is a toy-zoo id but spuraug.toyworld.zoo is not available ({e}); "
+                "build the zoo with `make toy-zoo`"
+            ) from e
+        return str(resolve_model_id(model_id))
+    return str(model_id)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SPURAUG_OFFLINE"))
+
+
+def missing_message(model_id: str, detail: str = "") -> str:
+    where = "offline mode (HF_HUB_OFFLINE=1) and it is not in the Hugging Face cache" if _offline() else (
+        "it could not be downloaded"
+    )
+    msg = (
+        f"model {model_id!r} is not available: {where}. Provide a local copy: on a machine with "
+        f"network run `hf download {model_id} --local-dir DIR` (or `huggingface-cli download`), copy DIR "
+        "here and pass DIR in place of the id (the `spuraug ddb` --*-model options, or the ddb: section of "
+        "bench/configs/<dataset>.yaml), or fill the cache that HF_HOME points to."
+    )
+    if detail:
+        msg += f" ({detail})"
+    return msg
+
+
+def load(cls: Any, model_id: str, subfolder: str | None = None, revision: str | None = None, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` on the resolved ``model_id``; a missing model raises :class:`ModelMissingError`."""
+    path = resolve(model_id)
+    if subfolder is not None:
+        kwargs["subfolder"] = subfolder
+    if revision is not None and not Path(path).is_dir():
+        kwargs["revision"] = revision
+    local = Path(path).is_dir()
+    if local and subfolder is not None and not (Path(path) / subfolder).is_dir():
+        raise ModelMissingError(f"model folder {path} (for {model_id!r}) has no subfolder {subfolder!r}")
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as e:  # what the hub libraries raise for missing files and offline misses
+        first = (str(e).splitlines() or [""])[0][:300]
+        if local:
+            raise ModelMissingError(
+                f"model folder {path} (for {model_id!r}) cannot be loaded by {cls.__name__}: {first}"
+            ) from e
+        raise ModelMissingError(missing_message(model_id, f"{cls.__name__}: {first}")) from e
+
+
+def revision_of(model_id: str) -> str:
+    """The commit of a hub model in the local cache, ``local:<path>`` for folders, ``unknown`` otherwise."""
+    path = resolve(model_id)
+    if Path(path).is_dir():
+        return f"local:{Path(path).resolve()}"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in ("model_index.json", "config.json", "preprocessor_config.json"):
+            hit = try_to_load_from_cache(path, name)
+            if isinstance(hit, str):
+                return Path(hit).parent.name
+    except Exception:  # the revision is informative only  # noqa: BLE001
+        pass
+    return "unknown"

@@ -1,0 +1,205 @@
+"""Stage 2b: repaint each source's object as the OTHER class with Stable Diffusion inpainting.
+
+For a source of class ``i`` the mask region is regenerated with the prompt
+``"a photo of a <j> bird"`` (the learned token of the other class ``j`` loaded with
+``load_textual_inversion``); the background, the spurious context of class ``i``'s
+majority, is kept: the pipeline's output is pasted into the source outside the mask
+(``paste_back``), so those pixels are the source's own, not their VAE reconstruction.
+
+Each sample's seed is derived from its id (source id and target class), never from its
+position in a run, and batches are fixed chunks of a fixed plan, so a run killed at
+any point and resumed writes exactly the images an uninterrupted run writes. Each image
+and its JSON record are written atomically (image first, record last: a record means a
+finished sample).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageFilter
+from tqdm.auto import tqdm
+
+from spuraug.ddb import hub
+from spuraug.ddb.artifacts import atomic_save_image, atomic_write_json, read_json, safe_name
+from spuraug.ddb.config import InpaintConfig
+from spuraug.ddb.invert import resolve_device
+
+_SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+}
+
+
+def sample_seed(base_seed: int, source_id: str, target_class: int) -> int:
+    """The generator seed of one sample: a hash of (base seed, source id, target class)."""
+    digest = hashlib.sha256(f"{int(base_seed)}|{source_id}|{int(target_class)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def sample_id(source_id: str, target_class: int) -> str:
+    return f"{safe_name(source_id)}__to{int(target_class)}"
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_inpaint_pipeline(
+    cfg: InpaintConfig, embeddings: dict[str, Path] | None = None, device: torch.device | str = "auto"
+):
+    """The inpainting pipeline of ``cfg.model`` with the learned tokens loaded, SDPA attention."""
+    import diffusers
+    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    device = resolve_device(device if device != "auto" else cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pipe = hub.load(StableDiffusionInpaintPipeline, cfg.model, revision=cfg.revision, dtype=dtype,
+                    safety_checker=None, requires_safety_checker=False)
+    if pipe.unet.config.in_channels != 9:
+        raise ValueError(f"{cfg.model}: the inpainting UNet must take 9 input channels, found {pipe.unet.config.in_channels}")
+    for token, path in (embeddings or {}).items():
+        pipe.load_textual_inversion(str(path), token=token)
+    if cfg.scheduler != "default":
+        cls = getattr(diffusers, _SCHEDULERS[cfg.scheduler])
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.unet.set_attn_processor(AttnProcessor2_0())  # torch scaled_dot_product_attention
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@dataclass
+class Source:
+    """One image to repaint."""
+
+    source_id: str
+    position: int
+    source_class: int
+    rank: int
+    load_image: Callable[[], Image.Image]
+    mask_file: Path
+
+
+@dataclass
+class Plan:
+    sample_id: str
+    source: Source
+    target_class: int
+    seed: int
+
+
+def make_plan(sources: Sequence[Source], n_classes: int, base_seed: int) -> list[Plan]:
+    """Every (source, other class) pair, ordered by (source class, rank)."""
+    plan = []
+    for s in sorted(sources, key=lambda s: (s.source_class, s.rank, s.source_id)):
+        for j in range(n_classes):
+            if j != s.source_class:
+                plan.append(Plan(sample_id(s.source_id, j), s, j, sample_seed(base_seed, s.source_id, j)))
+    return plan
+
+
+def _read_mask(path: Path, size: tuple[int, int], dilation: int) -> Image.Image:
+    with Image.open(path) as im:
+        m = im.convert("L")
+    if m.size != size:
+        m = m.resize(size, Image.Resampling.NEAREST)
+    if dilation > 0:
+        m = m.filter(ImageFilter.MaxFilter(2 * dilation + 1))
+    return m.point(lambda v: 255 if v > 127 else 0)
+
+
+def paste_back(source: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
+    """``generated`` inside ``mask``, ``source`` outside it (all at the source's size)."""
+    if generated.size != source.size:
+        generated = generated.resize(source.size, Image.Resampling.BICUBIC)
+    m = np.asarray(mask) > 127
+    out = np.where(m[..., None], np.asarray(generated.convert("RGB")), np.asarray(source.convert("RGB")))
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def inpaint(
+    pipe,
+    plan: Sequence[Plan],
+    tokens: Sequence[str],
+    cfg: InpaintConfig,
+    out_dir: Path,
+    on_written: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Generate every planned sample not yet on disk; returns the table of all samples.
+
+    Writes ``images/<sample id>.png`` and then ``images/<sample id>.json``. Batches are
+    the fixed chunks ``plan[k*B:(k+1)*B]``; a chunk with any missing sample is computed
+    whole and only the missing samples are written, so outputs do not depend on where
+    a previous run stopped. ``on_written(sample_id)`` is called after each record.
+    """
+    out_dir = Path(out_dir)
+    img_dir = out_dir / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rel_root = out_dir
+    done = {p.sample_id for p in plan if (img_dir / f"{p.sample_id}.json").is_file()}
+    bs = max(1, int(cfg.batch_size))
+    pbar = tqdm(total=len(plan), initial=len(done), desc="inpaint", unit="img", dynamic_ncols=True)
+    try:
+        for start in range(0, len(plan), bs):
+            chunk = list(plan[start : start + bs])
+            if all(p.sample_id in done for p in chunk):
+                continue
+            sources = [p.source.load_image().convert("RGB") for p in chunk]
+            masks_full = [_read_mask(p.source.mask_file, im.size, cfg.mask_dilation) for p, im in zip(chunk, sources)]
+            r = int(cfg.resolution)
+            images = [im.resize((r, r), Image.Resampling.BICUBIC) for im in sources]
+            masks = [m.resize((r, r), Image.Resampling.NEAREST) for m in masks_full]
+            prompts = [cfg.prompt.format(token=tokens[p.target_class]) for p in chunk]
+            gens = [torch.Generator().manual_seed(p.seed) for p in chunk]
+            kwargs = {}
+            if cfg.negative_prompt:
+                kwargs["negative_prompt"] = [cfg.negative_prompt] * len(chunk)
+            result = pipe(prompt=prompts, image=images, mask_image=masks, height=r, width=r,
+                          num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                          strength=cfg.strength, generator=gens, output_type="pil", **kwargs).images
+            for p, src, mfull, gen_img, prompt in zip(chunk, sources, masks_full, result, prompts):
+                if p.sample_id in done:
+                    continue
+                final = paste_back(src, gen_img, mfull) if cfg.paste_back else gen_img.resize(src.size, Image.Resampling.BICUBIC)
+                img_path = img_dir / f"{p.sample_id}.png"
+                atomic_save_image(img_path, final)
+                label = p.target_class if cfg.label == "new" else p.source.source_class
+                record = {
+                    "sample_id": p.sample_id, "file": str(img_path.relative_to(rel_root)),
+                    "source_id": p.source.source_id, "source_position": p.source.position,
+                    "source_class": p.source.source_class, "source_rank": p.source.rank,
+                    "target_class": p.target_class, "label": label, "prompt": prompt,
+                    "negative_prompt": cfg.negative_prompt, "seed": p.seed, "mask": str(p.source.mask_file),
+                    "num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
+                    "resolution": r, "paste_back": cfg.paste_back, "mask_dilation": cfg.mask_dilation,
+                }
+                atomic_write_json(img_dir / f"{p.sample_id}.json", record)
+                done.add(p.sample_id)
+                pbar.update(1)
+                if on_written is not None:
+                    on_written(p.sample_id)
+    finally:
+        pbar.close()
+    return samples_table(out_dir, plan)
+
+
+def samples_table(out_dir: Path, plan: Sequence[Plan]) -> pd.DataFrame:
+    """The records of the planned samples that exist, in plan order."""
+    rows = []
+    for p in plan:
+        rec = Path(out_dir) / "images" / f"{p.sample_id}.json"
+        if rec.is_file():
+            rows.append(read_json(rec))
+    return pd.DataFrame(rows)

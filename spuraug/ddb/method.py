@@ -1,0 +1,75 @@
+"""DDB as a method of the suite: ``spuraug train --method ddb`` and the sweep harness.
+
+``run`` chains the cached stages (:class:`spuraug.ddb.pipeline.Stages`) from the ERM run
+of the same seed, then retrains on :func:`spuraug.engine.fit` into the normal run folder
+``runs/<dataset>/ddb/seed<S>/``, so result.json, metrics.jsonl and checkpoints follow the
+contract. Annotation: no training group labels; validation group labels for model
+selection only.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from spuraug.ddb.config import DDBConfig, ddb_config
+from spuraug.methods import Method, Param, param, register_method
+
+STAGES: tuple[str, ...] = ("invert", "sources", "segment", "inpaint", "prune", "retrain")
+
+
+def config_from_hparams(hparams: dict, where: str = "ddb") -> DDBConfig:
+    """The :class:`DDBConfig` of a resolved ``ddb`` section (``ConfigError`` naming the key)."""
+    from spuraug.config import ConfigError
+
+    try:
+        return ddb_config({k: hparams.get(k) or {} for k in STAGES}, where=where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+@register_method("ddb")
+class DDB(Method):
+    """Diffusion Driven Balancing (Yazdan Parast et al., ICCV 2025)."""
+
+    annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
+    uses_erm: ClassVar[bool] = True
+    params: ClassVar[dict[str, Param]] = {
+        **{s: param({}, dict, help=f"options of the {s} stage (spuraug/ddb/config.py)") for s in STAGES},
+        "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),
+    }
+
+    def run(self, ctx) -> dict:
+        from spuraug.ddb.pipeline import Stages, kept_arrays
+        from spuraug.ddb.retrain import AugmentedTrainSet, DDBObjective, GeneratedDataset, reinit_head
+        from spuraug.engine import TrainSource
+        from spuraug.runs import load_model
+
+        cfg = config_from_hparams(ctx.hparams, where=f"{ctx.config['config_file']}: ddb")
+        erm_dir = ctx.ensure_erm()
+        stages = Stages(
+            ctx.dataset, ctx.seed, cfg, runs_dir=ctx.runs_dir, data_dir=ctx.data_dir,
+            dataset_options=ctx.config["dataset_options"], device=str(ctx.device), config_file=ctx.config_file,
+            overrides=ctx.overrides, erm_dir=erm_dir,
+        )
+        manifests = stages.run_all()
+        table = stages.prune()
+        files, labels = kept_arrays(table)
+        train = ctx.load_split("train", "train")
+        aug = AugmentedTrainSet(train, GeneratedDataset(files, labels, transform=train.transform))
+        model = load_model(erm_dir, "best")
+        if cfg.retrain.reinit_head:
+            reinit_head(model, ctx.seed)
+        rc = cfg.retrain
+        hp = {"optimizer": "adam", "lr": rc.lr, "weight_decay": rc.weight_decay, "momentum": 0.0,
+              "epochs": rc.epochs, "selection": ctx.hparams["selection"]}
+        fit = ctx.fit(model, {"train": TrainSource(aug, rc.batch_size)},
+                      objective=DDBObjective(len(train), rc.gamma), hparams=hp)
+        out = ctx.result_from_fit(fit)
+        out["ddb"] = {
+            "erm_run": str(erm_dir),
+            "stages": manifests,
+            "n_train": len(train),
+            "n_generated_kept": len(files),
+            "kept_per_label": {str(c): int((labels == c).sum()) for c in range(train.n_classes)},
+        }
+        return out

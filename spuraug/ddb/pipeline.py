@@ -1,0 +1,390 @@
+"""DDB's stages chained through cached artifacts.
+
+Layout under the runs folder (each stage folder named ``<stage>-<key>``, the key a hash
+of everything the stage's output depends on)::
+
+    runs/<dataset>/ddb_artifacts/
+        invert-<key>/                 shared by every ERM seed (no ERM input)
+            class<c>/learned_embeds.safetensors, manifest.json, done
+        seed<S>/
+            sources-<key>/sources.csv          K lowest-ERM-loss images per class, Psi_i
+            segment-<key>/masks/<id>.png|json  object masks beside the source ids
+            inpaint-<key>/images/<sample>.png|json, samples.csv
+            prune-<key>/scores.csv, table.csv  p, Psi_i, rho, verdicts
+    runs/<dataset>/ddb/seed<S>/                the retrained model: a normal run folder
+
+Each stage can run alone (its inputs are computed first if missing) and each resumes
+after an interruption. :class:`Stages` is what the CLI and the ``ddb`` method use.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from spuraug.ddb import hub
+from spuraug.ddb.artifacts import Artifact, atomic_save_image, atomic_write_text, read_json, safe_name, timed
+from spuraug.ddb.config import DDBConfig
+from spuraug.ddb.invert import EMBEDS_FILE, class_tokens, resolve_device
+
+#: Options that change speed or memory but not results: left out of artifact keys.
+RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size")
+
+
+def _key_cfg(obj: Any) -> dict:
+    d = asdict(obj) if not isinstance(obj, dict) else dict(obj)
+    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+
+
+def artifact_root(runs_dir: str | os.PathLike, dataset: str) -> Path:
+    return Path(runs_dir) / dataset / "ddb_artifacts"
+
+
+@dataclass
+class Stages:
+    """The DDB stages of one dataset and ERM seed.
+
+    ``classifier`` / ``erm_dir``: the ERM model; when neither is given, the ERM run of
+    ``seed`` is found or trained through :func:`spuraug.runs.ensure_erm`.
+    """
+
+    dataset: str
+    seed: int
+    cfg: DDBConfig
+    runs_dir: Path = Path("runs")
+    data_dir: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+    device: str = "auto"
+    config_file: str | None = None
+    overrides: dict | None = None
+    classifier: torch.nn.Module | None = None
+    erm_dir: Path | None = None
+    erm_key: str | None = None
+    _splits: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ inputs
+    def split(self, name: str, transform: Any = None):
+        key = (name, transform if isinstance(transform, str) or transform is None else id(transform))
+        if key not in self._splits:
+            from spuraug.data.registry import get_dataset
+
+            opts = {k: tuple(v) if isinstance(v, list) else v for k, v in self.dataset_options.items()}
+            self._splits[key] = get_dataset(self.dataset, name, data_dir=self.data_dir, transform=transform, **opts)
+        return self._splits[key]
+
+    @property
+    def eval_transform(self):
+        from spuraug.data.registry import get_spec
+
+        return get_spec(self.dataset).transform(False)
+
+    @property
+    def n_classes(self) -> int:
+        return self.split("train").n_classes
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def erm(self) -> tuple[torch.nn.Module, str]:
+        """The ERM classifier (eval mode) and a key naming it (its run's config hash)."""
+        if self.classifier is None:
+            from spuraug.runs import ensure_erm, load_model
+
+            if self.erm_dir is None:
+                self.erm_dir = ensure_erm(self.dataset, self.seed, self.runs_dir, self.data_dir,
+                                          config_file=self.config_file, overrides=self.overrides, device=self.device)
+            self.classifier = load_model(self.erm_dir, "best")
+            cfg = read_json(Path(self.erm_dir) / "config.json")
+            self.erm_key = f"{cfg.get('config_hash')}/seed{self.seed}"
+        return self.classifier.eval(), self.erm_key or "given"
+
+    def root(self) -> Path:
+        return artifact_root(self.runs_dir, self.dataset)
+
+    def seed_root(self) -> Path:
+        return self.root() / f"seed{self.seed}"
+
+    def _base_key(self) -> dict:
+        return {"dataset": self.dataset, "dataset_options": self.dataset_options}
+
+    # ------------------------------------------------------------------ artifacts
+    def invert_artifact(self) -> Artifact:
+        return Artifact(self.root(), "invert", {**self._base_key(), "invert": _key_cfg(self.cfg.invert),
+                                                "n_classes": self.n_classes})
+
+    def sources_artifact(self) -> Artifact:
+        _, erm_key = self.erm()
+        return Artifact(self.seed_root(), "sources", {**self._base_key(), "erm": erm_key,
+                                                      "sources": _key_cfg(self.cfg.sources)})
+
+    def segment_artifact(self) -> Artifact:
+        return Artifact(self.seed_root(), "segment", {"sources": self.sources_artifact().key,
+                                                      "segment": _key_cfg(self.cfg.segment)})
+
+    def inpaint_artifact(self) -> Artifact:
+        from spuraug.ddb.inpaint import resolve_dtype
+
+        c = _key_cfg(self.cfg.inpaint)
+        c.pop("label")  # applied when the table is read, not baked into the images
+        c["dtype"] = str(resolve_dtype(self.cfg.inpaint.dtype, self.torch_device))
+        return Artifact(self.seed_root(), "inpaint", {"segment": self.segment_artifact().key,
+                                                      "invert": self.invert_artifact().key, "inpaint": c})
+
+    def prune_artifact(self) -> Artifact:
+        c = _key_cfg(self.cfg.prune)
+        for k in ("threshold", "rho", "use_condition1", "use_condition2"):  # applied to the table afterwards
+            c.pop(k)
+        return Artifact(self.seed_root(), "prune", {"inpaint": self.inpaint_artifact().key,
+                                                    "sources": self.sources_artifact().key, "prune": c})
+
+    # ------------------------------------------------------------------ stage 1
+    def tokens(self) -> list[str]:
+        return class_tokens(self.cfg.invert.tokens, self.n_classes)
+
+    def invert(self) -> Artifact:
+        """Textual inversion of every class (resumable; shared across ERM seeds)."""
+        from spuraug.ddb import invert as inv
+
+        art = self.invert_artifact()
+        if art.done:
+            return art
+        art.prepare()
+        cfg = self.cfg.invert
+        with timed(art) as t:
+            train = self.split("train")
+            comps = inv.load_sd_components(cfg.model, cfg.revision)
+            tokens = self.tokens()
+            ids = inv.add_tokens(comps, tokens, cfg.initializer_token)
+            per_class = {}
+            for c in range(self.n_classes):
+                out = art.path / f"class{c}"
+                chosen = inv.select_images(train.y, c, cfg.n_images, cfg.image_seed)
+                if not (out / EMBEDS_FILE).is_file():
+                    images = [train.load_image(int(i)) for i in chosen]
+                    t0 = time.perf_counter()
+                    inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
+                                    desc=f"invert class {c} {tokens[c]}")
+                    per_class[str(c)] = {"wall_time_s": time.perf_counter() - t0}
+                per_class.setdefault(str(c), {})
+                per_class[str(c)].update({"token": tokens[c], "n_images": int(len(chosen)),
+                                          "image_ids": [train.ids[int(i)] for i in chosen],
+                                          "file": f"class{c}/{EMBEDS_FILE}"})
+        art.finish({"counts": {"classes": self.n_classes, "images_per_class": cfg.n_images},
+                    "models": {"text_to_image": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
+                    "seeds": {"training": cfg.seed, "image_choice": cfg.image_seed},
+                    "classes": per_class, "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
+        return art
+
+    def embeddings(self) -> dict[str, Path]:
+        art = self.invert()
+        return {tok: art.path / f"class{c}" / EMBEDS_FILE for c, tok in enumerate(self.tokens())}
+
+    # ------------------------------------------------------------------ sources
+    def sources(self) -> pd.DataFrame:
+        """The K lowest-ERM-loss training images per class (``sources.csv``)."""
+        from spuraug import engine
+        from spuraug.ddb.sources import psi, select_sources
+
+        art = self.sources_artifact()
+        if not art.done:
+            art.prepare()
+            with timed(art) as t:
+                model, erm_key = self.erm()
+                train = self.split("train", "eval")
+                logits = engine.predict(model, train, self.torch_device, self.cfg.sources.batch_size, progress=True)
+                lg = torch.from_numpy(logits).double()
+                losses = torch.nn.functional.cross_entropy(lg, torch.as_tensor(train.y), reduction="none").numpy()
+                probs = lg.softmax(1).numpy()
+                table = select_sources(train.y, losses, probs, self.cfg.sources.k, train.ids)
+                atomic_write_text(art.path / "sources.csv", table.to_csv(index=False))
+            counts = {str(c): int((table.source_class == c).sum()) for c in range(self.n_classes)}
+            art.finish({"counts": {"sources": int(len(table)), "per_class": counts},
+                        "psi": {str(k): v for k, v in psi(table).items()}, "erm": erm_key,
+                        "erm_dir": str(self.erm_dir) if self.erm_dir else None,
+                        "seeds": {"erm": self.seed}, "wall_time_s": t["wall_time_s"],
+                        "config": asdict(self.cfg.sources)})
+        return pd.read_csv(art.path / "sources.csv", dtype={"source_id": str})
+
+    def source_image(self, position: int) -> Image.Image:
+        return self.split("train").load_image(int(position))
+
+    def source_path(self, position: int) -> Path | None:
+        p = self.split("train").image_path(int(position))
+        return Path(p) if p is not None else None
+
+    # ------------------------------------------------------------------ stage 2a
+    def segment(self) -> Artifact:
+        """Object masks of every source (``masks/<source id>.png``)."""
+        from spuraug.ddb.segment import build_segmenter, segment_sources
+
+        table = self.sources()
+        art = self.segment_artifact()
+        if art.done:
+            return art
+        art.prepare()
+        cfg = self.cfg.segment
+        with timed(art) as t:
+            seg = build_segmenter(cfg, self.device)
+            items = [(str(r.source_id), (lambda pos=int(r.position): self.source_image(pos)))
+                     for r in table.itertuples()]
+            counts = segment_sources(items, seg, cfg.prompt, art.path / "masks", cfg.batch_size)
+            # In-memory datasets have no image files: keep a copy of each source for the
+            # record (and for the examples page).
+            src_dir = art.path / "sources"
+            for r in table.itertuples():
+                if self.source_path(int(r.position)) is None:
+                    f = src_dir / f"{safe_name(str(r.source_id))}.png"
+                    if not f.is_file():
+                        atomic_save_image(f, self.source_image(int(r.position)))
+        models = ({"detector": cfg.detector, "sam": cfg.sam} if cfg.backend == "grounded_sam"
+                  else {"clipseg": cfg.clipseg})
+        art.finish({"counts": counts, "models": {k: {"id": v, "revision": hub.revision_of(v)} for k, v in models.items()},
+                    "backend": cfg.backend, "prompt": cfg.prompt, "wall_time_s": t["wall_time_s"],
+                    "config": asdict(cfg)})
+        return art
+
+    # ------------------------------------------------------------------ stage 2b
+    def plan(self):
+        from spuraug.ddb.inpaint import Source, make_plan
+
+        table = self.sources()
+        seg = self.segment()
+        srcs = []
+        for r in table.itertuples():
+            meta = read_json(seg.path / "masks" / f"{safe_name(str(r.source_id))}.json")
+            if not meta["found"]:
+                continue
+            srcs.append(Source(str(r.source_id), int(r.position), int(r.source_class), int(r.rank),
+                               (lambda pos=int(r.position): self.source_image(pos)),
+                               seg.path / "masks" / f"{safe_name(str(r.source_id))}.png"))
+        return make_plan(srcs, self.n_classes, self.cfg.inpaint.seed)
+
+    def inpaint(self, on_written=None) -> Artifact:
+        """Generated images (``images/<sample>.png`` + ``.json``) and ``samples.csv``."""
+        from spuraug.ddb.inpaint import inpaint, load_inpaint_pipeline
+
+        plan = self.plan()
+        embeds = self.embeddings()
+        art = self.inpaint_artifact()
+        if art.done:
+            return art
+        art.prepare()
+        cfg = self.cfg.inpaint
+        with timed(art) as t:
+            pipe = load_inpaint_pipeline(cfg, embeds, self.device)
+            table = inpaint(pipe, plan, self.tokens(), cfg, art.path, on_written=on_written)
+            atomic_write_text(art.path / "samples.csv", table.to_csv(index=False))
+        per = {str(c): int((table.source_class == c).sum()) for c in range(self.n_classes)} if len(table) else {}
+        art.finish({"counts": {"planned": len(plan), "generated": int(len(table)), "per_source_class": per},
+                    "models": {"inpainting": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
+                    "tokens": self.tokens(), "seeds": {"base": cfg.seed, "per_sample": "sha256(base|source_id|target)"},
+                    "label": cfg.label, "images_per_s": len(plan) / max(t["wall_time_s"], 1e-9),
+                    "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
+        return art
+
+    # ------------------------------------------------------------------ stage 3
+    def prune(self) -> pd.DataFrame:
+        """The pruning table (every sample's p, Psi_i, rho and verdicts) with the configured thresholds."""
+        from spuraug.ddb.prune import prune_counts, score_table
+        from spuraug.ddb.sources import psi
+
+        inp = self.inpaint()
+        sources = self.sources()
+        art = self.prune_artifact()
+        samples = pd.read_csv(inp.path / "samples.csv", dtype={"source_id": str, "sample_id": str})
+        cfg = self.cfg.prune
+        if not art.done:
+            art.prepare()
+            partial = art.path / "scores.partial.csv"
+            done = pd.read_csv(partial, dtype={"source_id": str, "sample_id": str}) if partial.is_file() else None
+            with timed(art) as t:
+                model, _ = self.erm()
+                pos = dict(zip(sources.source_id.astype(str), sources.position))
+                scores = score_table(
+                    model, samples,
+                    load_edited=lambda r: Image.open(inp.path / r["file"]).convert("RGB"),
+                    load_original=lambda r: self.source_image(int(pos[str(r["source_id"])])),
+                    load_mask=lambda r: Image.open(r["mask"]).convert("L"),
+                    psi=psi(sources), transform=self.eval_transform, ig_target=cfg.ig_target,
+                    n_steps=cfg.n_steps, internal_batch_size=cfg.internal_batch_size, batch_size=cfg.batch_size,
+                    device=self.torch_device, done=done,
+                    on_batch=lambda df: atomic_write_text(partial, df.to_csv(index=False)),
+                )
+                atomic_write_text(art.path / "scores.csv", scores.to_csv(index=False))
+                partial.unlink(missing_ok=True)
+            art.finish({"counts": {"generated": int(len(scores))}, "ig": {"n_steps": cfg.n_steps,
+                        "target": cfg.ig_target}, "images_per_s": len(scores) / max(t["wall_time_s"], 1e-9),
+                        "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
+        scores = pd.read_csv(art.path / "scores.csv", dtype={"source_id": str, "sample_id": str})
+        table = self.verdicts(scores, samples, sources)
+        atomic_write_text(art.path / "table.csv", table.to_csv(index=False))
+        counts = prune_counts(table)
+        manifest = art.manifest()
+        manifest.setdefault("verdicts", {})[f"P={cfg.threshold},rho={cfg.rho}"] = counts
+        manifest["counts"] = counts
+        from spuraug.ddb.artifacts import atomic_write_json
+
+        atomic_write_json(art.path / "manifest.json", manifest)
+        return table
+
+    def verdicts(self, scores: pd.DataFrame, samples: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:
+        """Scores + the configured rule's verdicts + image paths (for retraining and the examples page)."""
+        from spuraug.ddb.prune import apply_rules
+
+        cfg = self.cfg.prune
+        table = apply_rules(scores, cfg.threshold, cfg.rho, cfg.use_condition1, cfg.use_condition2)
+        new = self.cfg.inpaint.label == "new"
+        table["label"] = np.where(new, table["target_class"], table["source_class"]).astype(np.int64)
+        inp = self.inpaint_artifact().path
+        seg = self.segment_artifact().path
+        files = dict(zip(samples.sample_id, samples.file))
+        masks = dict(zip(samples.sample_id, samples["mask"]))
+        pos = dict(zip(sources.source_id.astype(str), sources.position))
+        table["generated_path"] = [str(inp / files[s]) for s in table.sample_id]
+        table["mask_path"] = [str(masks[s]) for s in table.sample_id]
+
+        def src(sid: str) -> str:
+            p = self.source_path(int(pos[sid]))
+            return str(p) if p is not None else str(seg / "sources" / f"{safe_name(sid)}.png")
+
+        table["source_path"] = [src(str(s)) for s in table.source_id]
+        table["rho"] = table["rho_raw"] if cfg.rho == "raw" else table["rho_fraction"]
+        return table
+
+    def kept(self) -> pd.DataFrame:
+        """The kept generated samples (rows of the pruning table with ``keep``)."""
+        table = self.prune()
+        return table[table["keep"]].reset_index(drop=True)
+
+    def run_all(self) -> dict:
+        """Every stage up to pruning; returns each stage's manifest."""
+        self.invert()
+        self.sources()
+        self.segment()
+        self.inpaint()
+        self.prune()
+        return self.manifests()
+
+    def manifests(self) -> dict:
+        out = {}
+        for name in ("invert", "sources", "segment", "inpaint", "prune"):
+            art = getattr(self, f"{name}_artifact")()
+            m = art.manifest()
+            out[name] = {"path": str(art.path), "done": art.done, "counts": m.get("counts"),
+                         "wall_time_s": m.get("wall_time_s"), "config_hash": m.get("config_hash")}
+        return out
+
+
+def kept_arrays(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """Files and labels of the kept rows of a pruning table."""
+    kept = table[table["keep"]]
+    return list(kept["generated_path"]), kept["label"].to_numpy(np.int64)

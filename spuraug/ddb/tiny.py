@@ -1,0 +1,227 @@
+"""Tiny versions of every model DDB loads, built from configs with random weights.
+
+Tests and CPU benchmarks save these with ``save_pretrained`` to a folder and then load
+them through the same :mod:`spuraug.ddb.hub` code that loads the real model ids, the way
+diffusers tests its pipelines on "dummy components". Nothing here downloads anything:
+the CLIP and BERT tokenizers are written from a small project-made vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+#: Words the tiny tokenizers know as single tokens (plus every single character).
+WORDS: tuple[str, ...] = (
+    "a", "photo", "of", "the", "digit", "bird", "animal", "person", "on", "land", "water",
+    "cropped", "close-up", "good", "nice", "clean", "dark", "bright", "small", "large", "one", "my",
+    "cool", "rendition", "picture", "image",
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # The byte-to-printable-character table of GPT-2/CLIP byte-level BPE.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_clip_tokenizer(folder: Path, words: tuple[str, ...] = WORDS, max_length: int = 16) -> Path:
+    """Write a CLIPTokenizer (vocab.json, merges.txt) whose listed words are single tokens."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    for c in chars:
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list[str] = []
+    for w in words:
+        symbols = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(symbols) > 1:
+            pair = f"{symbols[0]} {symbols[1]}"
+            if pair not in merges:
+                merges.append(pair)
+            symbols = [symbols[0] + symbols[1]] + symbols[2:]
+            vocab.setdefault(symbols[0], len(vocab))
+    vocab.setdefault("<|startoftext|>", len(vocab))
+    vocab.setdefault("<|endoftext|>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges],
+                        model_max_length=max_length, pad_token="<|endoftext|>")
+    tok.save_pretrained(folder)
+    return folder
+
+
+def clip_tokenizer(folder: Path, **kw):
+    from transformers import CLIPTokenizer
+
+    write_clip_tokenizer(folder, **kw)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def _text_encoder(vocab_size: int, max_length: int, hidden: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=max_length, projection_dim=hidden,
+        hidden_act="gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(cfg)
+
+
+def unet(in_channels: int = 4, cross_attention_dim: int = 32, sample_size: int = 8):
+    """A two-block UNet2DConditionModel with the SD2 layout (linear projections, head dims per block)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
+    )
+
+
+def vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32, sample_size=16,
+    )
+
+
+def save_stable_diffusion(folder: Path, in_channels: int = 9, seed: int = 0, image_size: int = 16) -> Path:
+    """Save a tiny Stable Diffusion pipeline folder (inpainting when ``in_channels`` is 9).
+
+    The VAE downsamples by 2, so ``image_size`` pixels are ``image_size // 2`` latents.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    tok = clip_tokenizer(folder / "_tok")
+    text_encoder = _text_encoder(len(tok), tok.model_max_length)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
+    pipe = cls(
+        vae=vae(), text_encoder=text_encoder, tokenizer=tok, unet=unet(in_channels, sample_size=image_size // 2),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    import shutil
+
+    shutil.rmtree(folder / "_tok")
+    return folder
+
+
+def save_clipseg(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny CLIPSegForImageSegmentation with its CLIPSegProcessor."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    tok = clip_tokenizer(folder / "_tok")
+    cfg = CLIPSegConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=tok.model_max_length,
+                         bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32, reduce_dim=16, extract_layers=[0, 1], decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
+    model = CLIPSegForImageSegmentation(cfg)
+    proc = CLIPSegProcessor(
+        image_processor=ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        tokenizer=tok,
+    )
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    import shutil
+
+    shutil.rmtree(folder / "_tok")
+    return folder
+
+
+def save_sam(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny SamModel with its SamProcessor (64-pixel inputs)."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    torch.manual_seed(seed)
+    cfg = SamConfig(
+        vision_config=dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=8, mlp_dim=64, global_attn_indexes=[1],
+                           window_size=4, num_pos_feats=8),
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32,
+                                 iou_head_hidden_dim=16),
+    )
+    model = SamModel(cfg)
+    proc = SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                                          mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}))
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return Path(folder)
+
+
+def write_bert_vocab(folder: Path, words: tuple[str, ...] = WORDS) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = specials + list(dict.fromkeys(list(words) + chars + ["##" + c for c in chars]))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder / "vocab.txt"
+
+
+def save_grounding_dino(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny GroundingDinoForObjectDetection (ResNet backbone, 2-layer BERT) and processor."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        ResNetConfig,
+    )
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    vocab = write_bert_vocab(folder / "_vocab")
+    tok = BertTokenizer(vocab_file=str(vocab), model_max_length=32)
+    cfg = GroundingDinoConfig(
+        backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 32], depths=[1, 1, 1, 1],
+                                     layer_type="basic", out_features=["stage2", "stage3", "stage4"]),
+        text_config=BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32),
+        d_model=32, num_queries=8, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_feature_levels=3, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=32, fusion_dropout=0.0, position_embedding_type="sine",
+    )
+    model = GroundingDinoForObjectDetection(cfg)
+    proc = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}), tokenizer=tok
+    )
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    import shutil
+
+    shutil.rmtree(folder / "_vocab")
+    return folder
