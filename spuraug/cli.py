@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spuraug.scoring",
     "spuraug.weights",
     "spuraug.doctor",
+    "spuraug.train_cli",
 )
 
 

@@ -1,0 +1,193 @@
+"""DFR, Deep Feature Reweighting (Kirichenko, Izmailov, Wilson, ICLR 2023), validation protocol.
+
+Exactly the paper's ``dfr_evaluate_spurious.py`` protocol (its defaults:
+``balance_dfr_val=True``, ``notrain_dfr_val=True``):
+
+1. Freeze the ERM model of the same seed (its ``best.pt``); embed validation and test
+   with its penultimate layer (eval transform). Embeddings are cached as ``embeddings.npz``.
+2. Tune ``C`` over ``c_grid``: split validation randomly in halves; fit on a
+   group-balanced subset of the first half (every group cut to the smallest group's
+   size), standardised with a scaler fit on that subset; score worst-group accuracy on
+   the second half; ``tune_repeats`` random splits summed; the first best ``C`` wins.
+3. Final head: standardise with a scaler fit on the whole validation split; fit
+   ``final_repeats`` L1 logistic regressions (liblinear) with the chosen ``C``, each on
+   a fresh group-balanced subset of the whole validation split; average the coefficients
+   and intercepts.
+
+Deviation, stated: groups absent from validation (MetaShift's 2-group validation) are
+ignored when balancing (the paper's code would cut every group to size 0).
+
+The averaged head, with the standardisation folded in, replaces the ERM model's ``fc``;
+the result is saved as ``checkpoints/best.pt`` so :func:`spuraug.runs.load_model` works.
+Validation metrics are in-sample (validation trains the head). Annotation: no/yes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from spuraug import engine
+from spuraug.methods import Method, Param, param, register_method
+from spuraug.metrics import evaluate_predictions
+
+#: The paper's grid of inverse L1 strengths.
+PAPER_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+
+
+def l1_logistic_regression(c: float, seed: int = 0) -> LogisticRegression:
+    """scikit-learn's L1 logistic regression with the liblinear solver (the paper's model)."""
+    major, minor = (int(v) for v in sklearn.__version__.split(".")[:2])
+    if (major, minor) >= (1, 8):  # ``penalty`` is deprecated from 1.8 on
+        return LogisticRegression(C=c, l1_ratio=1.0, solver="liblinear", random_state=seed)
+    return LogisticRegression(penalty="l1", C=c, solver="liblinear", random_state=seed)
+
+
+def balanced_subset(g: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a random group-balanced subset: every non-empty group cut to the size of
+    the smallest non-empty group."""
+    g = np.asarray(g)
+    by_group = [np.flatnonzero(g == k) for k in range(n_groups)]
+    by_group = [ix for ix in by_group if len(ix)]
+    m = min(len(ix) for ix in by_group)
+    return np.concatenate([rng.permutation(ix)[:m] for ix in by_group])
+
+
+def worst_group_acc(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
+    """Worst accuracy over the groups present, in percent."""
+    return min(100.0 * float(np.mean(pred[g == k] == y[g == k])) for k in np.unique(g))
+
+
+def tune_c(
+    x: np.ndarray, y: np.ndarray, g: np.ndarray, n_groups: int, c_grid: Sequence[float],
+    repeats: int, rng: np.random.Generator, balance: bool = True, standardize: bool = True, seed: int = 0,
+) -> tuple[float, dict[float, float]]:
+    """Choose ``C`` by worst-group accuracy on one half of validation (``repeats`` random halves,
+    scores summed); returns the best ``C`` (first in grid order on ties) and the scores."""
+    scores = {float(c): 0.0 for c in c_grid}
+    for _ in range(repeats):
+        idx = rng.permutation(len(x))
+        half = len(x) // 2
+        held, fit_ix = idx[:half], idx[half:]
+        if balance:
+            fit_ix = fit_ix[balanced_subset(g[fit_ix], n_groups, rng)]
+        xf, xh = x[fit_ix], x[held]
+        if standardize:
+            scaler = StandardScaler().fit(xf)
+            xf, xh = scaler.transform(xf), scaler.transform(xh)
+        for c in c_grid:
+            clf = l1_logistic_regression(float(c), seed).fit(xf, y[fit_ix])
+            scores[float(c)] += worst_group_acc(clf.predict(xh), y[held], g[held])
+    best = max(scores, key=lambda c: (scores[c], -list(scores).index(c)))
+    return best, scores
+
+
+def fit_final_head(
+    x: np.ndarray, y: np.ndarray, g: np.ndarray, n_groups: int, c: float, repeats: int,
+    rng: np.random.Generator, balance: bool = True, standardize: bool = True, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Average ``repeats`` L1 logistic regressions fit on balanced subsets of all of ``x``.
+
+    Returns ``(coef, intercept, mean, scale)``: the averaged sklearn coefficients (shape
+    ``(1, d)`` for two classes) and the standardisation applied before them."""
+    if standardize:
+        scaler = StandardScaler().fit(x)
+        mean, scale = scaler.mean_, scaler.scale_
+    else:
+        mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    xs = (x - mean) / scale
+    coefs, intercepts = [], []
+    for _ in range(repeats):
+        ix = balanced_subset(g, n_groups, rng) if balance else np.arange(len(x))
+        clf = l1_logistic_regression(c, seed).fit(xs[ix], y[ix])
+        coefs.append(clf.coef_)
+        intercepts.append(clf.intercept_)
+    return np.mean(coefs, axis=0), np.mean(intercepts, axis=0), mean, scale
+
+
+def fold_head(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+              n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(weight, bias)`` of a linear layer on raw embeddings whose arg-max equals the
+    standardised logistic regression's prediction (binary: class 1 logit, class 0 at 0)."""
+    w = coef / scale
+    b = intercept - (coef * (mean / scale)).sum(1)
+    if n_classes == 2 and w.shape[0] == 1:
+        w = np.concatenate([np.zeros_like(w), w])
+        b = np.concatenate([np.zeros(1), b])
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+@register_method("dfr")
+class DFR(Method):
+    """Last-layer retraining on group-balanced validation subsets (the paper's protocol)."""
+
+    annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
+    uses_erm: ClassVar[bool] = True
+    val_labels_beyond_selection: ClassVar[bool] = True
+    params: ClassVar[dict[str, Param]] = {
+        "c_grid": param(list(PAPER_C_GRID), list),
+        "tune_repeats": param(1, int, help="random validation halves for tuning C"),
+        "final_repeats": param(20, int, help="balanced subsets averaged in the final head"),
+        "balance_val": param(True, bool),
+        "standardize": param(True, bool),
+    }
+
+    def embeddings(self, ctx, erm_dir) -> dict[str, np.ndarray]:
+        path = ctx.dir / "embeddings.npz"
+        erm_hash = json.loads((erm_dir / "config.json").read_text())["config_hash"]
+        if path.is_file():
+            cached = np.load(path)
+            if str(cached["erm_config_hash"]) == erm_hash:
+                return dict(cached)
+        from spuraug.runs import load_model
+
+        model = load_model(erm_dir, "best")
+        out: dict[str, np.ndarray] = {"erm_config_hash": np.array(erm_hash)}
+        for split in ("val", "test"):
+            ds = ctx.load_split(split, "eval")
+            out[f"{split}_x"] = engine.predict(model, ds, ctx.device, ctx.config["eval"]["batch_size"],
+                                               features=True, num_workers=ctx.num_workers, progress=ctx.progress)
+            out[f"{split}_y"], out[f"{split}_a"] = ds.y, ds.a
+        engine.atomic_write_bytes(path, lambda h: np.savez(h, **out))
+        return out
+
+    def run(self, ctx) -> dict:
+        from spuraug.runs import load_model
+
+        hp = ctx.hparams
+        erm_dir = ctx.ensure_erm()
+        emb = self.embeddings(ctx, erm_dir)
+        val, test = ctx.load_split("val"), ctx.load_split("test")
+        n_groups, n_attr, n_classes = val.n_groups, val.n_attributes, val.n_classes
+        xv, yv, gv = emb["val_x"], emb["val_y"], emb["val_y"] * n_attr + emb["val_a"]
+        rng = np.random.default_rng(ctx.seed)
+        best_c, scores = tune_c(xv, yv, gv, n_groups, hp["c_grid"], hp["tune_repeats"], rng,
+                                hp["balance_val"], hp["standardize"], ctx.seed)
+        coef, intercept, mean, scale = fit_final_head(xv, yv, gv, n_groups, best_c, hp["final_repeats"], rng,
+                                                      hp["balance_val"], hp["standardize"], ctx.seed)
+        w, b = fold_head(coef, intercept, mean, scale, n_classes)
+        model = load_model(erm_dir, "best")
+        with torch.no_grad():
+            model.fc.weight.copy_(torch.from_numpy(w))
+            model.fc.bias.copy_(torch.from_numpy(b))
+        engine.atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()},
+                                 ctx.dir / "checkpoints" / "best.pt")
+        counts = ctx.train_group_counts()
+        metrics = {}
+        for split, ds in (("val", val), ("test", test)):
+            pred = (emb[f"{split}_x"] @ w.T + b).argmax(1)
+            metrics[split] = evaluate_predictions(ds.y, ds.a, pred, n_classes, n_attr, counts)
+        line = {"epoch": 1, "step": 0, "train_loss": None, "images_per_s": None, "step_time_s": None,
+                "peak_mem_mb": engine.peak_memory_mb(ctx.device), **metrics,
+                "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}}
+        engine.atomic_write_bytes(ctx.dir / "metrics.jsonl", lambda h: h.write((json.dumps(line) + "\n").encode()))
+        return {"selected_epoch": 1, "val": metrics["val"], "test": metrics["test"],
+                "dfr": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}, "erm_run": str(erm_dir),
+                        "val_metrics_in_sample": True}}

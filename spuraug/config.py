@@ -1,0 +1,236 @@
+"""Per-dataset run configurations (``bench/configs/<dataset>.yaml``), validated.
+
+A config file has top-level sections ``dataset_options``, ``model``, ``eval`` and
+``loader`` and one section per method (``erm``, ``groupdro``, ``jtt``, ``dfr``,
+``ddb``). Every value carries a ``# comment`` citing the paper or repository it comes
+from; :func:`load_config` keeps those comments as the resolved config's ``sources``.
+
+Unknown keys and values of the wrong type are :class:`ConfigError` naming the file and
+the key. ``overrides`` (``{"erm.lr": 0.01}`` or nested dicts) are validated alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spuraug.methods import Param, get_method, method_names, param
+from spuraug.models import MODEL_NAMES
+
+#: Where ``bench/configs/<dataset>.yaml`` live.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "bench" / "configs"
+
+#: Method sections a config may carry even when that method's module is not installed.
+KNOWN_METHOD_SECTIONS: tuple[str, ...] = ("erm", "groupdro", "jtt", "dfr", "ddb")
+
+MODEL_PARAMS: dict[str, Param] = {
+    "name": param("resnet50", choices=MODEL_NAMES),
+    "width": param(32, int, help="toy_cnn only: channels of the second block"),
+    "pretrained": param(True, bool),
+    "weights": param(None, str, type(None), help="a ResNet-50 ImageNet state-dict file"),
+}
+EVAL_PARAMS: dict[str, Param] = {
+    "batch_size": param(256, int),
+    "every": param(1, int, help="evaluate val and test every N epochs (and after the last)"),
+}
+LOADER_PARAMS: dict[str, Param] = {
+    "num_workers": param(0, int),
+}
+SECTION_PARAMS: dict[str, dict[str, Param]] = {"model": MODEL_PARAMS, "eval": EVAL_PARAMS, "loader": LOADER_PARAMS}
+#: Keys that do not change results and so stay out of the config hash.
+RUNTIME_KEYS: tuple[str, ...] = ("loader", "config_file", "sources", "config_hash")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the key."""
+
+
+def config_path(dataset: str) -> Path:
+    return CONFIG_DIR / f"{dataset}.yaml"
+
+
+_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w-]*)\s*:\s*(?P<value>[^#]*?)\s*(?:#\s*(?P<comment>.*))?$")
+
+
+def read_citations(text: str) -> dict[str, str]:
+    """``{"erm.lr": "<comment>"}`` for every ``key: value  # comment`` line of a YAML file."""
+    stack: list[tuple[int, str]] = []
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith(("#", "-")):
+            continue
+        m = _LINE.match(raw)
+        if not m:
+            continue
+        indent = len(m.group("indent"))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = m.group("key")
+        path = ".".join([k for _, k in stack] + [key])
+        if m.group("value"):
+            if m.group("comment"):
+                out[path] = m.group("comment").strip()
+        else:
+            stack.append((indent, key))
+    return out
+
+
+def _read_file(path: Path) -> tuple[dict, dict[str, str]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data, read_citations(text)
+
+
+def _expand(overrides: dict | None) -> dict:
+    """``{"erm.lr": 1}`` -> ``{"erm": {"lr": 1}}`` (nested dicts pass through)."""
+    out: dict = {}
+    for key, value in (overrides or {}).items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "dataset_options":
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def _check_section(where: str, section: str, values: Any, schema: dict[str, Param]) -> dict:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {section}: expected a mapping of keys, got {type(values).__name__} {values!r}")
+    for key, value in values.items():
+        if key not in schema:
+            raise ConfigError(
+                f"{where}: {section}.{key}: unknown key; allowed keys: {', '.join(sorted(schema))}"
+            )
+        why = schema[key].check(value)
+        if why:
+            raise ConfigError(f"{where}: {section}.{key}: {why}")
+    return {k: values.get(k, p.default) for k, p in schema.items()}
+
+
+def _check_dataset_options(where: str, dataset: str, options: Any) -> dict:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: dataset_options: expected a mapping, got {type(options).__name__}")
+    if dataset != "toy":
+        return dict(options)  # checked by the dataset's loader
+    from spuraug.data.toy import ToyConfig
+
+    fields = {f.name: f for f in dataclasses.fields(ToyConfig)}
+    defaults = ToyConfig()
+    out = {}
+    for key, value in options.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: dataset_options.{key}: unknown key; allowed keys: {', '.join(sorted(fields))}"
+            )
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise ConfigError(f"{where}: dataset_options.{key}: expected a list of {len(default)}, got {value!r}")
+            value = list(value)
+        else:
+            why = param(default, type(default)).check(value)
+            if why:
+                raise ConfigError(f"{where}: dataset_options.{key}: {why}")
+        out[key] = value
+    return out
+
+
+def validate(data: dict, dataset: str, where: str) -> dict:
+    """Check every section of a (merged) config; returns it with defaults filled in."""
+    known_methods = set(method_names())
+    out: dict = {}
+    for key in data:
+        if key in ("dataset_options", *SECTION_PARAMS):
+            continue
+        if key not in known_methods and key not in KNOWN_METHOD_SECTIONS:
+            allowed = ["dataset_options", *SECTION_PARAMS, *sorted(set(KNOWN_METHOD_SECTIONS) | known_methods)]
+            raise ConfigError(f"{where}: {key}: unknown section; allowed sections: {', '.join(allowed)}")
+    out["dataset_options"] = _check_dataset_options(where, dataset, data.get("dataset_options"))
+    for section, schema in SECTION_PARAMS.items():
+        out[section] = _check_section(where, section, data.get(section), schema)
+    for name in KNOWN_METHOD_SECTIONS + tuple(sorted(known_methods - set(KNOWN_METHOD_SECTIONS))):
+        if name in known_methods:
+            out[name] = _check_section(where, name, data.get(name), get_method(name).params)
+        elif name in data:
+            out[name] = data[name]  # a method whose module is not installed: kept, unchecked
+    return out
+
+
+def config_hash(config: dict) -> str:
+    """A short hash of everything in a resolved config that can change results."""
+    material = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
+    if isinstance(material.get("model"), dict):
+        material["model"] = {k: v for k, v in material["model"].items() if k != "weights"}
+    return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_config(
+    dataset: str, method: str, config_file: str | Path | None = None, overrides: dict | None = None
+) -> dict:
+    """The resolved, validated config of ``method`` on ``dataset``.
+
+    Returns ``{"dataset", "method", "dataset_options", "model", "eval", "loader",
+    "hparams" (the method's section with defaults), "erm" (for methods that start from
+    the ERM run), "config_file", "sources" (citation per key), "config_hash"}``.
+    """
+    cls = get_method(method)
+    path = Path(config_file) if config_file is not None else config_path(dataset)
+    if config_file is None and not path.is_file():
+        raise ConfigError(f"no config for dataset {dataset!r}: expected {path} (or pass --config FILE)")
+    data, citations = _read_file(path)
+    validate(data, dataset, str(path))
+    merged = _merge(data, _expand(overrides))
+    full = validate(merged, dataset, f"{path} (with overrides {overrides})" if overrides else str(path))
+    resolved = {
+        "dataset": dataset,
+        "method": method,
+        "dataset_options": full["dataset_options"],
+        "model": full["model"],
+        "eval": full["eval"],
+        "loader": full["loader"],
+        "hparams": full.get(method, {}) if method in full else _check_section(str(path), method, {}, cls.params),
+    }
+    if cls.uses_erm and method != "erm":
+        resolved["erm"] = full["erm"]
+    resolved["config_file"] = str(path)
+    resolved["sources"] = {
+        k: v for k, v in citations.items()
+        if k.split(".")[0] in ("dataset_options", "model", "eval", method) or (cls.uses_erm and k.startswith("erm."))
+    }
+    resolved["config_hash"] = config_hash(resolved)
+    return resolved

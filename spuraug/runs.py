@@ -1,0 +1,296 @@
+"""Run folders: one method, one dataset, one seed, resumable and skipped when done.
+
+Layout (``/work/brief/contracts.md``)::
+
+    runs/<dataset>/<method>/seed<S>/
+        config.json     the resolved config (with its citations and hash)
+        metrics.jsonl   one JSON line per evaluated epoch
+        checkpoints/    last.pt (resume), best.pt (selected model state dict)
+        result.json     the selected epoch's metrics, annotation setting, timing
+        done            written last
+
+:func:`run_method` skips a finished run (unless ``force``), resumes an unfinished one,
+and refuses to mix configs: a run folder made with another config is an error naming
+both hashes (``force`` moves the old folder aside to ``.seed<S>.previous``, so nothing
+finished is lost).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spuraug import engine
+from spuraug.config import ConfigError, load_config
+from spuraug.data.base import SpuriousDataset
+from spuraug.data.registry import get_dataset
+from spuraug.methods import get_method
+from spuraug.models import ToyCNN, build_model
+
+__all__ = [
+    "ConfigError",
+    "RunConfigMismatch",
+    "RunContext",
+    "build_model_from_config",
+    "ensure_erm",
+    "load_config",
+    "load_model",
+    "read_metrics",
+    "run_dir",
+    "run_method",
+]
+
+
+class RunConfigMismatch(ConfigError):
+    """A run folder already holds a run made with a different config."""
+
+
+def run_dir(runs_dir: str | os.PathLike, dataset: str, method: str, seed: int) -> Path:
+    """``runs_dir/<dataset>/<method>/seed<seed>``."""
+    return Path(runs_dir) / dataset / method / f"seed{int(seed)}"
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The JSON lines of a run folder's ``metrics.jsonl`` (or of that file itself)."""
+    p = Path(path)
+    return engine.read_jsonl(p / "metrics.jsonl" if p.is_dir() else p)
+
+
+def build_model_from_config(model_config: dict, n_classes: int, pretrained: bool | None = None) -> nn.Module:
+    """The backbone a config's ``model`` section describes (``pretrained`` overrides it)."""
+    name = model_config["name"]
+    if name == "toy_cnn":
+        return ToyCNN(n_classes, width=int(model_config.get("width", 32)))
+    use_pretrained = model_config.get("pretrained", True) if pretrained is None else pretrained
+    return build_model(name, n_classes, pretrained=use_pretrained, weights_path=model_config.get("weights"))
+
+
+def load_model(run_dir: str | os.PathLike, which: str = "best") -> nn.Module:
+    """The model of a run folder, rebuilt from ``config.json`` and ``checkpoints/<which>.pt``
+    (``which`` = ``best``, ``last`` or a kept epoch such as ``epoch010``), in eval mode on CPU.
+    Pretrained weights are not needed: the checkpoint holds every parameter."""
+    d = Path(run_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{d}: no config.json; is this a run folder?")
+    config = json.loads(cfg_path.read_text())
+    ckpt = d / "checkpoints" / f"{which}.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no such checkpoint (has the run finished an epoch?)")
+    state = engine.load_state(ckpt)
+    if "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    from spuraug.data.registry import dataset_info
+
+    model = build_model_from_config(config["model"], dataset_info(config["dataset"]).n_classes, pretrained=False)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@dataclass
+class RunContext:
+    """Everything a method's ``run`` needs: the resolved config, the run folder, the data."""
+
+    dataset: str
+    method: str
+    seed: int
+    config: dict
+    dir: Path
+    runs_dir: Path
+    data_dir: str | None = None
+    device: torch.device = field(default_factory=lambda: engine.resolve_device(None))
+    config_file: str | None = None
+    overrides: dict | None = None
+    progress: bool = True
+    _splits: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def hparams(self) -> dict:
+        return self.config["hparams"]
+
+    @property
+    def num_workers(self) -> int:
+        return int(self.config["loader"]["num_workers"])
+
+    def load_split(self, split: str, transform: str = "eval") -> SpuriousDataset:
+        """A split of the dataset with the config's dataset options (cached)."""
+        key = (split, transform)
+        if key not in self._splits:
+            options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.config["dataset_options"].items()}
+            try:
+                self._splits[key] = get_dataset(
+                    self.dataset, split, data_dir=self.data_dir, transform=transform, **options
+                )
+            except TypeError as e:
+                raise ConfigError(f"{self.config['config_file']}: dataset_options: {e}") from None
+        return self._splits[key]
+
+    def train_group_counts(self) -> list[int]:
+        return [int(c) for c in self.load_split("train").group_counts()]
+
+    def eval_sets(self) -> dict[str, SpuriousDataset]:
+        return {"val": self.load_split("val"), "test": self.load_split("test")}
+
+    def build_model(self, pretrained: bool | None = None) -> nn.Module:
+        """A fresh backbone with a new head (seeded by the run seed)."""
+        engine.seed_everything(self.seed)
+        return build_model_from_config(self.config["model"], self.load_split("train").n_classes, pretrained)
+
+    def fit(
+        self,
+        model: nn.Module,
+        sources: Any,
+        objective: engine.Objective | None = None,
+        hparams: dict | None = None,
+        out_dir: Path | None = None,
+        keep_epochs: tuple[int, ...] = (),
+        params: Any = None,
+    ) -> engine.FitResult:
+        """:func:`spuraug.engine.fit` with the optimiser, epochs, selection and evaluation
+        of ``hparams`` (default: the method's section), into ``out_dir`` (default: the run folder)."""
+        hp = hparams or self.hparams
+        opt = engine.build_optimizer(
+            params if params is not None else model.parameters(),
+            hp["optimizer"], hp["lr"], hp["weight_decay"], hp["momentum"],
+        )
+        return engine.fit(
+            model, sources, opt, hp["epochs"], self.eval_sets(),
+            objective=objective, out_dir=out_dir or self.dir, seed=self.seed, device=self.device,
+            selection=hp["selection"], train_group_counts=self.train_group_counts(),
+            eval_every=self.config["eval"]["every"], eval_batch_size=self.config["eval"]["batch_size"],
+            keep_epochs=keep_epochs, num_workers=self.num_workers, progress=self.progress,
+        )
+
+    def ensure_erm(self) -> Path:
+        """The ERM run of this seed (same config file and overrides), trained if missing."""
+        return ensure_erm(
+            self.dataset, self.seed, self.runs_dir, self.data_dir,
+            config_file=self.config_file, overrides=self.overrides, device=self.device, progress=self.progress,
+        )
+
+    def result_from_fit(self, fit: engine.FitResult) -> dict:
+        """``{"selected_epoch", "val", "test"}`` of the line the selection rule picked."""
+        sel = fit.selected
+        if sel is None:
+            raise RuntimeError("training produced no evaluated epoch")
+        return {"selected_epoch": sel["epoch"], "val": sel.get("val"), "test": sel.get("test")}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _move_aside(d: Path) -> Path:
+    """Move a run folder to ``.seed<S>.previous`` next to it (replacing an older one)."""
+    target = d.with_name(f".{d.name}.previous")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(d, target)
+    return target
+
+
+def run_method(
+    dataset: str,
+    method: str,
+    seed: int,
+    runs_dir: str | os.PathLike = "runs",
+    data_dir: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+    force: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train and evaluate ``method`` on ``dataset`` with ``seed``; returns ``result.json``'s contents.
+
+    A finished run (``done`` present, same config) is returned as is; an unfinished one
+    resumes from ``checkpoints/last.pt``. Every input is validated before any file is
+    touched. With ``force`` a finished run is moved aside (``.seed<S>.previous``) and redone.
+    """
+    config = load_config(dataset, method, config_file, overrides)
+    cls = get_method(method)
+    d = run_dir(runs_dir, dataset, method, seed)
+    old = _read_json(d / "config.json")
+    if (d / "done").is_file() and not force:
+        result = _read_json(d / "result.json")
+        if result is not None and old is not None and old.get("config_hash") == config["config_hash"]:
+            return result
+    if d.exists() and old is not None and old.get("config_hash") != config["config_hash"]:
+        if not force:
+            raise RunConfigMismatch(
+                f"{d} holds a run with config {old.get('config_hash')} (from {old.get('config_file')}), "
+                f"but this config is {config['config_hash']}; use --force to redo it "
+                f"(the old folder is kept as .{d.name}.previous) or another --out"
+            )
+        _move_aside(d)
+    elif force and (d / "done").is_file():
+        _move_aside(d)
+    d.mkdir(parents=True, exist_ok=True)
+    engine.atomic_write_json(config, d / "config.json")
+
+    method_obj = cls()
+    ctx = RunContext(
+        dataset=dataset, method=method, seed=int(seed), config=config, dir=d, runs_dir=Path(runs_dir),
+        data_dir=data_dir, device=engine.resolve_device(device),
+        config_file=str(config_file) if config_file is not None else None, overrides=overrides, progress=progress,
+    )
+    t0 = time.perf_counter()
+    if progress:
+        print(f"[{dataset}/{method}/seed{seed}] training in {d} on {ctx.device}", file=sys.stderr)
+    out = method_obj.run(ctx)
+    result = {
+        "dataset": dataset,
+        "method": method,
+        "seed": int(seed),
+        "selection": config["hparams"].get("selection", "val_worst_group_acc"),
+        "selected_epoch": out.get("selected_epoch"),
+        "annotation": method_obj.annotation_for(config["hparams"]),
+        "val": out.get("val"),
+        "test": out.get("test"),
+        "config_hash": config["config_hash"],
+        "wall_time_s": time.perf_counter() - t0,
+        "config": config,
+    }
+    for k, v in out.items():
+        if k not in result:
+            result[k] = _jsonable(v)
+    engine.atomic_write_json(result, d / "result.json")
+    engine.atomic_write_bytes(d / "done", lambda h: h.write(b"done\n"))
+    return result
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    return v
+
+
+def ensure_erm(
+    dataset: str,
+    seed: int,
+    runs_dir: str | os.PathLike,
+    data_dir: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Path:
+    """The folder of the finished ERM run of ``dataset``/``seed``, trained first if missing
+    (DFR, JTT and DDB start from it instead of training their own)."""
+    run_method(dataset, "erm", seed, runs_dir, data_dir, config_file, overrides, device=device, progress=progress)
+    return run_dir(runs_dir, dataset, "erm", seed)
