@@ -251,8 +251,10 @@ def ddb_grid(runs_dir: str | Path, dataset: str, out_png: Path, n_rows: int = 8)
             p = e.get(key)
             if p and Path(p).is_file():
                 with Image.open(p) as im:
-                    ax.imshow(im.convert("RGB") if key != "mask" else im.convert("L"),
-                              cmap=None if key != "mask" else "gray")
+                    if key == "mask":  # fixed range: an all-object mask must show white, not black
+                        ax.imshow(im.convert("L"), cmap="gray", vmin=0, vmax=255)
+                    else:
+                        ax.imshow(im.convert("RGB"))
             else:
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=8)
             ax.set_title(title, fontsize=8)

@@ -1,0 +1,123 @@
+"""The leaderboard: markdown + static page from version folders, submissions and the
+published numbers; rendered in headless Chromium without console errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from harness_runs import make_run
+from PIL import Image
+
+from bench.browser import BrowserMissingError, render_page
+from bench.leaderboard import LeaderboardError, build_leaderboard, load_published, load_submissions
+from bench.sweep import run_sweep
+
+ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "anchors.md"
+
+
+@pytest.fixture
+def results(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, wga in enumerate([40.0, 44.0, 48.0]):
+        make_run(runs, "toy", "erm", seed, wga, 90.0, 91.0)
+        make_run(runs, "toy", "dfr", seed, wga + 30, 88.0, 89.0)
+    res = tmp_path / "results"
+    run_sweep("toy", ["erm", "dfr"], [0, 1, 2], runs_dir=str(runs), results_dir=str(res), run=False,
+              log=lambda *a: None)
+    # a newer version with only ERM (different numbers): the leaderboard shows the newest per method
+    for seed in range(3):
+        make_run(runs, "toy", "erm", seed, 60.0, 91.0, 92.0)
+    run_sweep("toy", ["erm"], [0, 1, 2], runs_dir=str(runs), results_dir=str(res), run=False, log=lambda *a: None)
+    sub = res / "submissions" / "waterbirds"
+    sub.mkdir(parents=True)
+    (sub / "my-model.json").write_text(json.dumps(
+        {"worst_group_acc": 81.3, "avg_acc": 90.5, "adjusted_avg_acc": 91.0, "mean_group_acc": 88.0,
+         "worst_class_acc": 85.0, "groups": []}))
+    # DDB artifacts: a prune table with two generated images
+    prune = runs / "toy" / "ddb" / "seed0" / "prune-abc123"
+    prune.mkdir(parents=True)
+    rows = []
+    for i, kept in enumerate([True, False]):
+        for kind, color in (("source", (0, 120, 0)), ("mask", (255, 255, 255)), ("generated", (0, 0, 200))):
+            Image.new("RGB", (16, 16), color).save(prune / f"{kind}{i}.png")
+        rows.append({"source_path": f"source{i}.png", "mask_path": f"mask{i}.png",
+                     "generated_path": f"generated{i}.png", "kept": kept, "p": 0.4, "rho": 0.6 - 0.5 * i})
+    (prune / "prune.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return res, runs
+
+
+def test_leaderboard_files_and_labels(results):
+    res, runs = results
+    built = build_leaderboard(res, runs)
+    md = built["markdown"].read_text()
+    page = built["html"].read_text()
+    assert built["datasets"][:2] == ["toy", "waterbirds"]
+    toy = md.split("## toy")[1].split("## waterbirds")[0]
+    assert "| ERM | 60.0 ± 0.0 |" in toy  # newest version wins
+    assert "| DFR | 74.0 ± 4.0 |" in toy  # from the older version (sample std of 70/74/78)
+    wb = md.split("## waterbirds")[1].split("## celeba")[0]
+    assert "Published (copied from the papers, not reproduced here)" in wb
+    assert "| DDB | 93.0 ± 0.1 | 93.6 |" in wb
+    assert "| my-model | 81.3 | 90.5 | 91.0 |" in wb
+    assert "Izmailov et al. 2022" in wb and "about 97.0" in wb
+    # every link of the markdown and the page resolves to a file
+    for href in re.findall(r"\]\(([^)]+)\)", md):
+        assert (built["markdown"].parent / href).is_file(), href
+    for href in re.findall(r'(?:href|src)="([^"]+)"', page):
+        assert (built["html"].parent / href).is_file(), href
+    assert 'class="tag published"' in page and "<script" not in page
+    with Image.open(built["images"]["wga"]) as im:
+        assert im.size[0] > 400
+    assert "ddb_toy" in built["images"] and "DDB examples" in md
+
+
+def test_bad_submission_names_file_and_field(tmp_path):
+    d = tmp_path / "submissions" / "celeba"
+    d.mkdir(parents=True)
+    (d / "x.json").write_text(json.dumps({"avg_acc": 90.0}))
+    with pytest.raises(LeaderboardError, match=r"x\.json: field 'worst_group_acc'"):
+        load_submissions(tmp_path)
+
+
+def test_published_yaml_cites_every_number_and_matches_anchors():
+    entries = load_published()
+    assert len(entries) >= 30
+    assert all(e["cite"] and e["reference"] for e in entries)
+    if not ANCHORS.is_file():
+        pytest.skip(f"{ANCHORS} not present: transcription not cross-checked")
+    text = ANCHORS.read_text()
+    for e in entries:
+        for key in ("worst_group_acc", "avg_acc"):
+            if key in e:
+                v = e[key]
+                shown = f"{v:.0f}" if e.get("approximate") else f"{v:.1f}"
+                assert shown in text, f"{e['dataset']} {e['method']} {key}={v} not in anchors.md"
+
+
+def test_page_renders_in_headless_chromium(results, tmp_path):
+    res, runs = results
+    built = build_leaderboard(res, runs)
+    try:
+        shot = tmp_path / "screenshot.png"
+        rendered = render_page(built["html"], shot)
+    except BrowserMissingError as e:
+        pytest.skip(f"headless Chromium unavailable: {e}")
+    assert rendered["console_errors"] == []
+    assert rendered["title"] == "spuraug leaderboard"
+    with Image.open(shot) as im:
+        assert im.size[0] == 1280 and im.size[1] > 1000  # the whole page, not just the first screen
+
+
+def test_render_page_reports_console_errors(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text("<html><head><title>bad</title></head><body><img src='missing.png'>"
+                    "<script>console.error('deliberate')</script></body></html>")
+    try:
+        rendered = render_page(page)
+    except BrowserMissingError as e:
+        pytest.skip(f"headless Chromium unavailable: {e}")
+    errors = " ".join(rendered["console_errors"])
+    assert "deliberate" in errors and "missing.png" in errors
