@@ -120,8 +120,11 @@ def _read_attr_txt(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             f"{path}: line 3 has {len(first_row)} fields but line 2 names {len(names)} attributes "
             f"(expected the image name plus one value per attribute)"
         )
-    # sep=r"\s+" runs on pandas' C parser: about a second for 202,599 rows.
-    df = read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *names], dtype=str)
+    # sep=r"\s+" runs on pandas' C parser (timing: bench/test_real_metadata_loading.py).
+    df = read_csv(
+        path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *names], dtype=str,
+        usecols=["image_id", TARGET, SPURIOUS],
+    )
     if len(df) != declared:
         raise DataError(f"{path}: line 1 declares {declared} images but the file lists {len(df)} (truncated?)")
     first = 3
