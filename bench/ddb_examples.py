@@ -1,10 +1,13 @@
 """Find DDB's example images (source, mask, generated) and pruning verdicts on disk.
 
-The DDB stages write cached artifact folders under ``runs/<dataset>/ddb/`` (see
-spuraug/ddb/artifacts.py); the prune stage writes a table with one row per generated
-image. This module reads any ``*.csv`` / ``*.jsonl`` / ``*.json`` table under a folder
-whose name starts with ``prune`` and recognises the columns below; image paths may be
-absolute or relative to the table's folder, its parent, or the ``ddb`` folder.
+The DDB stages write cached artifact folders under ``runs/<dataset>/ddb_artifacts/``
+(spuraug/ddb/pipeline.py); the prune stage writes ``seed<S>/prune-<key>/table.csv`` with
+one row per generated image (``source_path``, ``mask_path``, ``generated_path``,
+``keep``, ``p``, ``psi``, ``rho``, ...). This module reads any ``*.csv`` / ``*.jsonl`` /
+``*.json`` table under a folder whose name starts with ``prune`` (below
+``ddb_artifacts/`` or ``ddb/``) and recognises the columns below; image paths may be
+absolute or relative to the working directory, the table's folder, its parent, or the
+artifacts folder.
 """
 
 from __future__ import annotations
@@ -84,15 +87,24 @@ def find_examples(runs_dir: str | Path, dataset: str) -> list[dict]:
     Only rows whose generated image exists are returned; an empty list when DDB has not
     run on ``dataset``.
     """
-    base = Path(runs_dir) / dataset / "ddb"
-    if not base.is_dir():
-        return []
+    out = []
+    for base in ddb_artifact_dirs(runs_dir, dataset):
+        out += _examples_below(base)
+    return out
+
+
+def ddb_artifact_dirs(runs_dir: str | Path, dataset: str) -> list[Path]:
+    """The folders DDB writes its stage artifacts to, those that exist."""
+    return [d for d in (Path(runs_dir) / dataset / "ddb_artifacts", Path(runs_dir) / dataset / "ddb") if d.is_dir()]
+
+
+def _examples_below(base: Path) -> list[dict]:
     out = []
     tables = [p for p in sorted(base.rglob("*")) if p.suffix in (".csv", ".jsonl", ".json")
-              and p.name not in ("manifest.json", "key.json")
+              and p.name not in ("manifest.json", "key.json") and ".partial." not in p.name
               and any(part.startswith("prune") for part in p.relative_to(base).parts[:-1])]
     for table in tables:
-        roots = [table.parent, table.parent.parent, base]
+        roots = [Path.cwd(), table.parent, table.parent.parent, base]
         for row in _read_table(table):
             kept = _truthy(_first(row, KEPT_KEYS))
             generated = _resolve(_first(row, GENERATED_KEYS), roots)

@@ -84,18 +84,20 @@ def merge_overrides(base: dict | None, extra: dict | None) -> dict | None:
 # -- DDB generation throughput --------------------------------------------------------
 
 def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
-    """Images/s of DDB's generation stages, read from the manifests under ``runs/<dataset>/ddb/``.
+    """Images/s of DDB's generation stages, read from the stage manifests under
+    ``runs/<dataset>/ddb_artifacts/`` (spuraug/ddb/pipeline.py: inpaint and prune record
+    ``images_per_s``) or ``runs/<dataset>/ddb/``.
 
-    Any ``manifest*.json`` below that folder counts. A manifest (or each entry of its
+    Any ``manifest*.json`` below those folders counts. A manifest (or each entry of its
     ``stages`` list/dict) contributes a row when it has ``images_per_s``, or a count of
     images (``n_generated``, ``n_images`` or ``images``) plus ``wall_time_s``/``seconds``.
     Missing artifacts give an empty list.
     """
-    base = Path(runs_dir) / dataset / "ddb"
+    from bench.ddb_examples import ddb_artifact_dirs
+
     rows: list[dict] = []
-    if not base.exists():
-        return rows
-    for path in sorted(base.rglob("manifest*.json")):
+    manifests = [p for base in ddb_artifact_dirs(runs_dir, dataset) for p in sorted(base.rglob("manifest*.json"))]
+    for path in manifests:
         try:
             manifest = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

@@ -132,9 +132,10 @@ def test_parse_overrides():
 
 
 def test_ddb_throughput_read_from_manifests(tmp_path):
-    d = tmp_path / "toy" / "ddb" / "seed0" / "inpaint"
+    d = tmp_path / "toy" / "ddb_artifacts" / "seed0" / "inpaint-abc"
     d.mkdir(parents=True)
     (d / "manifest.json").write_text(json.dumps({"stage": "inpaint", "n_generated": 120, "wall_time_s": 60.0}))
+    (tmp_path / "toy" / "ddb" / "seed0").mkdir(parents=True)
     (tmp_path / "toy" / "ddb" / "seed0" / "manifest.json").write_text(
         json.dumps({"stages": {"prune": {"images_per_s": 4.0}}}))
     rows = ddb_generation_throughput(tmp_path, "toy")

@@ -37,7 +37,7 @@ def results(tmp_path):
         {"worst_group_acc": 81.3, "avg_acc": 90.5, "adjusted_avg_acc": 91.0, "mean_group_acc": 88.0,
          "worst_class_acc": 85.0, "groups": []}))
     # DDB artifacts: a prune table with two generated images
-    prune = runs / "toy" / "ddb" / "seed0" / "prune-abc123"
+    prune = runs / "toy" / "ddb_artifacts" / "seed0" / "prune-abc123"
     prune.mkdir(parents=True)
     rows = []
     for i, kept in enumerate([True, False]):
