@@ -15,7 +15,6 @@ import json
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -144,32 +143,37 @@ class LocalLauncher(Launcher):
                    config_file=spec.config_file, overrides=spec.overrides, force=spec.force)
 
     @staticmethod
-    def train_command(spec: RunSpec, config_file: str | None = None) -> list[str]:
-        """The ``spuraug train`` command line that executes ``spec``."""
+    def train_command(spec: RunSpec) -> list[str]:
+        """The ``spuraug train`` command line that executes ``spec`` (overrides as ``--set``)."""
         cmd = [sys.executable, "-m", "spuraug.cli", "train", "--dataset", spec.dataset, "--method", spec.method,
                "--seed", str(spec.seed), "--out", spec.runs_dir]
         if spec.data_dir:
             cmd += ["--data-dir", spec.data_dir]
-        if config_file or spec.config_file:
-            cmd += ["--config", config_file or spec.config_file]
+        if spec.config_file:
+            cmd += ["--config", spec.config_file]
+        for key, value in flatten_overrides(spec.overrides or {}).items():
+            cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is valid YAML
         if spec.force:
             cmd.append("--force")
         return cmd
 
     def _run_subprocess(self, spec: RunSpec) -> None:
-        with tempfile.TemporaryDirectory(prefix="spuraug-sweep-") as tmp:
-            config_file = None
-            if spec.overrides:
-                # `spuraug train` takes overrides only as a config file: resolve them here.
-                from spuraug.runs import load_config
+        cmd = self.train_command(spec)
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{shlex.join(cmd)}` exited with {proc.returncode}")
 
-                config = load_config(spec.dataset, spec.method, spec.config_file, spec.overrides)
-                config_file = str(Path(tmp) / "config.json")
-                Path(config_file).write_text(json.dumps(config))
-            cmd = self.train_command(spec, config_file)
-            proc = subprocess.run(cmd)
-            if proc.returncode != 0:
-                raise RuntimeError(f"`{shlex.join(cmd)}` exited with {proc.returncode}")
+
+def flatten_overrides(overrides: dict, prefix: str = "") -> dict:
+    """``{"erm": {"epochs": 2}}`` -> ``{"erm.epochs": 2}`` (the ``--set`` form of ``spuraug train``)."""
+    out: dict = {}
+    for k, v in overrides.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_overrides(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher}
