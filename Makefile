@@ -64,6 +64,18 @@ lint: setup ## ruff over the whole tree
 bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [DATA_DIR=..] [DOCKER=1 [GPU=1]]
 	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR)))
 
+# ---- the harness (docs/harness.md)
+.PHONY: check leaderboard throughput
+
+check: setup ## accuracy regression gate: CI-sized toy sweep vs results/reference/toy.json (exit 1 on regression)
+	$(PY) -m bench.check
+
+leaderboard: setup ## build results/leaderboard.md + results/leaderboard/index.html (screenshot when chromium is installed)
+	$(PY) -m bench.leaderboard
+
+throughput: setup ## pytest-benchmark suite of bench/ -> results/throughput/<machine>/<time>.json; images/s + ratio to last run
+	$(PY) -m bench.throughput
+
 # ---- containers and weights (docs/containers.md)
 .PHONY: image image-gpu image-cpu weights doctor docker-volumes
 
