@@ -252,3 +252,12 @@ def test_http_download_restarts_when_range_is_ignored_and_rejects_web_pages(tmp_
         fetch_mod.http_download(f"{base}/moved.html", tmp_path / "m.zip")
     with pytest.raises(FetchError, match="404"):
         fetch_mod.http_download(f"{base}/missing.zip", tmp_path / "n.zip")
+
+
+def test_broken_existing_copy_is_reported_not_overwritten(tmp_path):
+    root = make_waterbirds(tmp_path)
+    (root / "045.Northern_Fulmar").rename(root / "moved_away")
+    buf = io.StringIO()
+    rc = fetch("waterbirds", tmp_path, downloader=Offline(), wilds_download=Offline(), partial=True, out=buf)
+    assert rc == 1 and "image files are missing" in buf.getvalue() and "already there" in buf.getvalue()
+    assert (root / "moved_away").is_dir()

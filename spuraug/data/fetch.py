@@ -290,6 +290,7 @@ def fetch(
     downloader = downloader or http_download
     wilds_download = wilds_download or wilds_package_download
     find_root = _MODULES[name].find_root
+    downloaded = False
     try:
         root = find_root(data_dir)
         print(f"{name}: found at {root}; not downloading", file=out)
@@ -303,6 +304,7 @@ def fetch(
             try:
                 _run_mirror(mirror, data_dir, downloader, wilds_download)
                 root = find_root(data_dir)
+                downloaded = True
                 break
             except DataError:
                 failures.append(f"{mirror.name}: downloaded, but the expected layout is not there")
@@ -320,6 +322,9 @@ def fetch(
         splits = check_dataset(name, str(data_dir))
     except DataError as e:
         print(f"{name}: data check failed: {e}", file=out)
+        if not downloaded:
+            print(f"{name}: the copy at {root} was already there; complete it, or move it away and re-run "
+                  "to download a fresh one", file=out)
         return 1
     table, matches = format_counts(name, splits)
     print(table, file=out)
