@@ -1,6 +1,6 @@
 """``python -m bench.check``: the accuracy regression gate for CI (``make check``).
 
-Runs a CI-sized toy sweep (every registered method, :data:`CI_SEEDS`, the config
+Runs a CI-sized toy sweep (the methods of the reference, :data:`CI_SEEDS`, the config
 overrides :data:`CI_OVERRIDES`: a smaller toy benchmark and fewer epochs) into a fresh
 temporary runs folder, then compares each method's test worst-group and average
 accuracy (mean over the CI seeds) with ``results/reference/toy.json``::
@@ -12,7 +12,8 @@ It prints expected, got and difference per method and metric and exits with 1 wh
 metric is LOWER than expected by more than the tolerance, or a method of the reference
 did not produce a result. Higher by more than the tolerance is reported as "better"
 and does not fail (pass ``--strict`` to fail on it too: the reference is then stale).
-A registered method without a reference entry is reported and does not fail.
+A method joins the gate by being measured into the reference
+(``--write-reference --methods ...``; without ``--methods`` every registered method).
 
 ``--write-reference`` measures and writes the reference instead (the command is noted
 inside the file). Re-measure it whenever a config or method changes results on purpose.
@@ -155,7 +156,8 @@ def measure(runs_dir: str | Path, methods: Sequence[str] | None = None, seeds: S
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.check", description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", default=str(DEFAULT_REFERENCE))
-    p.add_argument("--methods", nargs="+", help="default: every registered method")
+    p.add_argument("--methods", nargs="+",
+                   help="default: the methods of the reference (with --write-reference: every registered method)")
     p.add_argument("--seeds", nargs="+", type=int, default=list(CI_SEEDS))
     p.add_argument("--runs-dir", help="keep the CI runs here (default: a temporary folder, deleted after)")
     p.add_argument("--strict", action="store_true", help="also fail when a metric is better than the tolerance")
@@ -168,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     if reference is not None and reference.get("_meta", {}).get("overrides") not in (None, CI_OVERRIDES):
         print("bench.check: warning: the reference was measured with other CI overrides "
               f"({reference['_meta']['overrides']}); re-measure it with --write-reference", file=sys.stderr)
+    methods = args.methods
+    if methods is None and reference is not None:
+        # the reference defines the gate: a method joins it when its numbers are measured into it
+        methods = [m for m in reference if not m.startswith("_")]
     tmp = None
     runs_dir = args.runs_dir
     if runs_dir is None:
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = tmp
     t0 = time.monotonic()
     try:
-        got, info = measure(runs_dir, args.methods, args.seeds)
+        got, info = measure(runs_dir, methods, args.seeds)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
