@@ -171,13 +171,14 @@ def torch_checkpoint_dir() -> Path:
     return Path(get_dir()) / "checkpoints"
 
 
-def select_files(model: HubModel, repo_files: Iterable[str], fp16: bool = True) -> list[str]:
+def select_files(model: HubModel, repo_files: Iterable[str], fp16: bool = False) -> list[str]:
     """The files of a repository listing that the benchmark needs, sorted.
 
     Keeps configs, tokenizer files and weights; for a diffusers pipeline only the top-level
     non-weight files and the listed component folders (so no multi-GB single-file
     checkpoints); in each folder ``.safetensors`` weights, ``.bin`` only where a folder has
-    none; fp16 variants only with ``fp16``.
+    none; the ``.fp16.`` weight variants only with ``fp16`` (DDB loads the full-precision
+    files and casts them, so they are not needed by default).
     """
     files = [f for f in repo_files if f.endswith(_KEPT_SUFFIXES)]
 
@@ -333,7 +334,7 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "SPURAUG_OFFLINE"))
 
 
-def fetch_hub_model(model: HubModel, cache_dir: str | os.PathLike | None = None, fp16: bool = True) -> WeightsStatus:
+def fetch_hub_model(model: HubModel, cache_dir: str | os.PathLike | None = None, fp16: bool = False) -> WeightsStatus:
     """Download the files :func:`select_files` picks into the hub cache; resumes partial downloads."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
@@ -396,7 +397,7 @@ def _fetch(args: argparse.Namespace) -> int:
     for entry in get_weights(args.names):
         print(f"fetching {entry.name} ({entry.id})", file=sys.stderr, flush=True)
         if isinstance(entry, HubModel):
-            statuses.append(fetch_hub_model(entry, args.hf_cache, fp16=not args.no_fp16))
+            statuses.append(fetch_hub_model(entry, args.hf_cache, fp16=args.fp16))
         else:
             statuses.append(fetch_checkpoint(entry, args.checkpoint_dir))
     print(format_status_table(statuses))
@@ -425,5 +426,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--checkpoint-dir", default=None,
                        help="torch hub checkpoint folder (default $TORCH_HOME/hub/checkpoints)")
         if action == "fetch":
-            a.add_argument("--no-fp16", action="store_true", help="skip the fp16 weight variants of the pipelines")
+            a.add_argument("--fp16", action="store_true",
+                           help="also fetch the pipelines' fp16 weight variants (DDB does not load them)")
         a.set_defaults(handler=handler, command_name=action)

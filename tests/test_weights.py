@@ -65,7 +65,7 @@ def test_resnet_url_is_torchvisions_imagenet1k_v1():
 
 
 def test_select_files_diffusers_keeps_components_and_safetensors_only():
-    selected = weights.select_files(entry("sd2-base"), SD_LISTING)
+    selected = weights.select_files(entry("sd2-base"), SD_LISTING, fp16=True)
     assert "model_index.json" in selected
     assert "unet/diffusion_pytorch_model.safetensors" in selected
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in selected
@@ -75,7 +75,7 @@ def test_select_files_diffusers_keeps_components_and_safetensors_only():
                     "unet/diffusion_pytorch_model.bin", "text_encoder/pytorch_model.bin", "README.md",
                     ".gitattributes", "images/sample.png"):
         assert dropped not in selected
-    no_fp16 = weights.select_files(entry("sd2-base"), SD_LISTING, fp16=False)
+    no_fp16 = weights.select_files(entry("sd2-base"), SD_LISTING)  # the default: DDB casts fp32 files
     assert not [f for f in no_fp16 if ".fp16." in f]
     assert "vae/diffusion_pytorch_model.safetensors" in no_fp16
 
@@ -111,7 +111,7 @@ def test_hub_status_on_a_fake_cache(tmp_path):
 
 def test_diffusers_status_names_the_missing_component(tmp_path):
     sd = entry("sd2-inpainting")
-    files = {f: b"w" for f in weights.select_files(sd, SD_LISTING) if not f.startswith("unet/diffusion")}
+    files = {f: b"w" for f in weights.select_files(sd, SD_LISTING, fp16=True) if not f.startswith("unet/diffusion")}
     make_cached_repo(tmp_path, sd.repo_id, files)
     status = weights.hub_model_status(sd, tmp_path)
     assert status.state == "incomplete"
@@ -216,3 +216,53 @@ def test_fetch_with_the_hub_stubbed(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("n,text", [(512, "512 B"), (2048, "2.0 KiB"), (5 * 2**20, "5.0 MiB"), (3 * 2**30, "3.0 GiB")])
 def test_human_size(n, text):
     assert weights.human_size(n) == text
+
+
+def _tiny(name: str, folder: Path) -> Path:
+    from spuraug.ddb import tiny
+
+    if name == "sd2-base":
+        return tiny.save_stable_diffusion(folder, in_channels=4)
+    if name == "sd2-inpainting":
+        return tiny.save_stable_diffusion(folder, in_channels=9)
+    return {"grounding-dino": tiny.save_grounding_dino, "sam": tiny.save_sam, "clipseg": tiny.save_clipseg}[name](folder)
+
+
+def _loaders(name: str) -> list[tuple]:
+    import diffusers
+    import transformers
+
+    if name == "sd2-base":  # what spuraug.ddb.invert loads
+        return [(transformers.CLIPTokenizer, "tokenizer"), (transformers.CLIPTextModel, "text_encoder"),
+                (diffusers.AutoencoderKL, "vae"), (diffusers.UNet2DConditionModel, "unet"),
+                (diffusers.DDPMScheduler, "scheduler")]
+    return {
+        "sd2-inpainting": [(diffusers.StableDiffusionInpaintPipeline, None)],
+        "grounding-dino": [(transformers.AutoProcessor, None), (transformers.GroundingDinoForObjectDetection, None)],
+        "sam": [(transformers.SamProcessor, None), (transformers.SamModel, None)],
+        "clipseg": [(transformers.CLIPSegProcessor, None), (transformers.CLIPSegForImageSegmentation, None)],
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["sd2-base", "sd2-inpainting", "grounding-dino", "sam", "clipseg"])
+def test_selected_files_load_offline_by_repo_id(name, tmp_path):
+    """The files `fetch` would pick suffice: DDB's loader finds the model by its real id, offline.
+
+    A tiny model of the same classes (spuraug.ddb.tiny) plays the hub repository; only the
+    files select_files keeps go into a hub cache laid out as huggingface_hub writes it.
+    """
+    from spuraug.ddb import hub
+
+    model = entry(name)
+    repo = _tiny(name, tmp_path / "repo")
+    listing = [p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()]
+    # a hub repository also carries weights the loaders do not need
+    listing += ["pytorch_model.bin", "README.md", "v2-1_512-ema-pruned.ckpt"]
+    selected = weights.select_files(model, listing)
+    assert "README.md" not in selected and "v2-1_512-ema-pruned.ckpt" not in selected
+    cache = tmp_path / "hub"
+    make_cached_repo(cache, model.repo_id, {f: (repo / f).read_bytes() for f in selected})
+    assert weights.hub_model_status(model, cache).ok
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    for cls, subfolder in _loaders(name):
+        assert hub.load(cls, model.repo_id, subfolder, cache_dir=str(cache)) is not None
