@@ -27,12 +27,16 @@ IMAGE_GPU ?= $(IMAGE):$(VERSION)-gpu
 IMAGE_CPU ?= $(IMAGE):$(VERSION)-cpu
 DOCKER_CLI ?= docker
 SHM_SIZE ?= 8g
+# rootless Docker/Podman map the container's root to you: use DOCKER_USER=0:0 there;
+# Podman with CDI: GPU_FLAGS=--device nvidia.com/gpu=all
+DOCKER_USER ?= $(shell id -u):$(shell id -g)
+GPU_FLAGS ?= --gpus all
 CACHE_HOME = $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 HOST_DATA_DIR = $(abspath $(or $(DATA_DIR),$(SPURAUG_DATA_DIR),data))
 HOST_HF_HOME = $(abspath $(or $(HF_HOME),$(CACHE_HOME)/huggingface))
 HOST_TORCH_HOME = $(abspath $(or $(TORCH_HOME),$(CACHE_HOME)/torch))
 DOCKER_RUN = $(DOCKER_CLI) run --rm --init -i $(shell [ -t 0 ] && echo -t) \
-	--user $(shell id -u):$(shell id -g) $(if $(GPU_ON),--gpus all) --shm-size $(SHM_SIZE) \
+	--user $(DOCKER_USER) $(if $(GPU_ON),$(GPU_FLAGS)) --shm-size $(SHM_SIZE) \
 	-v "$(HOST_DATA_DIR)":/data -v "$(CURDIR)/results":/work/results -v "$(CURDIR)/runs":/work/runs \
 	-v "$(HOST_HF_HOME)":/cache/huggingface -v "$(HOST_TORCH_HOME)":/cache/torch \
 	$(if $(HF_HUB_CACHE),-v "$(abspath $(HF_HUB_CACHE))":/cache/huggingface/hub) \
