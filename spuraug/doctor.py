@@ -250,7 +250,7 @@ def check_system() -> list[Check]:
     from spuraug.weights import hf_hub_cache, torch_checkpoint_dir
 
     in_container = Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
-    offline = os.environ.get("HF_HUB_OFFLINE", "0")
+    offline = os.environ.get("HF_HUB_OFFLINE", "unset (downloads allowed)")
     return [
         Check("system", "python", True, f"Python {platform.python_version()} on {platform.platform()}"
               + (" (in a container)" if in_container else "")),

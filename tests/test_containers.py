@@ -159,3 +159,18 @@ def test_gpu_image_cuda_matches_the_locked_torch():
     assert base.group(1) == cuda_runtime.group(1)
     assert re.search(r"^ARG PYTHON_VERSION=3\.11$", DOCKERFILES[0].read_text(), re.M)
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", DOCKERFILES[1].read_text(), re.M)
+
+
+def test_cpu_image_lock_filter_drops_exactly_the_cuda_only_pins():
+    """The CPU image's grep and the doctor's skip list name the same packages (plus torch/torchvision,
+    which the CPU image installs from the CPU wheel index at the lock's versions)."""
+    from spuraug import doctor
+
+    pattern = re.search(r"grep -viE '([^']+)' requirements/lock.txt", DOCKERFILES[1].read_text())
+    assert pattern
+    lock = REPO / "requirements" / "lock.txt"
+    dropped = {line.split("==")[0] for line in lock.read_text().splitlines()
+               if re.search(pattern.group(1), line, re.I)}
+    pins = doctor.read_lock(lock)
+    assert dropped == {n for n in pins if doctor._GPU_ONLY.match(n.lower())} | {"torch", "torchvision"}
+    assert any(n.startswith("nvidia-") for n in dropped) and "numpy" not in dropped
