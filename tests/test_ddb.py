@@ -1,0 +1,369 @@
+"""DDB's stages on tiny models built from configs and saved like real checkpoints.
+
+Every model is loaded through spuraug.ddb.hub, the code that loads the real ids.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from spuraug.ddb import hub, inpaint, invert, prune, segment, tiny
+from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig, ddb_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "sd9": tiny.save_stable_diffusion(root / "sd9", in_channels=9, image_size=16),
+        "sd4": tiny.save_stable_diffusion(root / "sd4", in_channels=4, image_size=16),
+        "clipseg": tiny.save_clipseg(root / "clipseg"),
+        "sam": tiny.save_sam(root / "sam"),
+        "gdino": tiny.save_grounding_dino(root / "gdino"),
+    }
+
+
+def _images(n: int, size=(20, 24), seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+# ------------------------------------------------------------------ inversion
+@pytest.mark.parametrize("unet", ["sd4", "sd9"])
+def test_inversion_trains_only_the_new_row(models, tmp_path, unet):
+    comps = invert.load_sd_components(str(models[unet]))
+    before = {
+        name: {k: v.clone() for k, v in getattr(comps, name).state_dict().items()}
+        for name in ("text_encoder", "unet", "vae")
+    }
+    n_vocab = len(comps.tokenizer)
+    ids = invert.add_tokens(comps, ["<class-0>", "<class-1>"], "digit")
+    assert ids == [n_vocab, n_vocab + 1]
+    init_id = comps.tokenizer.encode("digit", add_special_tokens=False)[0]
+    cfg = InvertConfig(resolution=16, max_train_steps=3, gradient_accumulation_steps=2, initializer_token="digit",
+                       noun="digit", learning_rate=5e-2)
+    vec = invert.train_token(comps, _images(3), "<class-0>", ids[0], cfg, tmp_path, device="cpu")
+
+    for name in ("unet", "vae"):
+        after = getattr(comps, name).state_dict()
+        assert all(torch.equal(before[name][k], after[k]) for k in before[name]), name
+    te_after = comps.text_encoder.state_dict()
+    emb_key = next(k for k in te_after if k.endswith("token_embedding.weight"))
+    for k, v in before["text_encoder"].items():
+        if k != emb_key:
+            assert torch.equal(v, te_after[k]), k
+    emb = te_after[emb_key]
+    assert torch.equal(emb[:n_vocab], before["text_encoder"][emb_key])
+    # the learned row moved away from its initializer; the matrix itself was not touched
+    assert torch.equal(emb[ids[0]], emb[init_id])
+    assert not torch.allclose(vec, emb[init_id])
+
+    saved = invert.load_learned_embeds(tmp_path / invert.EMBEDS_FILE)
+    assert list(saved) == ["<class-0>"] and saved["<class-0>"].shape == (1, emb.shape[1])
+    assert torch.equal(saved["<class-0>"][0], vec)
+
+
+def test_learned_embeds_load_in_diffusers(models, tmp_path):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    vec = torch.randn(32)
+    invert.save_learned_embeds(tmp_path / invert.EMBEDS_FILE, "<class-1>", vec)
+    pipe = hub.load(StableDiffusionInpaintPipeline, str(models["sd9"]), safety_checker=None,
+                    requires_safety_checker=False)
+    pipe.load_textual_inversion(str(tmp_path / invert.EMBEDS_FILE), token="<class-1>")
+    tid = pipe.tokenizer.convert_tokens_to_ids("<class-1>")
+    assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[tid], vec)
+
+
+def test_inversion_resumes_from_checkpoint(models, tmp_path):
+    cfg = InvertConfig(resolution=16, max_train_steps=4, gradient_accumulation_steps=1, initializer_token="digit",
+                       noun="digit", checkpoint_every=2, learning_rate=5e-2)
+
+    def fresh():
+        comps = invert.load_sd_components(str(models["sd9"]))
+        ids = invert.add_tokens(comps, ["<c0>"], "digit")
+        return comps, ids[0]
+
+    comps, tid = fresh()
+    full = invert.train_token(comps, _images(2), "<c0>", tid, cfg, tmp_path / "full")
+
+    comps, tid = fresh()
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def crashing_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    torch.optim.AdamW.step = crashing_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            invert.train_token(comps, _images(2), "<c0>", tid, cfg, tmp_path / "resumed")
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert (tmp_path / "resumed" / "checkpoint.pt").is_file()
+    comps, tid = fresh()
+    resumed = invert.train_token(comps, _images(2), "<c0>", tid, cfg, tmp_path / "resumed")
+    assert torch.allclose(full, resumed, atol=1e-6)
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+
+
+def test_initializer_must_be_one_token(models):
+    comps = invert.load_sd_components(str(models["sd9"]))
+    with pytest.raises(ValueError, match="initializer_token"):
+        invert.add_tokens(comps, ["<x>"], "zebraphone")
+
+
+# ------------------------------------------------------------------ segmentation
+@pytest.mark.parametrize("backend", ["grounded_sam", "clipseg"])
+def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, backend):
+    cfg = SegmentConfig(backend=backend, detector=str(models["gdino"]), sam=str(models["sam"]),
+                        clipseg=str(models["clipseg"]), box_threshold=0.0, text_threshold=0.0,
+                        clipseg_threshold=0.0, batch_size=2)
+    seg = segment.build_segmenter(cfg, "cpu")
+    imgs = _images(3, size=(40, 48))
+    ids = ["a/b.jpg", "c", "d e"]
+    calls = []
+
+    def counting(images, prompt):
+        calls.append(len(images))
+        return seg(images, prompt)
+
+    counts = segment.segment_sources([(i, lambda im=im: im) for i, im in zip(ids, imgs)], counting, "digit",
+                                     tmp_path / "masks", batch_size=2)
+    assert counts == {"sources": 3, "found": 3, "not_found": 0}
+    for sid in ids:
+        m = segment.load_mask(tmp_path / "masks", sid)
+        assert m is not None and m.shape == (40, 48) and m.dtype == bool and m.any()
+        meta = json.loads((tmp_path / "masks" / f"{segment.safe_name(sid)}.json").read_text())
+        assert meta["source_id"] == sid and meta["found"]
+    n_calls = len(calls)
+    segment.segment_sources([(i, lambda im=im: im) for i, im in zip(ids, imgs)], counting, "digit",
+                            tmp_path / "masks")
+    assert len(calls) == n_calls  # nothing recomputed
+
+
+def test_segment_records_sources_without_object(tmp_path):
+    def nothing(images, prompt):
+        return [(None, 0.1) for _ in images]
+
+    counts = segment.segment_sources([("x", lambda: _images(1)[0])], nothing, "bird.", tmp_path)
+    assert counts == {"sources": 1, "found": 0, "not_found": 1}
+    assert segment.load_mask(tmp_path, "x") is None
+
+
+# ------------------------------------------------------------------ inpainting
+def _sources(tmp_path: Path, n: int = 4) -> list[inpaint.Source]:
+    out = []
+    for k, im in enumerate(_images(n)):
+        m = np.zeros((20, 24), np.uint8)
+        m[4 + k : 12 + k, 5:15] = 255
+        Image.fromarray(m).save(tmp_path / f"m{k}.png")
+        out.append(inpaint.Source(f"src{k}", k, k % 2, k // 2, lambda im=im: im, tmp_path / f"m{k}.png"))
+    return out
+
+
+def _inpaint_cfg(models, **kw) -> InpaintConfig:
+    return InpaintConfig(model=str(models["sd9"]), resolution=16, num_inference_steps=2, batch_size=2,
+                         prompt="a photo of a {token} digit", device="cpu", **kw)
+
+
+def test_inpaint_keeps_background_records_and_labels(models, tmp_path):
+    cfg = _inpaint_cfg(models)
+    pipe = inpaint.load_inpaint_pipeline(cfg, None, "cpu")
+    srcs = _sources(tmp_path)
+    plan = inpaint.make_plan(srcs, 2, cfg.seed)
+    table = inpaint.inpaint(pipe, plan, ["<class-0>", "<class-1>"], cfg, tmp_path / "out")
+    assert len(table) == 4
+    for rec, src in zip(table.to_dict("records"), sorted(srcs, key=lambda s: (s.source_class, s.rank))):
+        assert rec["source_id"] == src.source_id and rec["source_class"] == src.source_class
+        assert rec["target_class"] == 1 - src.source_class == rec["label"]  # the paper: the NEW class
+        assert rec["prompt"] == f"a photo of a <class-{1 - src.source_class}> digit"
+        assert rec["seed"] == inpaint.sample_seed(cfg.seed, src.source_id, rec["target_class"])
+        out = np.asarray(Image.open(tmp_path / "out" / rec["file"]))
+        orig = np.asarray(src.load_image())
+        mask = np.asarray(Image.open(src.mask_file)) > 127
+        assert out.shape == orig.shape
+        assert np.array_equal(out[~mask], orig[~mask])  # background kept exactly
+        assert not np.array_equal(out[mask], orig[mask])  # the object was repainted
+
+
+def test_inpaint_without_paste_back_changes_background(models, tmp_path):
+    cfg = _inpaint_cfg(models, paste_back=False)
+    pipe = inpaint.load_inpaint_pipeline(cfg, None, "cpu")
+    srcs = _sources(tmp_path, 2)
+    table = inpaint.inpaint(pipe, inpaint.make_plan(srcs, 2, 0), ["<a>", "<b>"], cfg, tmp_path / "out")
+    out = np.asarray(Image.open(tmp_path / "out" / table.file[0]))
+    src = next(s for s in srcs if s.source_id == table.source_id[0])
+    mask = np.asarray(Image.open(src.mask_file)) > 127
+    assert not np.array_equal(out[~mask], np.asarray(src.load_image())[~mask])
+
+
+def test_seeds_depend_on_sample_id_not_order(tmp_path):
+    srcs = _sources(tmp_path)
+    a = {p.sample_id: p.seed for p in inpaint.make_plan(srcs, 2, 0)}
+    b = {p.sample_id: p.seed for p in inpaint.make_plan(srcs[::-1][:2], 2, 0)}
+    assert all(a[k] == v for k, v in b.items()) and len(set(a.values())) == len(a)
+    assert inpaint.sample_seed(1, "src0", 1) != inpaint.sample_seed(0, "src0", 1)
+
+
+def test_inpaint_resumes_after_crash_without_duplicates(models, tmp_path):
+    cfg = _inpaint_cfg(models)
+    pipe = inpaint.load_inpaint_pipeline(cfg, None, "cpu")
+    srcs = _sources(tmp_path, 5)
+    plan = inpaint.make_plan(srcs, 2, 0)
+    inpaint.inpaint(pipe, plan, ["<a>", "<b>"], cfg, tmp_path / "clean")
+
+    written = []
+
+    def crash_after_three(sample_id):
+        written.append(sample_id)
+        if len(written) == 3:  # mid-batch: the second chunk has one of its two samples
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        inpaint.inpaint(pipe, plan, ["<a>", "<b>"], cfg, tmp_path / "crashed", on_written=crash_after_three)
+    assert len(list((tmp_path / "crashed" / "images").glob("*.json"))) == 3
+    resumed = []
+    table = inpaint.inpaint(pipe, plan, ["<a>", "<b>"], cfg, tmp_path / "crashed", on_written=resumed.append)
+    assert len(resumed) == 2 and not set(resumed) & set(written)
+    assert len(table) == 5 and table.sample_id.is_unique
+    files = sorted(p.name for p in (tmp_path / "crashed" / "images").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "clean" / "images").iterdir())
+    assert not any(name.endswith(".tmp") for name in files)
+    for name in files:
+        if name.endswith(".png"):
+            a = np.asarray(Image.open(tmp_path / "clean" / "images" / name))
+            b = np.asarray(Image.open(tmp_path / "crashed" / "images" / name))
+            assert np.array_equal(a, b), name
+
+
+# ------------------------------------------------------------------ pruning
+class _RegionModel(torch.nn.Module):
+    """Logit 1 = mean of the image's left half, logit 0 = 0: the model looks only at the left half."""
+
+    def forward(self, x):
+        left = x[:, :, :, : x.shape[3] // 2].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(left), 4 * left], 1)
+
+
+def test_integrated_gradients_rho_sits_in_the_mask():
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.ToTensor()])
+    orig = Image.fromarray(np.full((8, 8, 3), 50, np.uint8))
+    left = np.asarray(orig).copy()
+    left[:, :4] = 200  # change where the model looks
+    right = np.asarray(orig).copy()
+    right[:, 4:] = 200  # change where it does not
+    mask_left = Image.fromarray(np.pad(np.full((8, 4), 255, np.uint8), ((0, 0), (0, 4))))
+    scores = prune.score_samples(
+        _RegionModel(), [Image.fromarray(left), Image.fromarray(right)], [orig, orig], [mask_left, mask_left],
+        source_class=[0, 0], ig_target=[1, 1], transform=tf, n_steps=20, internal_batch_size=7,
+    )
+    delta = 4 * (200 - 50) / 255  # f_1(edited) - f_1(original): the whole left half moved by 150/255
+    assert scores[0]["rho_raw"] == pytest.approx(delta, rel=1e-3)
+    assert scores[0]["attr_total"] == pytest.approx(scores[0]["logit_delta"], rel=1e-3)  # completeness
+    assert scores[0]["rho_fraction"] == pytest.approx(1.0, rel=1e-3)
+    assert scores[1]["rho_raw"] == pytest.approx(0.0, abs=1e-6)
+    assert scores[0]["p_target"] > 0.5 and scores[0]["p"] == pytest.approx(1 - scores[0]["p_target"], abs=1e-6)
+
+
+def test_pruning_rule_on_constructed_cases():
+    table = pd.DataFrame({
+        "sample_id": list("abcd"), "source_class": [0, 0, 1, 1],
+        "p": [0.2, 0.9, 0.5, 0.5], "psi": [0.8, 0.8, 0.6, 0.6],
+        "rho_raw": [0.5, 0.5, 0.3, 0.31], "attr_total": [1.0, 1.0, 0.3, 2.0],
+        "rho_fraction": [0.5, 0.5, 1.0, 0.155],
+    })
+    out = prune.apply_rules(table, threshold=0.3, rho="raw")
+    assert out.cond1_keep.tolist() == [True, False, True, True]
+    assert out.cond2_keep.tolist() == [True, True, False, True]  # rho <= P is pruned (0.3 is pruned)
+    assert out.keep.tolist() == [True, False, False, True]
+    frac = prune.apply_rules(table, threshold=0.3, rho="fraction")
+    assert frac.keep.tolist() == [True, False, True, False]
+    only1 = prune.apply_rules(table, threshold=0.3, use_condition2=False)
+    assert only1.keep.tolist() == [True, False, True, True]
+    counts = prune.prune_counts(out)
+    assert counts["kept"] == 2 and counts["per_source_class"]["1"]["kept_condition2"] == 1
+
+
+def test_mask_follows_the_classifier_transform():
+    from spuraug.data.transforms import waterbirds_transform
+
+    m = np.zeros((300, 400), np.uint8)
+    m[100:200, 150:250] = 255
+    mk = prune.mask_in_model_space(Image.fromarray(m), waterbirds_transform(False))
+    assert mk.shape == (224, 224)
+    # resize shorter side 300 -> 256 (x 256/300), centre-crop 224
+    s = 256 / 300
+    ox, oy = (round(400 * s) - 224) // 2, (256 - 224) // 2
+    assert mk[int(150 * s) - oy, int(200 * s) - ox] and not mk[5, 5]
+    assert abs(float(mk.float().mean()) - (100 * s) ** 2 / 224**2) < 0.02
+
+
+# ------------------------------------------------------------------ retraining pieces
+def test_ddb_objective_weights_generated_classes():
+    from spuraug.ddb.retrain import DDBObjective
+    from spuraug.engine import Batch
+
+    losses = torch.tensor([1.0, 3.0, 2.0, 4.0, 8.0])
+    y = torch.tensor([0, 1, 0, 1, 1])
+    index = torch.tensor([0, 5, 10, 11, 12])  # n_train = 10: the last three are generated
+    batch = Batch(x=torch.zeros(5), y=y, a=torch.full((5,), -1), index=index, source=torch.zeros(5, dtype=torch.long))
+    loss = DDBObjective(10, [6.0, 10.0])(losses, batch)
+    assert loss.item() == pytest.approx((1 + 3) / 2 + 6 * 2 + 10 * (4 + 8) / 2)
+    no_gen = DDBObjective(100, [6.0, 10.0])(losses, batch)
+    assert no_gen.item() == pytest.approx(losses.mean().item())
+
+
+def test_reinit_head_is_xavier_with_zero_bias():
+    from spuraug.ddb.retrain import reinit_head
+    from spuraug.models import ToyCNN
+
+    m = ToyCNN(2)
+    torch.nn.init.constant_(m.fc.bias, 3.0)
+    reinit_head(m, 0)
+    bound = (6 / (m.fc.in_features + 2)) ** 0.5
+    assert torch.all(m.fc.bias == 0) and m.fc.weight.abs().max() <= bound
+    assert m.fc.weight.std() > bound / 4
+
+
+# ------------------------------------------------------------------ config and errors
+def test_config_rejects_unknown_options_and_bad_choices():
+    assert ddb_config({"prune": {"threshold": 0.5}}).prune.threshold == 0.5
+    with pytest.raises(ValueError, match=r"ddb\.prune\.treshold"):
+        ddb_config({"prune": {"treshold": 0.5}})
+    with pytest.raises(ValueError, match=r"ddb\.inpaint\.label"):
+        ddb_config({"inpaint": {"label": "old"}})
+    with pytest.raises(ValueError, match="unknown DDB stage"):
+        ddb_config({"inpainting": {}})
+
+
+def test_missing_model_names_the_id_and_the_fix(tmp_path):
+    with pytest.raises(hub.ModelMissingError) as e:
+        inpaint.load_inpaint_pipeline(InpaintConfig(), None, "cpu")
+    msg = str(e.value)
+    assert "stabilityai/stable-diffusion-2-inpainting" in msg and "hf download" in msg and "HF_HUB_OFFLINE" in msg
+    with pytest.raises(hub.ModelMissingError, match="grounding-dino-tiny"):
+        segment.build_segmenter(SegmentConfig(), "cpu")
+    with pytest.raises(hub.ModelMissingError, match=str(tmp_path)):
+        invert.load_sd_components(str(tmp_path))
