@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spuraug.weights",
     "spuraug.doctor",
     "spuraug.train_cli",
+    "spuraug.ddb.commands",
 )
 
 
