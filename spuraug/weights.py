@@ -280,7 +280,7 @@ def checkpoint_status(ckpt: TorchCheckpoint, checkpoint_dir: str | os.PathLike |
     path = folder / ckpt.filename
     if not path.is_file():
         return WeightsStatus(ckpt, "missing", location=path, missing_files=[ckpt.filename],
-                             detail=f"expected {path}")
+                             detail=f"no {ckpt.filename} in torch hub's folder {folder}")
     size = path.stat().st_size
     if check_hash and not sha256_prefix_matches(path, ckpt.sha256_prefix):
         return WeightsStatus(ckpt, "corrupt", size, path,
