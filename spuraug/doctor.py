@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import spuraug
@@ -245,18 +246,36 @@ def check_toy_zoo() -> list[Check]:
 # --------------------------------------------------------------------------- report
 
 
-def check_system() -> list[Check]:
-    """Where this runs and which caches and folders it uses (information only)."""
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (or, if it does not exist yet, in its nearest parent)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_system(output_dirs: tuple[str | os.PathLike, ...] = ("runs", "results")) -> list[Check]:
+    """Where this runs, which caches it uses, and whether the run and result folders are writable."""
     from spuraug.weights import hf_hub_cache, torch_checkpoint_dir
 
     in_container = Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
     offline = os.environ.get("HF_HUB_OFFLINE", "unset (downloads allowed)")
-    return [
+    checks = [
         Check("system", "python", True, f"Python {platform.python_version()} on {platform.platform()}"
               + (" (in a container)" if in_container else "")),
         Check("system", "caches", True, f"hub cache {hf_hub_cache()}; torch hub {torch_checkpoint_dir()}; "
               f"HF_HUB_OFFLINE={offline}"),
     ]
+    for folder in map(Path, output_dirs):
+        where = folder.resolve()
+        if _writable(folder):
+            checks.append(Check("system", str(folder), True, f"{where} is writable"))
+        else:
+            checks.append(Check(
+                "system", str(folder), False, f"{where} is not writable by uid {os.getuid()}",
+                "in a container run as the owner of the mounted folder (`make ... DOCKER=1` passes "
+                "--user $(id -u):$(id -g)); otherwise fix the folder's owner or permissions",
+            ))
+    return checks
 
 
 def collect(data_dir: str | os.PathLike | None = None, lock: str | os.PathLike | None = None,
@@ -302,7 +321,10 @@ def format_report(checks: list[Check]) -> str:
 def _doctor(args: argparse.Namespace) -> int:
     areas = tuple(args.only) if args.only else AREAS
     checks = collect(args.data_dir, args.lock, args.hf_cache, args.checkpoint_dir, areas)
-    print(format_report(checks))
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=1))
+    else:
+        print(format_report(checks))
     sys.stdout.flush()
     return 1 if args.strict and any(not c.ok for c in checks) else 0
 
@@ -315,4 +337,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-dir", default=None, help="torch hub checkpoints (default $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--only", nargs="+", choices=AREAS, metavar="AREA", help=f"check only these: {', '.join(AREAS)}")
     p.add_argument("--strict", action="store_true", help="exit 1 when anything is missing")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON (area, name, ok, detail, fix)")
     p.set_defaults(handler=_doctor)

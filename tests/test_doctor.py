@@ -112,3 +112,20 @@ def test_cuda_only_pins_are_skipped_under_cpu_torch(tmp_path, monkeypatch):
     assert "all 1 pinned packages match" in checks[1].detail and "3 CUDA-only pins skipped" in checks[1].detail
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert any(c.name == "installed" and not c.ok for c in doctor.check_packages(lock))
+
+
+def test_unwritable_output_folder_is_a_missing_piece(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    checks = {c.name: c for c in doctor.check_system((tmp_path / "runs", tmp_path / "a-file" / "results"))}
+    assert checks[str(tmp_path / "runs")].ok  # does not exist yet, but can be created
+    bad = checks[str(tmp_path / "a-file" / "results")]
+    assert not bad.ok and "not writable" in bad.detail and "--user" in bad.fix
+
+
+def test_doctor_json(empty_machine, capsys):
+    import json
+
+    assert main(["doctor", "--only", "weights", "--json", *empty_machine]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert {f["area"] for f in found} == {"weights"} and len(found) == 6
+    assert all(not f["ok"] and "make weights" in f["fix"] for f in found)
