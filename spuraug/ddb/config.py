@@ -189,6 +189,37 @@ _CHOICES = {
 }
 
 
+def _coerce(obj: Any, key: str, value: Any, where: str) -> Any:
+    """``value`` checked against the type of the field's default (YAML reads ``1e9`` as a string)."""
+    default = getattr(obj, key)
+    if value is None or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if isinstance(default, list):
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return list(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {type(default).__name__}, got {type(value).__name__} {value!r}") from None
+    return value
+
+
 def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDBConfig:
     """Build a :class:`DDBConfig` from a ``ddb:`` mapping of ``{stage: {field: value}}``.
 
@@ -209,6 +240,7 @@ def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDB
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"{where}.{stage}.{key}: unknown option; known: {', '.join(sorted(known))}")
+            value = _coerce(obj, key, value, f"{where}.{stage}.{key}")
             choices = _CHOICES.get((stage, key))
             if choices is not None and value not in choices:
                 raise ValueError(f"{where}.{stage}.{key}: {value!r} is not one of {choices}")

@@ -202,7 +202,7 @@ class Stages:
                 train = self.split("train", "eval")
                 logits = engine.predict(model, train, self.torch_device, self.cfg.sources.batch_size, progress=True)
                 lg = torch.from_numpy(logits).double()
-                losses = torch.nn.functional.cross_entropy(lg, torch.as_tensor(train.y), reduction="none").numpy()
+                losses = torch.nn.functional.cross_entropy(lg, torch.as_tensor(np.array(train.y)), reduction="none").numpy()
                 probs = lg.softmax(1).numpy()
                 table = select_sources(train.y, losses, probs, self.cfg.sources.k, train.ids)
                 atomic_write_text(art.path / "sources.csv", table.to_csv(index=False))

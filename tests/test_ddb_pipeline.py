@@ -1,0 +1,121 @@
+"""DDB end to end on the small toy benchmark with tiny diffusion/segmentation models:
+cached artifacts, manifests, the ddb method's run folder, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from spuraug.ddb import tiny
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ddb_e2e")
+    sd = tiny.save_stable_diffusion(root / "sd9", in_channels=9, image_size=16)
+    cs = tiny.save_clipseg(root / "clipseg")
+    cfg = {
+        "dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80},
+        "model": {"name": "toy_cnn", "width": 8, "pretrained": False},
+        "eval": {"batch_size": 256, "every": 1},
+        "loader": {"num_workers": 0},
+        "erm": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64, "epochs": 1},
+        "ddb": {
+            "invert": {"model": str(sd), "resolution": 16, "max_train_steps": 2, "n_images": 3,
+                       "initializer_token": "digit", "noun": "digit"},
+            "sources": {"k": [3, 2]},
+            "segment": {"backend": "clipseg", "clipseg": str(cs), "clipseg_threshold": 0.0, "prompt": "digit"},
+            "inpaint": {"model": str(sd), "resolution": 16, "num_inference_steps": 2, "batch_size": 2,
+                        "prompt": "a photo of a {token} digit"},
+            "prune": {"n_steps": 4, "threshold": -1.0e9},
+            "retrain": {"epochs": 2, "lr": 1.0e-3, "batch_size": 32},
+        },
+    }
+    path = root / "toy_tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_ddb_method_writes_a_run_folder(config_file, tmp_path):
+    from spuraug.runs import run_method
+
+    runs = tmp_path / "runs"
+    result = run_method("toy", "ddb", 0, runs_dir=runs, config_file=config_file, device="cpu", progress=False)
+    d = runs / "toy" / "ddb" / "seed0"
+    assert (d / "done").is_file() and (d / "checkpoints" / "best.pt").is_file()
+    saved = json.loads((d / "result.json").read_text())
+    assert saved["method"] == "ddb" and saved["annotation"] == {"train_group_labels": False, "val_group_labels": True}
+    assert 0 <= saved["test"]["worst_group_acc"] <= 100
+    # threshold -1e9 and Psi from sources: condition 2 keeps all, condition 1 decides
+    info = result["ddb"]
+    assert info["n_train"] == 200 and info["stages"]["inpaint"]["counts"]["generated"] == 5
+    table = pd.read_csv(Path(info["stages"]["prune"]["path"]) / "table.csv")
+    assert info["n_generated_kept"] == int(table["keep"].sum()) == int(table["cond1_keep"].sum())
+    assert set(table.columns) >= {"p", "psi", "rho_raw", "rho_fraction", "cond1_keep", "cond2_keep", "keep",
+                                  "generated_path", "source_path", "mask_path"}
+    assert (table.label == table.target_class).all()
+    lines = [json.loads(s) for s in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [1, 2]
+
+    # artifacts: inversion keyed without the ERM seed, the rest under seed0, manifests complete
+    art = runs / "toy" / "ddb_artifacts"
+    inv = next(art.glob("invert-*"))
+    m = json.loads((inv / "manifest.json").read_text())
+    assert m["models"]["text_to_image"]["revision"].startswith("local:") and m["wall_time_s"] > 0
+    assert (inv / "class0" / "learned_embeds.safetensors").is_file()
+    for stage in ("sources", "segment", "inpaint", "prune"):
+        (folder,) = list((art / "seed0").glob(f"{stage}-*"))
+        m = json.loads((folder / "manifest.json").read_text())
+        assert (folder / "done").is_file() and m["config_hash"] in folder.name and "counts" in m, stage
+    src = pd.read_csv(next((art / "seed0").glob("sources-*")) / "sources.csv")
+    assert src.groupby("source_class").size().tolist() == [3, 2]
+    assert (src.groupby("source_class")["loss"].apply(lambda s: s.is_monotonic_increasing)).all()
+
+
+def test_cli_prune_rethresholds_without_regenerating(config_file, tmp_path, capsys):
+    from spuraug.cli import main
+
+    out = str(tmp_path / "runs")
+    common = ["--dataset", "toy", "--config", str(config_file), "--out", out, "--device", "cpu"]
+    # sources need an ERM model: the CLI trains the (1-epoch) ERM run first
+    assert main(["ddb", "prune", *common]) == 0
+    first = json.loads(capsys.readouterr().out)
+    images = sorted((tmp_path / "runs").rglob("inpaint-*/images/*.png"))
+    stamps = [p.stat().st_mtime_ns for p in images]
+    assert first["counts"]["generated"] == 5 == len(images)
+    assert main(["ddb", "prune", *common, "--set", "prune.threshold=1.0e9"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["path"] == first["path"]  # same scores, new verdicts
+    assert second["counts"]["kept"] == 0 and second["counts"]["kept_condition2"] == 0
+    assert [p.stat().st_mtime_ns for p in images] == stamps
+
+
+def test_cli_reports_missing_model_in_one_line(config_file, tmp_path, capsys):
+    from spuraug.cli import main
+
+    rc = main(["ddb", "invert", "--dataset", "toy", "--config", str(config_file), "--out", str(tmp_path),
+               "--invert-model", "stabilityai/stable-diffusion-2-base"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stabilityai/stable-diffusion-2-base" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_rejects_unknown_option(config_file, tmp_path, capsys):
+    from spuraug.cli import main
+
+    rc = main(["ddb", "segment", "--dataset", "toy", "--config", str(config_file), "--out", str(tmp_path),
+               "--set", "segment.treshold=0.5"])
+    assert rc == 2 and "segment.treshold" in capsys.readouterr().err
