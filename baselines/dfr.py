@@ -3,7 +3,8 @@
 Exactly the paper's ``dfr_evaluate_spurious.py`` protocol (its defaults:
 ``balance_dfr_val=True``, ``notrain_dfr_val=True``):
 
-1. Freeze the ERM model of the same seed (its ``best.pt``); embed validation and test
+1. Freeze the ERM model of the same seed (its final checkpoint, as the paper's code
+   evaluates ``final_checkpoint.pt``; ``erm_checkpoint: best`` takes the selected one); embed validation and test
    with its penultimate layer (eval transform). Embeddings are cached as ``embeddings.npz``.
 2. Tune ``C`` over ``c_grid``: split validation randomly in halves; fit on a
    group-balanced subset of the first half (every group cut to the smallest group's
@@ -132,6 +133,8 @@ class DFR(Method):
     uses_erm: ClassVar[bool] = True
     val_labels_beyond_selection: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {
+        "erm_checkpoint": param("last", choices=("last", "best"),
+                                help="the ERM model whose features are used (paper: the final checkpoint)"),
         "c_grid": param(list(PAPER_C_GRID), list),
         "tune_repeats": param(1, int, help="random validation halves for tuning C"),
         "final_repeats": param(20, int, help="balanced subsets averaged in the final head"),
@@ -141,14 +144,14 @@ class DFR(Method):
 
     def embeddings(self, ctx, erm_dir) -> dict[str, np.ndarray]:
         path = ctx.dir / "embeddings.npz"
-        erm_hash = json.loads((erm_dir / "config.json").read_text())["config_hash"]
+        erm_hash = json.loads((erm_dir / "config.json").read_text())["config_hash"] + ctx.hparams["erm_checkpoint"]
         if path.is_file():
             cached = np.load(path)
             if str(cached["erm_config_hash"]) == erm_hash:
                 return dict(cached)
         from spuraug.runs import load_model
 
-        model = load_model(erm_dir, "best")
+        model = load_model(erm_dir, ctx.hparams["erm_checkpoint"])
         out: dict[str, np.ndarray] = {"erm_config_hash": np.array(erm_hash)}
         for split in ("val", "test"):
             ds = ctx.load_split(split, "eval")
@@ -173,7 +176,7 @@ class DFR(Method):
         coef, intercept, mean, scale = fit_final_head(xv, yv, gv, n_groups, best_c, hp["final_repeats"], rng,
                                                       hp["balance_val"], hp["standardize"], ctx.seed)
         w, b = fold_head(coef, intercept, mean, scale, n_classes)
-        model = load_model(erm_dir, "best")
+        model = load_model(erm_dir, hp["erm_checkpoint"])
         with torch.no_grad():
             model.fc.weight.copy_(torch.from_numpy(w))
             model.fc.bias.copy_(torch.from_numpy(b))

@@ -309,7 +309,7 @@ def per_example_losses(
     dataset order (``float64``). Give the dataset its eval transform: DDB picks the K
     lowest-loss training images per class with it, JTT's error set uses the same pass."""
     logits = torch.from_numpy(predict(model, dataset, device, batch_size, num_workers=num_workers))
-    y = torch.as_tensor(np.asarray(dataset.y if hasattr(dataset, "y") else _labels(dataset)))
+    y = torch.as_tensor(np.array(dataset.y if hasattr(dataset, "y") else _labels(dataset)))
     return F.cross_entropy(logits.double(), y.long(), reduction="none").numpy()
 
 

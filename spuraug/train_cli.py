@@ -1,7 +1,7 @@
 """``spuraug train``: train and evaluate one method on one dataset with one seed.
 
     spuraug train --dataset toy --method erm --seed 0 [--data-dir DIR] [--out runs]
-                  [--config FILE] [--set erm.lr=0.01 ...] [--weights PATH] [--device cpu] [--force]
+                  [--config FILE] [--set erm.lr=0.01 ...] [--weights PATH] [--device cpu] [--threads N] [--force]
 
 Writes ``<out>/<dataset>/<method>/seed<S>/`` (see :mod:`spuraug.runs`). A finished run
 is reported, not redone (unless ``--force``); an interrupted one resumes. Bad input
@@ -27,9 +27,15 @@ def _parse_set(items: list[str]) -> dict:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. erm.lr=0.01")
         key, value = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise UserError(f"--set {item!r}: value is not valid YAML ({e})") from None
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-5 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 
@@ -45,6 +51,10 @@ def train_command(args: argparse.Namespace) -> int:
         raise UserError(f"unknown dataset {args.dataset!r}; known datasets: {', '.join(dataset_names())}")
     if args.method not in method_names():
         raise UserError(f"unknown method {args.method!r}; known methods: {', '.join(method_names())}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     overrides = _parse_set(args.set)
     if args.weights:
         overrides["model.weights"] = args.weights
@@ -88,6 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. erm.epochs=2")
     p.add_argument("--weights", default=None, help="ImageNet ResNet-50 state-dict file (instead of torchvision's cache)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (1 is fastest on a shared machine)")
     p.add_argument("--force", action="store_true", help="redo a finished run (the old one is kept as .seedS.previous)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     p.set_defaults(handler=train_command)

@@ -1,0 +1,186 @@
+"""GroupDRO, JTT and DFR: their defining computations by hand, and small end-to-end runs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.dfr import (
+    PAPER_C_GRID,
+    balanced_subset,
+    fit_final_head,
+    fold_head,
+    l1_logistic_regression,
+    tune_c,
+)
+from baselines.groupdro import GroupDROObjective
+from baselines.jtt import error_set, upsampled_indices
+from spuraug.engine import Batch
+from spuraug.runs import load_model, read_metrics, run_dir, run_method
+
+
+@pytest.fixture
+def tiny(small_toy):
+    return {
+        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test},
+        "model.width": 8,
+        "erm.epochs": 2,
+        "erm.batch_size": 32,
+        "erm.keep_epochs": [1],
+    }
+
+
+def _batch(y, a):
+    y, a = torch.tensor(y), torch.tensor(a)
+    return Batch(x=torch.zeros(len(y)), y=y, a=a, index=torch.arange(len(y)), source=torch.zeros(len(y), dtype=torch.long))
+
+
+def test_groupdro_weight_update_by_hand():
+    # groups g = 2y + a: (0,0)->0 (0,1)->1 (1,0)->2 (1,1)->3; group 2 absent from the batch
+    batch = _batch([0, 0, 0, 1], [0, 0, 1, 1])
+    losses = torch.tensor([1.0, 3.0, 0.5, 2.0], requires_grad=True)
+    obj = GroupDROObjective(n_groups=4, n_attributes=2, eta=0.1)
+    loss = obj(losses, batch)
+    group_loss = [2.0, 0.5, 0.0, 2.0]  # means per group, 0 where absent
+    q = [0.25 * math.exp(0.1 * v) for v in group_loss]
+    q = [v / sum(q) for v in q]
+    assert torch.allclose(obj.q, torch.tensor(q), atol=1e-6)
+    assert loss.item() == pytest.approx(sum(w * v for w, v in zip(q, group_loss)), rel=1e-6)
+    loss.backward()  # d loss / d loss_i = q_g(i) / n_g(i)
+    assert torch.allclose(losses.grad, torch.tensor([q[0] / 2, q[0] / 2, q[1], q[3]]), atol=1e-6)
+    # the weights carry over to the next step
+    obj(torch.tensor([1.0, 3.0, 0.5, 2.0]), batch)
+    q2 = [w * math.exp(0.1 * v) for w, v in zip(q, group_loss)]
+    assert torch.allclose(obj.q, torch.tensor([v / sum(q2) for v in q2]), atol=1e-6)
+    state = obj.state_dict()
+    fresh = GroupDROObjective(4, 2, 0.1)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.q, obj.q)
+
+
+def test_groupdro_generalisation_adjustment_favours_small_groups():
+    batch = _batch([0, 0, 1, 1], [0, 1, 0, 1])
+    counts = [100, 4, 1, 25]
+    obj = GroupDROObjective(4, 2, eta=1.0, train_group_counts=counts, adjustment=2.0)
+    obj(torch.ones(4), batch)  # equal losses: only C / sqrt(n_g) separates the groups
+    expected = np.exp(1.0 * (1 + 2.0 / np.sqrt(counts)))
+    assert np.allclose(obj.q.numpy(), expected / expected.sum(), atol=1e-6)
+    assert obj.q.argmax().item() == 2
+
+
+def test_jtt_error_set_and_upsampling():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.1], [0.0, 3.0]])
+    y = np.array([0, 0, 1, 1, 1])
+    errors = error_set(logits, y)
+    assert errors.tolist() == [1, 2, 3]
+    idx = upsampled_indices(5, errors, lambda_up=4)
+    counts = np.bincount(idx, minlength=5)
+    assert counts.tolist() == [1, 4, 4, 4, 1] and len(idx) == 5 + 3 * 3
+
+
+def test_jtt_run_reuses_erm_and_saves_its_error_set(tmp_path, tiny):
+    over = {**tiny, "jtt.stage1_epochs": 1, "jtt.epochs": 1, "jtt.lambda_up": 3, "jtt.batch_size": 32,
+            "jtt.stage1_batch_size": 32}
+    result = run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    erm_dir = run_dir(tmp_path, "toy", "erm", 0)
+    assert (erm_dir / "done").is_file() and (erm_dir / "checkpoints/epoch001.pt").is_file()
+    d = run_dir(tmp_path, "toy", "jtt", 0)
+    errors = json.loads((d / "error_set.json").read_text())
+    assert errors["stage1"].endswith("epoch001.pt") and not (d / "stage1").exists()
+    # the error set is what the reused stage-1 model gets wrong, with the ids of those examples
+    from spuraug.data import get_dataset
+    from spuraug.engine import predict
+
+    ds = get_dataset("toy", "train", n_train=200, n_val=80, n_test=80)
+    logits = predict(load_model(erm_dir, "epoch001"), ds, "cpu")
+    assert errors["indices"] == np.flatnonzero(logits.argmax(1) != ds.y).tolist()
+    assert errors["ids"] == [ds.ids[i] for i in errors["indices"]]
+    assert result["annotation"] == {"train_group_labels": False, "val_group_labels": True}
+    assert result["error_set"]["n_errors"] == len(errors["indices"])
+
+
+def test_jtt_trains_its_own_stage1_when_the_recipe_differs(tmp_path, tiny):
+    over = {**tiny, "jtt.stage1_epochs": 1, "jtt.epochs": 1, "jtt.stage1_lr": 0.01, "jtt.batch_size": 32,
+            "jtt.stage1_batch_size": 32}
+    run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    d = run_dir(tmp_path, "toy", "jtt", 0)
+    assert (d / "stage1/checkpoints/last.pt").is_file()
+    assert not run_dir(tmp_path, "toy", "erm", 0).exists()
+
+
+def test_balanced_subset_equalises_groups():
+    g = np.array([0] * 10 + [1] * 3 + [3] * 7)  # group 2 is empty: ignored
+    ix = balanced_subset(g, 4, np.random.default_rng(0))
+    assert np.bincount(g[ix], minlength=4).tolist() == [3, 3, 0, 3]
+    assert len(set(ix.tolist())) == len(ix)
+
+
+def _synthetic(n_per_group=60, d=20, seed=0, signal=1.0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 0, 1, 1], n_per_group)
+    a = np.repeat([0, 1, 0, 1], n_per_group)
+    x = rng.normal(size=(len(y), d))
+    x[:, 0] += signal * (2 * y - 1)  # the core feature
+    x[:, 1] += 3.0 * (2 * a - 1)  # the spurious feature
+    return x, y, 2 * y + a
+
+
+def test_dfr_c_selection_on_synthetic_embeddings():
+    x, y, g = _synthetic(signal=1.5)
+    best, scores = tune_c(x, y, g, 4, PAPER_C_GRID, repeats=1, rng=np.random.default_rng(0))
+    assert list(scores) == list(PAPER_C_GRID) and best == max(scores, key=scores.get)
+    # C = 0.01 zeroes every coefficient: one class is always wrong
+    assert scores[0.01] == 0.0 and scores[best] > 60
+    # perfectly separable data: every C ties and the first of the grid wins (paper's argmax)
+    x2, y2, g2 = _synthetic(signal=50.0)
+    best2, scores2 = tune_c(x2, y2, g2, 4, [0.7, 0.3], repeats=2, rng=np.random.default_rng(0))
+    assert scores2 == {0.7: 200.0, 0.3: 200.0} and best2 == 0.7
+
+
+def test_dfr_final_head_folds_standardisation_into_a_linear_layer():
+    x, y, g = _synthetic(signal=1.5)
+    rng = np.random.default_rng(1)
+    coef, intercept, mean, scale = fit_final_head(x, y, g, 4, 0.3, repeats=5, rng=rng)
+    # the average of the repeats, each fit on a balanced subset of the standardised data
+    rng = np.random.default_rng(1)
+    xs = (x - x.mean(0)) / x.std(0)
+    ref = [l1_logistic_regression(0.3).fit(xs[ix], y[ix]).coef_ for ix in
+           (balanced_subset(g, 4, rng) for _ in range(5))]
+    assert np.allclose(coef, np.mean(ref, axis=0), atol=1e-6)
+    w, b = fold_head(coef, intercept, mean, scale, 2)
+    folded = (x @ w.T + b).argmax(1)
+    direct = (((x - mean) / scale) @ coef.T + intercept).ravel() > 0
+    assert np.array_equal(folded, direct.astype(int))
+
+
+def test_dfr_and_groupdro_runs(tmp_path, tiny):
+    over = {**tiny, "dfr.final_repeats": 3, "groupdro.epochs": 1, "groupdro.batch_size": 32}
+    dfr = run_method("toy", "dfr", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    d = run_dir(tmp_path, "toy", "dfr", 0)
+    assert dfr["annotation"] == {"train_group_labels": False, "val_group_labels": True}
+    assert dfr["dfr"]["C"] in PAPER_C_GRID and (d / "embeddings.npz").is_file()
+    emb = np.load(d / "embeddings.npz")
+    assert emb["val_x"].shape == (80, 16)  # width 8 -> 16 features
+    # best.pt is the ERM backbone with the DFR head: it reproduces the reported test metrics
+    from spuraug.data import get_dataset
+    from spuraug.engine import evaluate
+
+    test = get_dataset("toy", "test", n_train=200, n_val=80, n_test=80)
+    m = evaluate(load_model(d), test, "cpu")
+    assert m["worst_group_acc"] == pytest.approx(dfr["test"]["worst_group_acc"])
+    assert m["avg_acc"] == pytest.approx(dfr["test"]["avg_acc"])
+
+    dro = run_method("toy", "groupdro", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    assert dro["annotation"] == {"train_group_labels": True, "val_group_labels": True}
+    line = read_metrics(run_dir(tmp_path, "toy", "groupdro", 0))[0]
+    q = line["objective"]["group_weights"]
+    assert len(q) == 4 and sum(q) == pytest.approx(1.0, abs=1e-4) and max(q) > 0.25
+
+
+def test_selection_by_worst_class_needs_no_val_group_labels(tmp_path, tiny):
+    r = run_method("toy", "erm", 0, runs_dir=tmp_path, overrides={**tiny, "erm.epochs": 1,
+                   "erm.selection": "val_worst_class_acc"}, progress=False)
+    assert r["selection"] == "val_worst_class_acc"
+    assert r["annotation"] == {"train_group_labels": False, "val_group_labels": False}

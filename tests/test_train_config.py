@@ -1,0 +1,108 @@
+"""Run configs (bench/configs/*.yaml) and the ``spuraug train`` command's bad-input paths."""
+
+import json
+
+import pytest
+import yaml
+
+from spuraug.cli import main
+from spuraug.config import CONFIG_DIR, ConfigError, load_config, read_citations
+from spuraug.methods import get_method
+
+DATASETS = ("toy", "waterbirds", "celeba", "metashift")
+MY_SECTIONS = ("dataset_options", "model", "eval", "loader", "erm", "groupdro", "jtt", "dfr")
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_config_loads_for_every_baseline_and_cites_every_value(dataset):
+    path = CONFIG_DIR / f"{dataset}.yaml"
+    text = path.read_text()
+    data = yaml.safe_load(text)
+    cites = read_citations(text)
+    for section in MY_SECTIONS:
+        values = data.get(section) or {}
+        for key in values:
+            assert cites.get(f"{section}.{key}"), f"{path}: {section}.{key} has no citation comment"
+    for method in ("erm", "groupdro", "jtt", "dfr"):
+        cfg = load_config(dataset, method)
+        assert set(cfg["hparams"]) == set(get_method(method).params)
+        assert cfg["sources"] and all(k.split(".")[0] in (*MY_SECTIONS, method) for k in cfg["sources"])
+    assert load_config(dataset, "erm")["config_hash"] != load_config(dataset, "groupdro")["config_hash"]
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("erm:\n  lrr: 0.1\n", r"bad.yaml: erm.lrr: unknown key"),
+        ("erm:\n  lr: fast\n", r"bad.yaml: erm.lr: expected float, got str 'fast'"),
+        ("erm:\n  epochs: 2.5\n", r"bad.yaml: erm.epochs: expected int"),
+        ("erm:\n  epochs: true\n", r"bad.yaml: erm.epochs: expected int, got bool"),
+        ("groupdro:\n  group_balanced_sampling: 1\n", r"groupdro.group_balanced_sampling: expected bool"),
+        ("erm:\n  selection: best\n", r"erm.selection: expected one of val_worst_group_acc"),
+        ("model:\n  name: vit\n", r"model.name: expected one of"),
+        ("optimiser:\n  lr: 1\n", r"bad.yaml: optimiser: unknown section"),
+        ("dataset_options:\n  n_trian: 5\n", r"dataset_options.n_trian: unknown key"),
+        ("dataset_options:\n  correlation: high\n", r"dataset_options.correlation: expected float"),
+        ("erm: [1, 2]\n", r"bad.yaml: erm: expected a mapping"),
+        ("erm:\n  lr: [\n", r"bad.yaml: not valid YAML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("toy", "erm", _write(tmp_path, text))
+
+
+def test_overrides_are_validated_and_applied():
+    cfg = load_config("toy", "erm", overrides={"erm.lr": 0.5, "model": {"width": 4}})
+    assert cfg["hparams"]["lr"] == 0.5 and cfg["model"]["width"] == 4 and cfg["model"]["name"] == "toy_cnn"
+    assert cfg["config_hash"] != load_config("toy", "erm")["config_hash"]
+    with pytest.raises(ConfigError, match=r"overrides.*erm.lr: expected float"):
+        load_config("toy", "erm", overrides={"erm.lr": "x"})
+    with pytest.raises(KeyError, match="unknown method 'sgd'"):
+        load_config("toy", "sgd")
+
+
+def test_cli_bad_inputs_exit_2_and_touch_nothing(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["train", "--dataset", "mnist", "--method", "erm", "--out", str(out)]) == 2
+    assert "unknown dataset 'mnist'" in capsys.readouterr().err
+    assert main(["train", "--dataset", "toy", "--method", "magic", "--out", str(out)]) == 2
+    assert "unknown method 'magic'; known methods: erm" in capsys.readouterr().err
+    bad = _write(tmp_path, "erm:\n  lrr: 1\n")
+    assert main(["train", "--dataset", "toy", "--method", "erm", "--config", str(bad), "--out", str(out)]) == 2
+    assert "bad.yaml: erm.lrr: unknown key" in capsys.readouterr().err
+    assert main(["train", "--dataset", "toy", "--method", "erm", "--set", "erm.epochs=two", "--out", str(out)]) == 2
+    assert "erm.epochs: expected int" in capsys.readouterr().err
+    assert not out.exists()
+    # missing data: a real dataset in an empty folder
+    rc = main(["train", "--dataset", "waterbirds", "--method", "erm", "--data-dir", str(tmp_path / "nodata"),
+               "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "spuraug train: error:" in err and "Traceback" not in err
+
+
+def test_cli_nan_loss_exit_2_keeps_the_finished_run(tmp_path, capsys, small_toy):
+    out = tmp_path / "runs"
+    tiny = ["--set", f"dataset_options={{n_train: {small_toy.n_train}, n_val: {small_toy.n_val}, "
+            f"n_test: {small_toy.n_test}}}", "--set", "model.width=4", "--set", "erm.epochs=1"]
+    assert main(["train", "--dataset", "toy", "--method", "erm", "--out", str(out), *tiny]) == 0
+    done = out / "toy/erm/seed0"
+    result = (done / "result.json").read_text()
+    capsys.readouterr()
+    assert main(["train", "--dataset", "toy", "--method", "erm", "--out", str(out), *tiny]) == 0
+    assert "already done" in capsys.readouterr().out
+    # the same seed with an exploding learning rate in another runs folder: NaN -> exit 2
+    rc = main(["train", "--dataset", "toy", "--method", "erm", "--out", str(tmp_path / "nan"), *tiny,
+               "--set", "erm.lr=1e30", "--set", "erm.momentum=0.0"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "training loss became" in err and "Last good checkpoint" in err
+    assert not (tmp_path / "nan/toy/erm/seed0/done").exists()
+    assert (done / "result.json").read_text() == result and json.loads(result)["method"] == "erm"
