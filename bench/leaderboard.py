@@ -247,7 +247,8 @@ def ddb_grid(runs_dir: str | Path, dataset: str, out_png: Path, n_rows: int = 8)
     fig, axes = plt.subplots(len(chosen), 3, figsize=(6.3, 2.1 * len(chosen)), squeeze=False)
     for row, e in zip(axes, chosen):
         for ax, key, title in zip(row, ("source", "mask", "generated"), ("source", "mask", "generated")):
-            ax.axis("off")
+            ax.set_xticks([])  # keep the frame: an all-white mask stays visible
+            ax.set_yticks([])
             p = e.get(key)
             if p and Path(p).is_file():
                 with Image.open(p) as im:

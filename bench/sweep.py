@@ -119,8 +119,8 @@ def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
 
 
 def _images(d: dict) -> float | None:
-    for k in ("n_generated", "n_images", "images", "n_kept_plus_pruned"):
-        v = d.get(k)
+    counts = d.get("counts") if isinstance(d.get("counts"), dict) else {}
+    for v in [*(d.get(k) for k in ("n_generated", "n_images", "images")), counts.get("generated")]:
         if isinstance(v, int | float) and not isinstance(v, bool):
             return float(v)
         if isinstance(v, list):

@@ -121,3 +121,54 @@ def test_render_page_reports_console_errors(tmp_path):
         pytest.skip(f"headless Chromium unavailable: {e}")
     errors = " ".join(rendered["console_errors"])
     assert "deliberate" in errors and "missing.png" in errors
+
+
+@pytest.mark.slow
+def test_ddb_artifacts_of_the_real_pipeline_feed_grid_and_throughput(tmp_path):
+    """DDB end to end on tiny models (as tests/test_ddb_pipeline.py): the leaderboard's grid
+    and the sweep's throughput table read what the pipeline really writes (~25 s)."""
+    import torch
+    import yaml
+
+    from bench.ddb_examples import find_examples
+    from bench.leaderboard import ddb_grid
+    from bench.sweep import ddb_generation_throughput
+    from spuraug.ddb import tiny
+    from spuraug.runs import run_method
+
+    sd = tiny.save_stable_diffusion(tmp_path / "sd9", in_channels=9, image_size=16)
+    cs = tiny.save_clipseg(tmp_path / "clipseg")
+    cfg = {
+        "dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80},
+        "model": {"name": "toy_cnn", "width": 8, "pretrained": False},
+        "eval": {"batch_size": 256, "every": 1}, "loader": {"num_workers": 0},
+        "erm": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64, "epochs": 1},
+        "ddb": {
+            "invert": {"model": str(sd), "resolution": 16, "max_train_steps": 2, "n_images": 3,
+                       "initializer_token": "digit", "noun": "digit"},
+            "sources": {"k": [3, 2]},
+            "segment": {"backend": "clipseg", "clipseg": str(cs), "clipseg_threshold": 0.0, "prompt": "digit"},
+            "inpaint": {"model": str(sd), "resolution": 16, "num_inference_steps": 2, "batch_size": 2,
+                        "prompt": "a photo of a {token} digit"},
+            "prune": {"n_steps": 4, "threshold": 0.08},
+            "retrain": {"epochs": 1, "lr": 1.0e-3, "batch_size": 32},
+        },
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_method("toy", "ddb", 0, runs_dir=tmp_path / "runs", config_file=tmp_path / "tiny.yaml",
+                            device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    examples = find_examples(tmp_path / "runs", "toy")
+    assert len(examples) == result["ddb"]["stages"]["inpaint"]["counts"]["generated"] == 5
+    assert sum(e["kept"] for e in examples) == result["ddb"]["n_generated_kept"]
+    assert all(e["source"] and e["mask"] and e["generated"] for e in examples)
+    png = ddb_grid(tmp_path / "runs", "toy", tmp_path / "grid.png")
+    with Image.open(png) as im:
+        assert im.size[1] > 5 * 150  # one row per example
+    stages = {r["stage"]: r for r in ddb_generation_throughput(tmp_path / "runs", "toy")}
+    assert {"inpaint", "prune"} <= set(stages)
+    assert stages["inpaint"]["images"] == 5 and stages["inpaint"]["images_per_s"] > 0
