@@ -1,0 +1,297 @@
+"""Inpainting throughput of DDB on the real Stable Diffusion 2 architectures (random weights).
+
+Standalone (no pytest): builds the SD2 inpainting UNet (9 input channels), the SD2 VAE
+and the OpenCLIP ViT-H text encoder from their published configs with random weights
+(no download: speed does not depend on the weights), then measures
+
+- images/s of the inpainting pipeline at 512 px for each batch size (bf16, SDPA);
+- the FLOPs of one image (torch.utils.flop_counter.FlopCounterMode over one call);
+- the bf16 matrix-product ceiling of the same GPU (large square matmuls);
+
+and prints / writes JSON with achieved TFLOP/s = FLOPs per image x images/s and its
+ratio to the ceiling. Every phase is time-bounded (``--time-budget``) and prints
+progress. ``--smoke`` runs tiny configs on CPU in seconds (tested by the suite).
+
+    python bench/gpu_ddb_throughput.py --out gpu_ddb.json            # on a CUDA machine
+    python bench/gpu_ddb_throughput.py --smoke --out /tmp/smoke.json  # anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# The published configs (stabilityai/stable-diffusion-2-inpainting, unet/config.json etc.).
+SD2_UNET = dict(
+    sample_size=64, in_channels=9, out_channels=4, layers_per_block=2, center_input_sample=False,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
+    norm_num_groups=32, norm_eps=1e-5, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+    downsample_padding=1, mid_block_scale_factor=1,
+)
+SD2_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32, act_fn="silu", scaling_factor=0.18215,
+)
+OPENCLIP_VIT_H_TEXT = dict(
+    vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=512, layer_norm_eps=1e-5,
+)
+SD2_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000, prediction_type="epsilon",
+)
+
+# Tiny versions for --smoke (same code path, CPU in seconds).
+SMOKE_UNET = dict(
+    sample_size=8, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=(2, 4), cross_attention_dim=32, use_linear_projection=True, norm_num_groups=32,
+)
+SMOKE_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+)
+SMOKE_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  max_position_embeddings=77, hidden_act="gelu", projection_dim=32)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_pipeline(smoke: bool, device: torch.device, dtype: torch.dtype):
+    """StableDiffusionInpaintPipeline with the SD2 architectures (or tiny ones), random weights, SDPA."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from spuraug.ddb import tiny
+
+    torch.manual_seed(0)
+    # A project-written tokenizer (no download); speed depends on the 77-token length only.
+    tok = tiny.clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", max_length=77)
+    text_cfg = dict(SMOKE_TEXT if smoke else OPENCLIP_VIT_H_TEXT)
+    text_cfg.setdefault("vocab_size", max(len(tok), 64))
+    text_cfg.update(bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**(SMOKE_UNET if smoke else SD2_UNET))
+        vae = AutoencoderKL(**(SMOKE_VAE if smoke else SD2_VAE))
+        text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(**SD2_SCHEDULER),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    pipe = pipe.to(device=device, dtype=dtype)
+    if device.type == "cuda":
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+    n_params = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) for k in ("unet", "vae", "text_encoder")}
+    return pipe, n_params
+
+
+def inputs(batch: int, res: int):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (res, res, 3), dtype=np.uint8))
+    m = np.zeros((res, res), np.uint8)
+    m[res // 4 : 3 * res // 4, res // 4 : 3 * res // 4] = 255
+    mask = Image.fromarray(m)
+    return ["a photo of a <class-1> bird"] * batch, [img] * batch, [mask] * batch
+
+
+def call(pipe, batch: int, res: int, steps: int, guidance: float) -> None:
+    prompts, images, masks = inputs(batch, res)
+    gens = [torch.Generator().manual_seed(k) for k in range(batch)]
+    pipe(prompt=prompts, image=images, mask_image=masks, height=res, width=res, num_inference_steps=steps,
+         guidance_scale=guidance, generator=gens, output_type="pil")
+
+
+def count_flops(pipe, res: int, steps: int, guidance: float) -> float:
+    """FLOPs of one image (one pipeline call with batch 1), by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        call(pipe, 1, res, steps, guidance)
+    return float(counter.get_total_flops())
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, deadline: Deadline, smoke: bool) -> dict:
+    """Best TFLOP/s of large square matrix products in ``dtype`` on ``device``."""
+    sizes = (256, 512) if smoke else (4096, 8192, 16384)
+    best = {"tflops": 0.0}
+    for n in sizes:
+        if deadline.left() < 5:
+            break
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        sync(device)
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            for _ in range(10):
+                a @ b
+            reps += 10
+            sync(device)
+            dt = time.perf_counter() - t0
+            if dt > (0.2 if smoke else 2.0) or deadline.left() < 2:
+                break
+        tflops = 2 * n**3 * reps / dt / 1e12
+        log(f"matmul {n}x{n} {dtype}: {tflops:.1f} TFLOP/s")
+        if tflops > best["tflops"]:
+            best = {"tflops": tflops, "n": n}
+        del a, b
+    return best
+
+
+def measure(pipe, batch: int, res: int, steps: int, guidance: float, device: torch.device,
+            deadline: Deadline, min_time: float) -> dict | None:
+    if deadline.left() < 10 and min_time > 1:
+        log(f"batch {batch}: skipped (time budget)")
+        return None
+    try:
+        with torch.inference_mode():
+            call(pipe, batch, res, steps, guidance)  # warm-up (kernels, allocator)
+            sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            calls, t0 = 0, time.perf_counter()
+            while True:
+                call(pipe, batch, res, steps, guidance)
+                calls += 1
+                sync(device)
+                dt = time.perf_counter() - t0
+                if dt >= min_time or deadline.left() < dt / calls + 2:
+                    break
+    except torch.cuda.OutOfMemoryError:
+        log(f"batch {batch}: out of memory")
+        torch.cuda.empty_cache()
+        return {"batch_size": batch, "error": "out of memory"}
+    ips = batch * calls / dt
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    log(f"batch {batch}: {ips:.3f} images/s ({calls} calls, {dt:.1f} s)")
+    return {"batch_size": batch, "images_per_s": ips, "calls": calls, "seconds": dt, "peak_mem_mb": peak}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny configs on CPU (seconds)")
+    ap.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,8,32; smoke 1,2)")
+    ap.add_argument("--resolution", type=int, default=None, help="pixels (default 512; smoke 32)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="denoising steps per image (default 50 = the paper's pipeline default; smoke 2)")
+    ap.add_argument("--guidance-scale", type=float, default=7.5, help="7.5 (pipeline default) doubles the UNet batch")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (adds compile time)")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds of timed calls per batch size (default 20)")
+    ap.add_argument("--time-budget", type=float, default=480.0, help="stop measuring after this many seconds")
+    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    args = ap.parse_args(argv)
+
+    deadline = Deadline(args.time_budget)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    if args.smoke:
+        dtype = torch.float32 if device.type == "cpu" else dtype
+        torch.set_num_threads(1)  # tiny models on a shared CPU: one thread is fastest
+    res = args.resolution or (32 if args.smoke else 512)
+    steps = args.steps or (2 if args.smoke else 50)
+    sizes = [int(b) for b in (args.batch_sizes or ("1,2" if args.smoke else "1,8,32")).split(",")]
+    min_time = args.min_time if args.min_time is not None else (0.0 if args.smoke else 20.0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    report: dict = {
+        "what": "DDB inpainting throughput, SD2 architectures with random weights" + (" (SMOKE: tiny configs)" if args.smoke else ""),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "dtype": str(dtype), "resolution": res, "steps": steps,
+        "guidance_scale": args.guidance_scale, "attention": "SDPA (AttnProcessor2_0)", "compile": args.compile,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join([sys.executable, *sys.argv]),
+    }
+    log(f"building pipeline on {device} ({dtype}) ...")
+    t0 = time.perf_counter()
+    pipe, n_params = build_pipeline(args.smoke, device, dtype)
+    report["parameters"] = n_params
+    report["build_s"] = time.perf_counter() - t0
+    log(f"built in {report['build_s']:.1f} s; parameters {n_params}")
+    if args.compile:
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
+
+    log("counting FLOPs of one image ...")
+    flops = count_flops(pipe, res, steps, args.guidance_scale)
+    report["flops_per_image"] = flops
+    log(f"{flops / 1e12:.2f} TFLOP per image ({steps} steps, guidance {args.guidance_scale})")
+
+    ceiling = matmul_ceiling(device, dtype, Deadline(min(60.0, max(deadline.left() * 0.15, 5.0))), args.smoke)
+    report["matmul_ceiling_tflops"] = ceiling["tflops"]
+    report["matmul_ceiling_n"] = ceiling.get("n")
+
+    results = []
+    for b in sizes:
+        r = measure(pipe, b, res, steps, args.guidance_scale, device, deadline, min_time)
+        if r is None:
+            continue
+        if "images_per_s" in r:
+            r["achieved_tflops"] = flops * r["images_per_s"] / 1e12
+            r["ratio_to_ceiling"] = r["achieved_tflops"] / ceiling["tflops"] if ceiling["tflops"] else None
+            log(f"batch {b}: {r['achieved_tflops']:.1f} TFLOP/s = {100 * (r['ratio_to_ceiling'] or 0):.1f}% of the "
+                f"{report['dtype']} matmul ceiling")
+        results.append(r)
+        if args.out:  # keep what is measured even if a later batch size is cut off
+            _write(args.out, {**report, "batches": results})
+    report["batches"] = results
+    ok = [r for r in results if r.get("ratio_to_ceiling") is not None]
+    report["best_ratio_to_ceiling"] = max((r["ratio_to_ceiling"] for r in ok), default=None)
+    report["goal_ratio"] = 0.5
+    if args.out:
+        _write(args.out, report)
+        log(f"wrote {args.out}")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def _write(path: str, obj: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, p)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

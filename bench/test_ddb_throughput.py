@@ -1,0 +1,103 @@
+"""Throughput of each DDB stage on CPU with tiny models (``make throughput``).
+
+Models are built from configs (spuraug.ddb.tiny), saved and loaded through
+spuraug.ddb.hub like the real ids. extra_info follows docs/harness.md: ``stage``,
+``method`` = "ddb", ``images`` per round. The real SD2 architectures on a GPU are
+measured by bench/gpu_ddb_throughput.py instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spuraug.ddb import inpaint, invert, prune, segment, tiny
+from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig
+
+RES = 32
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ddb_bench")
+    return {
+        "sd9": tiny.save_stable_diffusion(root / "sd9", 9, image_size=RES),
+        "clipseg": tiny.save_clipseg(root / "clipseg"),
+        "sam": tiny.save_sam(root / "sam"),
+        "gdino": tiny.save_grounding_dino(root / "gdino"),
+    }
+
+
+def _images(n: int, size: int = 64) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_ddb_invert_step(benchmark, models, tmp_path):
+    """Textual inversion: one optimizer step (batch 1 x accumulation 4 = 4 images)."""
+    comps = invert.load_sd_components(str(models["sd9"]))
+    ids = invert.add_tokens(comps, ["<c0>"], "digit")
+    cfg = InvertConfig(resolution=RES, initializer_token="digit", noun="digit", max_train_steps=2)
+    images = _images(4)
+    counter = {"k": 0}
+
+    def run():
+        counter["k"] += 1
+        invert.train_token(comps, images, "<c0>", ids[0], cfg, tmp_path / str(counter["k"]))
+
+    benchmark.extra_info.update(stage="invert", method="ddb", images=cfg.max_train_steps * 4)
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("backend", ["grounded_sam", "clipseg"])
+def test_ddb_segment(benchmark, models, backend):
+    """Segmentation of a batch of 8 images (64 px)."""
+    cfg = SegmentConfig(backend=backend, detector=str(models["gdino"]), sam=str(models["sam"]),
+                        clipseg=str(models["clipseg"]), box_threshold=0.0, text_threshold=0.0)
+    seg = segment.build_segmenter(cfg, "cpu")
+    images = _images(8)
+    benchmark.extra_info.update(stage=f"segment_{backend}", method="ddb", images=len(images))
+    benchmark.pedantic(lambda: seg(images, "digit"), rounds=3, iterations=1, warmup_rounds=1)
+
+
+def test_ddb_inpaint(benchmark, models, tmp_path):
+    """Inpainting a batch of 4 at 32 px, 10 steps, guidance 7.5 (the whole stage: images + records)."""
+    cfg = InpaintConfig(model=str(models["sd9"]), resolution=RES, num_inference_steps=10, batch_size=4,
+                        prompt="a photo of a {token} digit")
+    pipe = inpaint.load_inpaint_pipeline(cfg, None, "cpu")
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    srcs = [inpaint.Source(f"s{k}", k, k % 2, k, lambda im=im: im, tmp_path / "m.png") for k, im in enumerate(_images(4))]
+    plan = inpaint.make_plan(srcs, 2, 0)
+    counter = {"k": 0}
+
+    def run():
+        counter["k"] += 1
+        inpaint.inpaint(pipe, plan, ["<a>", "<b>"], cfg, tmp_path / f"out{counter['k']}")
+
+    benchmark.extra_info.update(stage="inpaint", method="ddb", images=len(plan))
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+
+
+def test_ddb_prune_integrated_gradients(benchmark):
+    """Pruning scores of 16 images: toy CNN, 64 px, IG with 50 steps, internal batch 64."""
+    from spuraug.data.transforms import toy_transform
+    from spuraug.models import ToyCNN
+
+    torch.manual_seed(0)
+    model = ToyCNN(2).eval()
+    edited, orig = _images(16), _images(16)[::-1]
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    masks = [Image.fromarray(m)] * 16
+
+    def run():
+        prune.score_samples(model, edited, orig, masks, [0] * 16, [1] * 16, toy_transform(False), n_steps=50,
+                            internal_batch_size=64)
+
+    benchmark.extra_info.update(stage="prune", method="ddb", images=16)
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)

@@ -1,0 +1,32 @@
+"""bench/gpu_ddb_throughput.py must run end to end: its --smoke mode on CPU with tiny configs."""
+
+import json
+
+import torch
+
+
+def test_gpu_throughput_script_smoke(tmp_path):
+    from bench import gpu_ddb_throughput as g
+
+    n = torch.get_num_threads()
+    try:
+        report = g.main(["--smoke", "--device", "cpu", "--batch-sizes", "1,2", "--out", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(n)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["batches"] == report["batches"] and [b["batch_size"] for b in saved["batches"]] == [1, 2]
+    assert report["flops_per_image"] > 0 and report["matmul_ceiling_tflops"] > 0
+    for b in report["batches"]:
+        assert b["images_per_s"] > 0
+        assert b["achieved_tflops"] == report["flops_per_image"] * b["images_per_s"] / 1e12
+    assert report["best_ratio_to_ceiling"] == max(b["ratio_to_ceiling"] for b in report["batches"])
+
+
+def test_real_configs_are_the_published_sd2_ones():
+    from bench import gpu_ddb_throughput as g
+
+    u = g.SD2_UNET
+    assert u["sample_size"] == 64 and u["in_channels"] == 9 and u["cross_attention_dim"] == 1024
+    assert u["block_out_channels"] == (320, 640, 1280, 1280) and u["attention_head_dim"] == (5, 10, 20, 20)
+    assert g.OPENCLIP_VIT_H_TEXT["num_hidden_layers"] == 23 and g.OPENCLIP_VIT_H_TEXT["hidden_size"] == 1024
+    assert g.SD2_VAE["block_out_channels"] == (128, 256, 512, 512)
