@@ -1,0 +1,132 @@
+"""The toy world corpus, the project tokenizer, the quality functions and zoo resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, digit_instances
+from spuraug.toyworld.world import WorldConfig, caption, caption_words, generate_world
+
+
+def test_world_is_balanced_deterministic_and_masked():
+    cfg = WorldConfig(n_per_kind=2, seed=3)
+    w = generate_world(cfg)
+    assert len(w) == 2 * 10 * len(BACKGROUNDS)
+    counts = np.zeros((10, len(BACKGROUNDS)), int)
+    np.add.at(counts, (w.digits, w.backgrounds), 1)
+    assert (counts == 2).all()
+    assert w.images.shape == (len(w), 64, 64, 3) and w.images.dtype == np.uint8
+    assert w.masks.any(axis=(1, 2)).all() and not w.masks.all(axis=(1, 2)).any()
+    generate_world.cache_clear()
+    again = generate_world(cfg)
+    assert np.array_equal(again.images, w.images) and np.array_equal(again.masks, w.masks)
+    other = generate_world(WorldConfig(n_per_kind=2, seed=4))
+    assert not np.array_equal(other.images, w.images)
+
+
+def test_world_disk_cache_round_trips(tmp_path):
+    cfg = WorldConfig(n_per_kind=1, seed=9)
+    a = generate_world(cfg, cache_dir=str(tmp_path))
+    assert list(tmp_path.glob("world-*.npz"))
+    generate_world.cache_clear()
+    b = generate_world(cfg, cache_dir=str(tmp_path))
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.digits, b.digits)
+
+
+def test_world_uses_instances_disjoint_from_the_benchmark():
+    for d in range(10):
+        assert not set(digit_instances(d, "world")) & set(digit_instances(d, "benchmark"))
+
+
+def test_captions_name_digit_and_background():
+    assert caption(8, "water") == "a photo of a eight digit on water"
+    assert caption(3) == "a photo of a three digit"
+    with pytest.raises(ValueError, match="background"):
+        caption(3, "lava")
+    w = generate_world(WorldConfig(n_per_kind=1, seed=0))
+    i = 5
+    assert DIGIT_WORDS[w.digits[i]] in w.caption(i) and BACKGROUNDS[w.backgrounds[i]] in w.caption(i)
+
+
+def test_tokenizer_has_one_token_per_caption_word_and_accepts_new_tokens(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from spuraug.toyworld.tokenizer import build_clip_tokenizer
+
+    tok = build_clip_tokenizer(tmp_path / "files", caption_words())
+    tok.save_pretrained(tmp_path / "tok")
+    tok = CLIPTokenizer.from_pretrained(tmp_path / "tok")
+    ids = tok("a photo of a eight digit on water").input_ids
+    assert tok.convert_ids_to_tokens(ids)[1:-1] == [w + "</w>" for w in "a photo of a eight digit on water".split()]
+    # A word outside the vocabulary still tokenizes (byte symbols), never to <unk>.
+    assert tok.unk_token_id not in tok("a photo of a bird").input_ids[1:-1]
+    n = len(tok)
+    assert tok.add_tokens(["<class-0>"]) == 1 and len(tok) == n + 1
+    assert n in tok("a photo of a <class-0> digit").input_ids
+
+
+def test_segmentation_iou_counts_overlap():
+    from spuraug.toyworld.quality import segmentation_iou
+
+    true = np.zeros((2, 4, 4), bool)
+    true[0, :2] = True  # 8 pixels
+    true[1, :, :1] = True  # 4 pixels
+    pred = np.zeros_like(true)
+    pred[0, :1] = True  # 4 of 8 -> 0.5
+    pred[1] = true[1]  # 1.0
+    assert segmentation_iou(pred, true) == pytest.approx(0.75)
+    assert segmentation_iou(pred.astype(np.uint8) * 255, true, per_image=True) == pytest.approx([0.5, 1.0])
+    assert segmentation_iou(np.zeros((1, 3, 3)), np.zeros((1, 3, 3))) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        segmentation_iou(pred, true[:, :3])
+
+
+class _FixedOracle(torch.nn.Module):
+    """Reads every image as digit = its red channel mean // 20, background = green // 40."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        u8 = (x + 1) * 127.5
+        d = (u8[:, 0].mean(dim=(1, 2)) // 20).long().clamp(0, 9)
+        b = (u8[:, 1].mean(dim=(1, 2)) // 40).long().clamp(0, len(BACKGROUNDS) - 1)
+        return torch.nn.functional.one_hot(d, 10).float(), torch.nn.functional.one_hot(b, len(BACKGROUNDS)).float()
+
+
+def test_composition_success_needs_both_digit_and_background():
+    from PIL import Image
+
+    from spuraug.toyworld.quality import composition_report, composition_success
+
+    imgs = np.zeros((4, 64, 64, 3), np.uint8)
+    imgs[:, :, :, 0] = [[[8 * 20 + 5]], [[8 * 20 + 5]], [[3 * 20 + 5]], [[8 * 20 + 5]]]
+    imgs[:, :, :, 1] = [[[1 * 40 + 5]], [[1 * 40 + 5]], [[1 * 40 + 5]], [[0 * 40 + 5]]]
+    oracle = _FixedOracle()
+    # image 0, 1: eight on water (index 1); image 2: wrong digit; image 3: wrong background
+    assert composition_success(imgs, 8, "water", oracle=oracle) == pytest.approx(0.5)
+    rep = composition_report([Image.fromarray(a) for a in imgs], "eight", 1, oracle=oracle)
+    assert rep["digit_rate"] == pytest.approx(0.75) and rep["background_rate"] == pytest.approx(0.75)
+    per_image = composition_success(imgs, [8, 8, 3, 8], ["water", "water", "water", "land"], oracle=oracle)
+    assert per_image == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="background"):
+        composition_success(imgs, 8, "lava", oracle=oracle)
+    with pytest.raises(ValueError, match="2 digit values for 4 images"):
+        composition_success(imgs, [8, 3], 1, oracle=oracle)
+
+
+def test_resolve_model_id(tmp_path, monkeypatch):
+    from spuraug.toyworld import zoo
+
+    assert zoo.resolve_model_id("stabilityai/stable-diffusion-2-inpainting") == "stabilityai/stable-diffusion-2-inpainting"
+    with pytest.raises(ValueError, match="unknown toy model id"):
+        zoo.resolve_model_id("spuraug/toy-nothing")
+    monkeypatch.setenv("SPURAUG_TOY_ZOO", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="make toy-zoo"):
+        zoo.resolve_model_id("spuraug/toy-clipseg")
+    (tmp_path / "toy-clipseg").mkdir()
+    (tmp_path / "toy-clipseg" / "config.json").write_text("{}")
+    assert zoo.resolve_model_id("spuraug/toy-clipseg") == str(tmp_path / "toy-clipseg")
