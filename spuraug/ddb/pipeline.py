@@ -36,7 +36,7 @@ from spuraug.ddb.config import DDBConfig
 from spuraug.ddb.invert import EMBEDS_FILE, class_tokens, resolve_device
 
 #: Options that change speed or memory but not results: left out of artifact keys.
-RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size")
+RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size", "engine", "workers")
 
 
 def _key_cfg(obj: Any) -> dict:
@@ -173,7 +173,10 @@ class Stages:
                     t0 = time.perf_counter()
                     inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
                                     desc=f"invert class {c} {tokens[c]}")
-                    per_class[str(c)] = {"wall_time_s": time.perf_counter() - t0}
+                    dt = time.perf_counter() - t0
+                    per_class[str(c)] = {"wall_time_s": dt, "steps_per_s": cfg.max_train_steps / max(dt, 1e-9),
+                                         "images_per_s": cfg.max_train_steps * cfg.train_batch_size
+                                         * cfg.gradient_accumulation_steps / max(dt, 1e-9)}
                 per_class.setdefault(str(c), {})
                 per_class[str(c)].update({"token": tokens[c], "n_images": int(len(chosen)),
                                           "image_ids": [train.ids[int(i)] for i in chosen],
@@ -248,7 +251,7 @@ class Stages:
         models = ({"detector": cfg.detector, "sam": cfg.sam} if cfg.backend == "grounded_sam"
                   else {"clipseg": cfg.clipseg})
         art.finish({"counts": counts, "models": {k: {"id": v, "revision": hub.revision_of(v)} for k, v in models.items()},
-                    "backend": cfg.backend, "prompt": cfg.prompt, "wall_time_s": t["wall_time_s"],
+                    "images_per_s": len(table) / max(t["wall_time_s"], 1e-9), "backend": cfg.backend, "prompt": cfg.prompt, "wall_time_s": t["wall_time_s"],
                     "config": asdict(cfg)})
         return art
 
@@ -279,15 +282,22 @@ class Stages:
             return art
         art.prepare()
         cfg = self.cfg.inpaint
+        engine = None
         with timed(art) as t:
-            pipe = load_inpaint_pipeline(cfg, embeds, self.device)
-            table = inpaint(pipe, plan, self.tokens(), cfg, art.path, on_written=on_written)
+            if cfg.engine == "local":
+                pipe = load_inpaint_pipeline(cfg, embeds, self.device)
+                table = inpaint(pipe, plan, self.tokens(), cfg, art.path, on_written=on_written)
+            else:  # sharded over workers (spuraug/ddb/scaleout.py)
+                from spuraug.ddb.scaleout import inpaint_sharded
+
+                table, engine = inpaint_sharded(self, plan, embeds, art.path)
             atomic_write_text(art.path / "samples.csv", table.to_csv(index=False))
         per = {str(c): int((table.source_class == c).sum()) for c in range(self.n_classes)} if len(table) else {}
         art.finish({"counts": {"planned": len(plan), "generated": int(len(table)), "per_source_class": per},
                     "models": {"inpainting": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
                     "tokens": self.tokens(), "seeds": {"base": cfg.seed, "per_sample": "sha256(base|source_id|target)"},
                     "label": cfg.label, "images_per_s": len(plan) / max(t["wall_time_s"], 1e-9),
+                    "engine": engine or {"engine": "local", "workers": 1},
                     "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
         return art
 
@@ -306,10 +316,15 @@ class Stages:
             art.prepare()
             partial = art.path / "scores.partial.csv"
             done = pd.read_csv(partial, dtype={"source_id": str, "sample_id": str}) if partial.is_file() else None
+            engine = None
             with timed(art) as t:
                 model, _ = self.erm()
+                if cfg.engine != "local":  # sharded over workers (spuraug/ddb/scaleout.py)
+                    from spuraug.ddb.scaleout import prune_sharded
+
+                    scores, engine = prune_sharded(self, samples, sources, art.path, inp.path)
                 pos = dict(zip(sources.source_id.astype(str), sources.position))
-                scores = score_table(
+                scores = scores if engine else score_table(
                     model, samples,
                     load_edited=lambda r: Image.open(inp.path / r["file"]).convert("RGB"),
                     load_original=lambda r: self.source_image(int(pos[str(r["source_id"])])),
@@ -323,7 +338,8 @@ class Stages:
                 partial.unlink(missing_ok=True)
             art.finish({"counts": {"generated": int(len(scores))}, "ig": {"n_steps": cfg.n_steps,
                         "target": cfg.ig_target}, "images_per_s": len(scores) / max(t["wall_time_s"], 1e-9),
-                        "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
+                        "wall_time_s": t["wall_time_s"], "config": asdict(cfg),
+                        "engine": engine or {"engine": "local", "workers": 1}})
         scores = pd.read_csv(art.path / "scores.csv", dtype={"source_id": str, "sample_id": str})
         table = self.verdicts(scores, samples, sources)
         atomic_write_text(art.path / "table.csv", table.to_csv(index=False))
