@@ -102,3 +102,12 @@ doctor: $(if $(DOCKER_ON),docker-volumes,setup) ## check GPU, packages, weights,
 # Bind-mount sources must exist, or docker creates them owned by root.
 docker-volumes:
 	mkdir -p "$(HOST_DATA_DIR)" "$(CURDIR)/results" "$(CURDIR)/runs" "$(HOST_HF_HOME)" "$(HOST_TORCH_HOME)"
+
+.PHONY: toy-zoo toy-zoo-check
+ZOO_THREADS ?= 2
+toy-zoo: setup ## train the toy model zoo (inpainter, segmenter, oracle) on the toy world; skipped when its manifest matches [ZOO_THREADS=2]
+	$(PY) -m spuraug.toyworld.zoo train --threads $(ZOO_THREADS)
+
+toy-zoo-check: setup ## measure the toy zoo's quality (oracle, segmenter IoU, inpainting identity) into results/toyworld/
+	$(PY) -m spuraug.toyworld.zoo check
+	$(PY) -m spuraug.toyworld.check --out results/toyworld/zoo_quality.json --grid results/toyworld/zoo_examples.png

@@ -1,0 +1,184 @@
+"""Measure the committed zoo's quality: ``python -m spuraug.toyworld.check [--n N] [--out FILE]``.
+
+On held-out world images (a world seed the zoo never saw) and on toy-benchmark test
+images it measures
+
+- the oracle's digit / background accuracy,
+- the segmenter's IoU for the prompt "digit" (and the mean predicted mask area),
+- the inpainter: for each source image, repaint a dilated object mask with
+  "a photo of a {word} digit" and read the result with the oracle (share showing the
+  requested digit, share keeping the source background, pixel error outside the mask),
+  for the other benchmark class's word, a random other word, and the initializer
+  word "digit";
+- text-to-image (full mask, blank masked image) digit rate per word.
+
+Writes a JSON report and optionally a PNG grid of examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS
+
+
+def load_inpainter(model_id: str = "spuraug/toy-sd-inpainting"):
+    """The zoo's StableDiffusionInpaintPipeline (safety checker off, progress bar off)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from spuraug.toyworld.zoo import resolve_model_id
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(resolve_model_id(model_id), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def dilate_masks(masks: np.ndarray, pixels: int) -> np.ndarray:
+    """Binary dilation of each (H, W) mask by ``pixels``."""
+    if pixels <= 0:
+        return masks.astype(bool)
+    return np.stack([ndimage.binary_dilation(m, iterations=pixels) for m in masks])
+
+
+def inpaint(pipe, images: np.ndarray, masks: np.ndarray, prompts: list[str], seed: int = 0,
+            steps: int = 20, guidance_scale: float = 5.0, batch_size: int = 32) -> np.ndarray:
+    """Inpaint uint8 ``images`` (N, 64, 64, 3) inside bool ``masks`` with ``prompts``; uint8 out."""
+    out = []
+    for j in range(0, len(images), batch_size):
+        sl = slice(j, j + batch_size)
+        res = pipe(
+            prompt=prompts[sl],
+            image=[Image.fromarray(a) for a in images[sl]],
+            mask_image=[Image.fromarray(m.astype(np.uint8) * 255) for m in masks[sl]],
+            height=images.shape[1], width=images.shape[2],
+            num_inference_steps=steps, guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed + j), output_type="np",
+        ).images
+        out.append((np.clip(res, 0, 1) * 255 + 0.5).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def _grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
+    g = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def measure(n: int = 64, seed: int = 0, dilation: int = 4, guidance_scale: float = 5.0,
+            grid_path: str | None = None) -> dict:
+    """The quality report described in the module docstring, on ``n`` images per probe."""
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    from spuraug.data.toy import ToyConfig, ToyDataset
+    from spuraug.toyworld.oracle import load_oracle, predict
+    from spuraug.toyworld.quality import composition_report, segmentation_iou
+    from spuraug.toyworld.world import WorldConfig, generate_world
+    from spuraug.toyworld.zoo import resolve_model_id
+
+    t0 = time.time()
+    report: dict = {"n": n, "seed": seed, "mask_dilation_px": dilation, "guidance_scale": guidance_scale}
+    oracle = load_oracle()
+    held = generate_world(WorldConfig(n_per_kind=max(1, n // 60 + 1), seed=1000 + seed))
+    pd, pb = predict(oracle, held.images)
+    report["oracle_heldout_world"] = {"n": len(held), "digit_acc": float((pd == held.digits).mean()),
+                                      "background_acc": float((pb == held.backgrounds).mean())}
+    bench = ToyDataset("test", ToyConfig())
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(bench), size=n, replace=False)
+    b_img, b_mask = bench.images[idx], bench.masks[idx]
+    b_digit = np.asarray([bench.config.digits[y] for y in bench.y[idx]])
+    b_bg = np.asarray([BACKGROUNDS.index(bench.config.backgrounds[a]) for a in bench.a[idx]])
+    pd, pb = predict(oracle, b_img)
+    report["oracle_benchmark"] = {"n": n, "digit_acc": float((pd == b_digit).mean()),
+                                  "background_acc": float((pb == b_bg).mean())}
+
+    folder = resolve_model_id("spuraug/toy-clipseg")
+    seg = CLIPSegForImageSegmentation.from_pretrained(folder).eval()
+    proc = CLIPSegProcessor.from_pretrained(folder)
+    for name, imgs, true in (("world", held.images[:n], held.masks[:n]), ("benchmark", b_img, b_mask)):
+        with torch.no_grad():
+            enc = proc(text=["digit"] * len(imgs), images=[Image.fromarray(a) for a in imgs],
+                       return_tensors="pt", padding=True)
+            logits = seg(**enc).logits.view(len(imgs), *imgs.shape[1:3])
+        pred = (logits.sigmoid() > 0.5).numpy()
+        report[f"clipseg_iou_{name}"] = segmentation_iou(pred, true)
+        report[f"clipseg_area_{name}"] = {"pred": float(pred.mean()), "true": float(true.mean())}
+
+    pipe = load_inpainter()
+    masks = dilate_masks(b_mask, dilation)
+    other = {3: 8, 8: 3}
+    probes = {
+        "other_class_word": np.asarray([other.get(int(d), (int(d) + 5) % 10) for d in b_digit]),
+        "random_other_word": np.asarray([(int(d) + int(rng.integers(1, 10))) % 10 for d in b_digit]),
+    }
+    rows = [b_img[:8]]
+    inpaint_report = {}
+    for probe, targets in probes.items():
+        prompts = [f"a photo of a {DIGIT_WORDS[t]} digit" for t in targets]
+        out = inpaint(pipe, b_img, masks, prompts, seed=seed, guidance_scale=guidance_scale)
+        rep = composition_report(out, targets, b_bg, oracle=oracle)
+        outside = ~masks
+        err = np.abs(out.astype(np.float32) - b_img.astype(np.float32)).mean(axis=-1)
+        inpaint_report[probe] = {
+            "digit_rate": rep["digit_rate"], "background_rate": rep["background_rate"],
+            "composition_success": rep["success"],
+            "source_digit_rate": float((rep["pred_digit"] == b_digit).mean()),
+            "mae_outside_mask": float(err[outside].mean()),
+        }
+        rows.append(out[:8])
+    # The initializer word alone: which digit appears, and how often it is the other class.
+    out = inpaint(pipe, b_img, masks, ["a photo of a digit digit"] * n, seed=seed, guidance_scale=guidance_scale)
+    rep = composition_report(out, probes["other_class_word"], b_bg, oracle=oracle)
+    inpaint_report["initializer_word_digit"] = {
+        "prompt": "a photo of a digit digit",
+        "other_class_rate": rep["digit_rate"], "background_rate": rep["background_rate"],
+        "source_digit_rate": float((rep["pred_digit"] == b_digit).mean()),
+    }
+    rows.append(out[:8])
+    report["inpainting_benchmark"] = inpaint_report
+
+    # Text-to-image through the inpainting model (what textual inversion trains through).
+    words = np.arange(n) % 10
+    blank = np.zeros_like(b_img)
+    full = np.ones(b_mask.shape, dtype=bool)
+    out = inpaint(pipe, blank, full, [f"a photo of a {DIGIT_WORDS[d]} digit" for d in words], seed=seed + 1,
+                  guidance_scale=guidance_scale)
+    pd, _ = predict(oracle, out)
+    report["text_to_image_digit_rate"] = float((pd == words).mean())
+    rows.append(out[:8])
+    report["wall_s"] = round(time.time() - t0, 1)
+    if grid_path:
+        _grid(rows, Path(grid_path))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spuraug.toyworld.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=64, help="images per probe (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dilation", type=int, default=4, help="inpainting mask dilation in pixels")
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="write the JSON report here")
+    parser.add_argument("--grid", default=None, help="write a PNG grid of examples here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = measure(args.n, args.seed, args.dilation, args.guidance_scale, args.grid)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

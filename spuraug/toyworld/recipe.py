@@ -1,0 +1,698 @@
+"""The recipe that trains the toy model zoo on the toy world.
+
+Stages, each cached in a work folder and resumable from its last checkpoint:
+
+1. ``vae``      AutoencoderKL, 64x64x3 <-> 16x16x4 latents (L1 + MSE + tiny KL).
+2. ``oracle``   the world classifier (digit kind and background kind), see :mod:`oracle`.
+3. ``unet``     UNet2DConditionModel with 9 input channels (latents, mask, masked-image
+                latents) trained jointly with a tiny CLIPTextModel on world captions, with
+                caption dropout for classifier-free guidance, on a mix of object-shaped,
+                dilated, box, random and full masks (full mask + blank masked image =
+                text-to-image, which textual inversion trains through).
+4. ``clipseg``  CLIPSegForImageSegmentation trained on world masks with text prompts
+                ("digit", the digit's word, a background word -> the background region).
+
+:func:`build_zoo` runs the stages and writes the library-format folders plus a
+manifest (recipe, seeds, wall times, sha256 of every file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, IMAGE_SIZE
+from spuraug.toyworld.world import (
+    SEGMENTER_OBJECT_PROMPT,
+    World,
+    WorldConfig,
+    caption_words,
+    generate_world,
+)
+
+LATENT_SIZE = IMAGE_SIZE // 4
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    """Every knob of the zoo. The defaults are the committed zoo; tests shrink them."""
+
+    world: WorldConfig = WorldConfig(n_per_kind=60, seed=0)
+    seed: int = 0
+    # Tokenizer / text encoder (shared by the inpainter and the segmenter's vocabulary).
+    max_length: int = 32
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    # VAE.
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    vae_steps: int = 600
+    vae_batch: int = 32
+    #: The VAE has no attention, so it trains on random crops (4x cheaper) and runs at 64x64.
+    vae_crop: int = 32
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    # Oracle.
+    oracle_steps: int = 300
+    oracle_batch: int = 64
+    oracle_lr: float = 2e-3
+    # UNet + text encoder.
+    unet_channels: tuple[int, ...] = (32, 48, 64)
+    unet_steps: int = 800
+    unet_batch: int = 48
+    unet_lr: float = 1e-3
+    #: Min-SNR-gamma loss weighting (Hang et al. 2023): converges faster in few steps.
+    min_snr_gamma: float = 5.0
+    unet_ema_decay: float = 0.995
+    caption_dropout: float = 0.1
+    short_caption_share: float = 0.4
+    #: Share of each training-mask kind (full, dilated object, object box, random box,
+    #: tight object); the rest of the probability mass is renormalised.
+    mask_mix: tuple[float, ...] = (0.2, 0.3, 0.25, 0.1, 0.15)
+    # CLIPSeg.
+    seg_steps: int = 300
+    seg_batch: int = 32
+    seg_lr: float = 1e-3
+    seg_patch: int = 4
+    seg_hidden: int = 64
+    seg_layers: int = 3
+    # Inference defaults saved with the pipeline.
+    inference_steps: int = 20
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["world"] = asdict(self.world)
+        return json.loads(json.dumps(d))  # tuples -> lists, as a manifest read back has them
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def short(cls) -> ZooRecipe:
+        """A few-step, tiny recipe through the same code (for tests; quality is not the point)."""
+        return cls(
+            world=WorldConfig(n_per_kind=2, seed=0),
+            vae_channels=(8, 16, 16),
+            vae_steps=2,
+            vae_batch=8,
+            vae_crop=16,
+            oracle_steps=2,
+            oracle_batch=8,
+            unet_channels=(16, 32, 32),
+            unet_steps=2,
+            unet_batch=8,
+            seg_steps=2,
+            seg_batch=8,
+            seg_hidden=32,
+            seg_layers=2,
+            text_hidden=32,
+            inference_steps=2,
+        )
+
+
+# ---------------------------------------------------------------- components
+
+
+def build_tokenizer(folder: Path, recipe: ZooRecipe):
+    from spuraug.toyworld.tokenizer import build_clip_tokenizer
+
+    return build_clip_tokenizer(folder, caption_words(), model_max_length=recipe.max_length)
+
+
+def _text_config_kwargs(tokenizer, recipe: ZooRecipe, hidden: int) -> dict:
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=recipe.text_layers,
+        num_attention_heads=recipe.text_heads,
+        max_position_embeddings=recipe.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=hidden,
+    )
+
+
+def build_text_encoder(tokenizer, recipe: ZooRecipe):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**_text_config_kwargs(tokenizer, recipe, recipe.text_hidden)))
+
+
+def build_vae(recipe: ZooRecipe):
+    from diffusers import AutoencoderKL
+
+    n = len(recipe.vae_channels)
+    if 2 ** (n - 1) != IMAGE_SIZE // LATENT_SIZE:
+        raise ValueError(f"vae_channels needs {int(math.log2(IMAGE_SIZE // LATENT_SIZE)) + 1} levels, got {n}")
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=recipe.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        mid_block_add_attention=False,
+    )
+
+
+def build_unet(recipe: ZooRecipe):
+    from diffusers import UNet2DConditionModel
+
+    ch = recipe.unet_channels
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(ch) - 1)
+    up = ("CrossAttnUpBlock2D",) * (len(ch) - 1) + ("UpBlock2D",)
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=ch,
+        layers_per_block=1,
+        cross_attention_dim=recipe.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=min(16, ch[0]),
+    )
+
+
+def build_training_scheduler():
+    """Stable Diffusion's DDPM noise schedule (scaled linear betas, epsilon target)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def build_clipseg(tokenizer, recipe: ZooRecipe):
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    h = recipe.seg_hidden
+    text = _text_config_kwargs(tokenizer, recipe, h)
+    vision = dict(
+        hidden_size=h,
+        intermediate_size=h * 2,
+        num_hidden_layers=recipe.seg_layers,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=recipe.seg_patch,
+        projection_dim=h,
+    )
+    config = CLIPSegConfig(
+        text_config=text,
+        vision_config=vision,
+        projection_dim=h,
+        extract_layers=list(range(recipe.seg_layers)),
+        reduce_dim=32,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=64,
+        use_complex_transposed_convolution=False,
+    )
+    return CLIPSegForImageSegmentation(config)
+
+
+def build_clipseg_processor(tokenizer):
+    from transformers import CLIPSegProcessor, ViTImageProcessor
+
+    image_processor = ViTImageProcessor(
+        do_resize=True,
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+# ---------------------------------------------------------------- data helpers
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (the VAE's range)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def sample_training_masks(masks: np.ndarray, rng: np.random.Generator, mix: tuple[float, ...]) -> np.ndarray:
+    """One inpainting mask (float32 0/1, (N, 64, 64)) per object mask, drawn from ``mix``.
+
+    Kinds: full image; object dilated by 2-8 px; object bounding box grown by 0-6 px;
+    a random box (may miss the object); the object nearly as is (dilation 0-1 px).
+    """
+    p = np.asarray(mix, dtype=np.float64)
+    p = p / p.sum()
+    n, size = masks.shape[0], masks.shape[1]
+    out = np.zeros((n, size, size), dtype=np.float32)
+    kinds = rng.choice(len(p), size=n, p=p)
+    for i in range(n):
+        m = masks[i]
+        k = kinds[i]
+        if k == 0:
+            out[i] = 1.0
+        elif k in (1, 4):
+            r = int(rng.integers(2, 9)) if k == 1 else int(rng.integers(0, 2))
+            out[i] = ndimage.binary_dilation(m, iterations=r) if r else m
+        elif k == 2:
+            ys, xs = np.nonzero(m)
+            if len(ys) == 0:
+                out[i] = 1.0
+                continue
+            g = rng.integers(0, 7, size=4)
+            out[i, max(ys.min() - g[0], 0) : ys.max() + 1 + g[1], max(xs.min() - g[2], 0) : xs.max() + 1 + g[3]] = 1
+        else:
+            h, w = rng.integers(size // 4, size * 3 // 4 + 1, size=2)
+            y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+            out[i, y0 : y0 + h, x0 : x0 + w] = 1
+    return out
+
+
+def _captions_for(world: World, idx: np.ndarray, rng: np.random.Generator, recipe: ZooRecipe) -> list[str]:
+    out = []
+    for i in idx:
+        u = rng.random()
+        if u < recipe.caption_dropout:
+            out.append("")
+        elif u < recipe.caption_dropout + recipe.short_caption_share:
+            out.append(world.caption(int(i), short=True))
+        else:
+            out.append(world.caption(int(i)))
+    return out
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's max length, as the diffusers pipelines do."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+# ---------------------------------------------------------------- a resumable loop
+
+
+class _Stage:
+    """Checkpointing for one stage: state dicts saved every ``every_s`` seconds and at the end."""
+
+    def __init__(self, work: Path, name: str, every_s: float = 60.0) -> None:
+        self.path = work / f"{name}.ckpt.pt"
+        self.every_s = every_s
+        self.last = time.time()
+
+    def load(self) -> dict | None:
+        if self.path.exists():
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        return None
+
+    def maybe_save(self, state_fn: Callable[[], dict], force: bool = False) -> None:
+        if force or time.time() - self.last > self.every_s:
+            tmp = self.path.with_suffix(".tmp")
+            torch.save(state_fn(), tmp)
+            tmp.replace(self.path)
+            self.last = time.time()
+
+
+def _batch_rng(recipe: ZooRecipe, stage: int, step: int) -> np.random.Generator:
+    # A fresh generator per (stage, step): a resumed run draws exactly the batches the
+    # uninterrupted run would have drawn.
+    return np.random.default_rng([recipe.seed, stage, step])
+
+
+def _torch_gen(recipe: ZooRecipe, stage: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(_batch_rng(recipe, stage, step).integers(2**62)))
+
+
+def _lr_at(step: int, total: int, lr: float, warmup: int = 50) -> float:
+    warm = min(1.0, (step + 1) / max(1, min(warmup, total // 5 + 1)))
+    return lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, total))))
+
+
+# ---------------------------------------------------------------- stage 1: VAE
+
+
+def train_vae(world: World, recipe: ZooRecipe, work: Path, progress: bool = True):
+    """Train the AutoencoderKL; returns it with ``scaling_factor`` set to 1/std(latents)."""
+    torch.manual_seed(recipe.seed)
+    vae = build_vae(recipe)
+    with torch.no_grad():
+        # Start the posterior nearly deterministic (std ~ 0.02): with a tiny KL weight the
+        # sampling noise of a unit-variance start costs hundreds of steps to shrink.
+        vae.quant_conv.bias[4:].fill_(-8.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    stage = _Stage(work, "vae")
+    start = 0
+    if (ck := stage.load()) is not None:
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = int(ck["step"])
+    bar = tqdm(range(start, recipe.vae_steps), desc="vae", disable=not progress, initial=start,
+               total=recipe.vae_steps)
+    vae.train()
+    for step in bar:
+        rng = _batch_rng(recipe, 1, step)
+        idx = rng.integers(0, len(world), size=recipe.vae_batch)
+        c = recipe.vae_crop
+        y0, x0 = (int(v) for v in rng.integers(0, IMAGE_SIZE - c + 1, size=2))
+        x = to_model_range(world.images[idx, y0 : y0 + c, x0 : x0 + c])
+        # Full masks give the pipeline an all-zero masked image: teach that too.
+        x[: max(1, recipe.vae_batch // 16)] = 0.0
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe.vae_steps, recipe.vae_lr)
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=_torch_gen(recipe, 1, step))
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + recipe.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        stage.maybe_save(lambda s=step: {"model": vae.state_dict(), "opt": opt.state_dict(), "step": s + 1})
+    vae.eval()
+    with torch.no_grad():
+        idx = np.random.default_rng([recipe.seed, 11]).choice(len(world), size=min(256, len(world)), replace=False)
+        z = torch.cat([vae.encode(to_model_range(world.images[idx[j : j + 64]])).latent_dist.mean
+                       for j in range(0, len(idx), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std().clamp_min(1e-6)))
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae, images_m11: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Scaled latents of images in [-1, 1], as the pipeline computes them."""
+    return vae.encode(images_m11).latent_dist.sample(generator=generator) * vae.config.scaling_factor
+
+
+# ---------------------------------------------------------------- stage 3: UNet + text encoder
+
+
+def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, progress: bool = True):
+    """Train the 9-channel inpainting UNet jointly with the text encoder; returns (unet, text_encoder)
+    holding the EMA weights."""
+    torch.manual_seed(recipe.seed + 3)
+    unet = build_unet(recipe)
+    text_encoder = build_text_encoder(tokenizer, recipe)
+    sched = build_training_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
+    ema = [p.detach().clone() for p in params]
+    stage = _Stage(work, "unet")
+    start = 0
+    if (ck := stage.load()) is not None:
+        unet.load_state_dict(ck["unet"])
+        text_encoder.load_state_dict(ck["text_encoder"])
+        opt.load_state_dict(ck["opt"])
+        ema = list(ck["ema"])
+        start = int(ck["step"])
+    alphas = sched.alphas_cumprod
+    vae.eval()
+    bar = tqdm(range(start, recipe.unet_steps), desc="unet+text", disable=not progress, initial=start,
+               total=recipe.unet_steps)
+    unet.train()
+    text_encoder.train()
+    for step in bar:
+        rng = _batch_rng(recipe, 3, step)
+        gen = _torch_gen(recipe, 3, step)
+        idx = rng.integers(0, len(world), size=recipe.unet_batch)
+        x = to_model_range(world.images[idx])
+        m = torch.from_numpy(sample_training_masks(world.masks[idx], rng, recipe.mask_mix))[:, None]
+        masked = x * (m < 0.5)
+        lat = encode_latents(vae, torch.cat([x, masked]), gen)
+        z0, zm = lat[: len(x)], lat[len(x) :]
+        m_lat = F.interpolate(m, size=(LATENT_SIZE, LATENT_SIZE))
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(x),), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        ids = tokenize(tokenizer, _captions_for(world, idx, rng, recipe))
+        cond = text_encoder(ids).last_hidden_state
+        pred = unet(torch.cat([zt, m_lat, zm], dim=1), t, cond).sample
+        snr = a / (1 - a)
+        weight = (snr.clamp(max=recipe.min_snr_gamma) / snr).view(-1)
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe.unet_steps, recipe.unet_lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(recipe.unet_ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        stage.maybe_save(lambda s=step: {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                                         "opt": opt.state_dict(), "ema": ema, "step": s + 1})
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    return unet.eval(), text_encoder.eval()
+
+
+# ---------------------------------------------------------------- stage 4: CLIPSeg
+
+
+def segmenter_prompts(world: World, idx: np.ndarray, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """Text prompts and target masks for the segmenter: "digit" and the digit's word -> the
+    object; a background word -> the background region if it is that background, else nothing;
+    another digit's word -> nothing."""
+    prompts, targets = [], []
+    for i in idx:
+        obj = world.masks[i]
+        u = rng.random()
+        d, b = int(world.digits[i]), int(world.backgrounds[i])
+        if u < 0.5:
+            prompts.append(SEGMENTER_OBJECT_PROMPT)
+            targets.append(obj)
+        elif u < 0.75:
+            prompts.append(DIGIT_WORDS[d] if rng.random() < 0.5 else f"{DIGIT_WORDS[d]} digit")
+            targets.append(obj)
+        elif u < 0.9:
+            other = int(rng.integers(len(BACKGROUNDS)))
+            prompts.append(BACKGROUNDS[other])
+            targets.append(~obj if other == b else np.zeros_like(obj))
+        else:
+            other = (d + int(rng.integers(1, 10))) % 10
+            prompts.append(DIGIT_WORDS[other])
+            targets.append(np.zeros_like(obj))
+    return prompts, np.stack(targets).astype(np.float32)
+
+
+def clipseg_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 64, 64, 3) -> CLIPSeg pixel values, as the saved processor computes them."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def train_clipseg(world: World, tokenizer, recipe: ZooRecipe, work: Path, progress: bool = True):
+    """Train the text-prompted segmenter on world masks."""
+    torch.manual_seed(recipe.seed + 4)
+    model = build_clipseg(tokenizer, recipe)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.seg_lr, weight_decay=1e-2)
+    stage = _Stage(work, "clipseg")
+    start = 0
+    if (ck := stage.load()) is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = int(ck["step"])
+    bar = tqdm(range(start, recipe.seg_steps), desc="clipseg", disable=not progress, initial=start,
+               total=recipe.seg_steps)
+    model.train()
+    for step in bar:
+        rng = _batch_rng(recipe, 4, step)
+        idx = rng.integers(0, len(world), size=recipe.seg_batch)
+        prompts, target = segmenter_prompts(world, idx, rng)
+        enc = tokenizer(prompts, padding=True, return_tensors="pt")
+        logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                       pixel_values=clipseg_pixels(world.images[idx])).logits
+        logits = logits.view(len(idx), IMAGE_SIZE, IMAGE_SIZE)
+        tgt = torch.from_numpy(target)
+        prob = logits.sigmoid()
+        dice = 1 - (2 * (prob * tgt).sum((1, 2)) + 1) / (prob.sum((1, 2)) + tgt.sum((1, 2)) + 1)
+        loss = F.binary_cross_entropy_with_logits(logits, tgt) + 0.5 * dice.mean()
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe.seg_steps, recipe.seg_lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        stage.maybe_save(lambda s=step: {"model": model.state_dict(), "opt": opt.state_dict(), "step": s + 1})
+    return model.eval()
+
+
+# ---------------------------------------------------------------- assembling the zoo
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_hashes(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of every file under ``folder/<name>`` for each name, keyed by relative path."""
+    out = {}
+    for name in names:
+        for p in sorted((folder / name).rglob("*")):
+            if p.is_file():
+                out[str(p.relative_to(folder))] = sha256_file(p)
+    return out
+
+
+def save_inpainting_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, recipe: ZooRecipe) -> None:
+    """Save a StableDiffusionInpaintPipeline folder whose scheduler samples in few steps."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+
+    scheduler = DPMSolverMultistepScheduler.from_config(build_training_scheduler().config)
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # Keep the CLIP-format vocabulary files next to tokenizer.json (tokenizer folder).
+    from spuraug.toyworld.tokenizer import write_tokenizer_files
+
+    write_tokenizer_files(folder / "tokenizer", caption_words())
+    (folder / "spuraug_recipe.json").write_text(json.dumps(
+        {"inference_steps": recipe.inference_steps, "image_size": IMAGE_SIZE,
+         "prompt_template": "a photo of a {word} digit", "initializer_word": "digit"}, indent=2))
+
+
+PIPELINE_DIR, CLIPSEG_DIR, ORACLE_DIR = "toy-sd-inpainting", "toy-clipseg", "toy-oracle"
+ZOO_PARTS = (PIPELINE_DIR, CLIPSEG_DIR, ORACLE_DIR)
+
+
+def build_zoo(out_dir: str | Path, recipe: ZooRecipe = ZooRecipe(), work_dir: str | Path | None = None,
+              progress: bool = True, force: bool = False, threads: int = 2) -> dict:
+    """Train every zoo model for ``recipe`` into ``out_dir``; returns the manifest.
+
+    Skips everything when ``out_dir/manifest.json`` already records this recipe and every
+    file still has its recorded hash (unless ``force``). Finished stages are cached in
+    ``work_dir`` and an interrupted stage resumes from its last checkpoint.
+    """
+    from spuraug.toyworld.oracle import save_oracle, train_oracle
+
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "manifest.json"
+    if not force and manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("recipe") == recipe.to_json() and old.get("files") == file_hashes(out_dir, ZOO_PARTS):
+            if progress:
+                print(f"toy zoo in {out_dir} is up to date (recipe {recipe.key()}); nothing to train")
+            return old
+    work = Path(work_dir) if work_dir is not None else Path("build") / "toy-zoo" / recipe.key()
+    work.mkdir(parents=True, exist_ok=True)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times: dict[str, float] = {}
+    t_all = time.time()
+    try:
+        t = time.time()
+        world = generate_world(recipe.world, cache_dir=str(work.parent))
+        times["world"] = time.time() - t
+
+        tokenizer = build_tokenizer(work / "tokenizer-files", recipe)
+
+        from diffusers import AutoencoderKL
+
+        t = time.time()
+        if (work / "vae" / "config.json").exists():
+            vae = AutoencoderKL.from_pretrained(work / "vae")
+        else:
+            vae = train_vae(world, recipe, work, progress)
+            vae.save_pretrained(work / "vae")
+        vae.eval().requires_grad_(False)
+        times["vae"] = time.time() - t
+
+        t = time.time()
+        if (work / "oracle" / "model.safetensors").exists():
+            pass
+        else:
+            oracle = train_oracle(world, recipe, work, vae=vae, progress=progress)
+            save_oracle(oracle, work / "oracle")
+        times["oracle"] = time.time() - t
+
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        t = time.time()
+        if (work / "unet" / "config.json").exists():
+            unet = UNet2DConditionModel.from_pretrained(work / "unet")
+            text_encoder = CLIPTextModel.from_pretrained(work / "text_encoder")
+        else:
+            unet, text_encoder = train_unet(world, vae, tokenizer, recipe, work, progress)
+            unet.save_pretrained(work / "unet")
+            text_encoder.save_pretrained(work / "text_encoder")
+        times["unet"] = time.time() - t
+
+        from transformers import CLIPSegForImageSegmentation
+
+        t = time.time()
+        if (work / "clipseg" / "config.json").exists():
+            seg = CLIPSegForImageSegmentation.from_pretrained(work / "clipseg")
+        else:
+            seg = train_clipseg(world, tokenizer, recipe, work, progress)
+            seg.save_pretrained(work / "clipseg")
+        times["clipseg"] = time.time() - t
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for part in ZOO_PARTS:
+            shutil.rmtree(out_dir / part, ignore_errors=True)
+        save_inpainting_pipeline(out_dir / PIPELINE_DIR, vae, text_encoder, tokenizer, unet, recipe)
+        seg.save_pretrained(out_dir / CLIPSEG_DIR)
+        build_clipseg_processor(tokenizer).save_pretrained(out_dir / CLIPSEG_DIR)
+        shutil.copytree(work / "oracle", out_dir / ORACLE_DIR)
+    finally:
+        torch.set_num_threads(old_threads)
+    stage_times = {}
+    for name in ("world", "vae", "oracle", "unet", "clipseg"):
+        stage_times[name] = round(times.get(name, 0.0), 1)
+        f = work / f"{name}.time.json"
+        if f.exists():  # a stage trained earlier reports the time it took then
+            stage_times[name] = json.loads(f.read_text())["train_s"]
+        elif times.get(name, 0.0) > 1.0:
+            f.write_text(json.dumps({"train_s": round(times[name], 1)}))
+    manifest = {
+        "recipe": recipe.to_json(),
+        "recipe_key": recipe.key(),
+        "seeds": {"recipe": recipe.seed, "world": recipe.world.seed},
+        "threads": threads,
+        "stage_train_s": stage_times,
+        "this_run_wall_s": round(time.time() - t_all, 1),
+        "models": {
+            "spuraug/toy-sd-inpainting": PIPELINE_DIR,
+            "spuraug/toy-clipseg": CLIPSEG_DIR,
+            "spuraug/toy-oracle": ORACLE_DIR,
+        },
+        "files": file_hashes(out_dir, ZOO_PARTS),
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def shortened(recipe: ZooRecipe, **changes) -> ZooRecipe:
+    """``recipe`` with some fields replaced (a convenience for experiments)."""
+    return replace(recipe, **changes)

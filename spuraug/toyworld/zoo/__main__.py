@@ -1,0 +1,49 @@
+"""``python -m spuraug.toyworld.zoo train|check``: train the toy zoo or check its files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spuraug.toyworld.zoo import zoo_dir
+
+    parser = argparse.ArgumentParser(prog="python -m spuraug.toyworld.zoo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train the zoo (skips when the manifest matches)")
+    tr.add_argument("--out", default=None, help="zoo folder (default: the package's zoo folder)")
+    tr.add_argument("--work-dir", default=None, help="stage cache (default: build/toy-zoo/<recipe key>)")
+    tr.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
+    tr.add_argument("--threads", type=int, default=2,
+                    help="torch threads (default 2; use 1 on a busy machine: oversubscription is slower)")
+    tr.add_argument("--short", action="store_true", help="the few-step test recipe (quality is not the point)")
+    sub.add_parser("check", help="verify every file against the manifest's sha256")
+    args = parser.parse_args(argv)
+
+    from spuraug.toyworld.recipe import ZOO_PARTS, ZooRecipe, build_zoo, file_hashes
+
+    if args.command == "train":
+        recipe = ZooRecipe.short() if args.short else ZooRecipe()
+        out = Path(args.out) if args.out else zoo_dir()
+        manifest = build_zoo(out, recipe, work_dir=args.work_dir, force=args.force, threads=args.threads)
+        print(json.dumps({k: manifest[k] for k in ("recipe_key", "stage_train_s", "this_run_wall_s")}))
+        return 0
+    out = zoo_dir()
+    manifest_path = out / "manifest.json"
+    if not manifest_path.exists():
+        print(f"no manifest at {manifest_path}; run `make toy-zoo`", file=sys.stderr)
+        return 1
+    recorded = json.loads(manifest_path.read_text())["files"]
+    actual = file_hashes(out, ZOO_PARTS)
+    bad = sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
+    for k in bad:
+        print(f"mismatch: {k}", file=sys.stderr)
+    print("ok" if not bad else f"{len(bad)} file(s) differ from the manifest")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""The toy zoo: the recipe (retrained shortened, through the same code) and the committed models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spuraug.toyworld.recipe import CLIPSEG_DIR, ORACLE_DIR, PIPELINE_DIR, ZooRecipe, build_zoo
+from spuraug.toyworld.zoo import ZOO_DIR
+
+
+@pytest.fixture(scope="module")
+def short_zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    manifest = build_zoo(out, ZooRecipe.short(), work_dir=out / "work", progress=False, threads=1)
+    return out, manifest
+
+
+def _inpaint(pipe, images, masks, prompt, steps=2):
+    return pipe(
+        prompt=[prompt] * len(images),
+        image=[Image.fromarray(a) for a in images],
+        mask_image=[Image.fromarray(m.astype(np.uint8) * 255) for m in masks],
+        height=64, width=64, num_inference_steps=steps, guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(0), output_type="np",
+    ).images
+
+
+def test_short_recipe_builds_every_model_in_library_format(short_zoo, tmp_path):
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    from spuraug.toyworld.oracle import load_oracle, predict
+
+    out, manifest = short_zoo
+    assert manifest["recipe"] == ZooRecipe.short().to_json()
+    assert set(manifest["models"].values()) == {PIPELINE_DIR, CLIPSEG_DIR, ORACLE_DIR}
+    assert any(k.endswith("diffusion_pytorch_model.safetensors") for k in manifest["files"])
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(out / PIPELINE_DIR, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.in_channels == 9 and pipe.vae_scale_factor == 4
+    imgs = np.full((2, 64, 64, 3), 128, np.uint8)
+    masks = np.zeros((2, 64, 64), bool)
+    masks[:, 16:48, 16:48] = True
+    res = _inpaint(pipe, imgs, masks, "a photo of a eight digit")
+    assert res.shape == (2, 64, 64, 3) and np.isfinite(res).all()
+
+    # Textual inversion adds a token and a row to the text encoder.
+    n_tok = len(pipe.tokenizer)
+    emb = torch.randn(pipe.text_encoder.config.hidden_size)
+    torch.save({"<class-1>": emb}, tmp_path / "learned_embeds.bin")
+    pipe.load_textual_inversion(str(tmp_path / "learned_embeds.bin"))
+    assert len(pipe.tokenizer) == n_tok + 1
+    assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[-1], emb)
+    res = _inpaint(pipe, imgs[:1], masks[:1], "a photo of a <class-1> digit")
+    assert np.isfinite(res).all()
+
+    seg = CLIPSegForImageSegmentation.from_pretrained(out / CLIPSEG_DIR)
+    proc = CLIPSegProcessor.from_pretrained(out / CLIPSEG_DIR)
+    enc = proc(text=["digit", "digit"], images=[Image.fromarray(a) for a in imgs], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = seg(**enc).logits
+    assert logits.shape[-2:] == (64, 64)
+
+    d, b = predict(load_oracle(out / ORACLE_DIR), imgs)
+    assert d.shape == (2,) and b.shape == (2,)
+
+
+def test_build_is_skipped_when_the_manifest_matches(short_zoo, monkeypatch):
+    import spuraug.toyworld.recipe as recipe_mod
+
+    out, manifest = short_zoo
+
+    def boom(*a, **k):
+        raise AssertionError("retrained although the manifest matches")
+
+    monkeypatch.setattr(recipe_mod, "train_vae", boom)
+    assert build_zoo(out, ZooRecipe.short(), work_dir=out / "work", progress=False, threads=1) == manifest
+    # A changed file is noticed: the build runs again (and would retrain a missing stage).
+    weights = out / PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"x")
+    import shutil
+
+    shutil.rmtree(out / "work" / "vae")
+    with pytest.raises(AssertionError, match="retrained"):
+        build_zoo(out, ZooRecipe.short(), work_dir=out / "work", progress=False, threads=1)
+
+
+# ------------------------------------------------------------------ the committed zoo
+
+committed = pytest.mark.skipif(not (ZOO_DIR / "manifest.json").exists(), reason="toy zoo not built (make toy-zoo)")
+
+
+@committed
+def test_committed_zoo_matches_its_manifest():
+    from spuraug.toyworld.recipe import ZOO_PARTS, file_hashes
+
+    manifest = json.loads((ZOO_DIR / "manifest.json").read_text())
+    assert manifest["files"] == file_hashes(ZOO_DIR, ZOO_PARTS)
+    total = sum((ZOO_DIR / k).stat().st_size for k in manifest["files"])
+    assert total < 20 * 2**20
+
+
+@committed
+def test_committed_segmenter_beats_chance_on_world_images():
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    from spuraug.toyworld.quality import segmentation_iou
+    from spuraug.toyworld.world import WorldConfig, generate_world
+    from spuraug.toyworld.zoo import resolve_model_id
+
+    world = generate_world(WorldConfig(n_per_kind=1, seed=123))  # a seed the zoo never saw
+    imgs, true = world.images[:24], world.masks[:24]
+    folder = resolve_model_id("spuraug/toy-clipseg")
+    seg = CLIPSegForImageSegmentation.from_pretrained(folder).eval()
+    proc = CLIPSegProcessor.from_pretrained(folder)
+    enc = proc(text=["digit"] * len(imgs), images=[Image.fromarray(a) for a in imgs], return_tensors="pt",
+               padding=True)
+    with torch.no_grad():
+        pred = (seg(**enc).logits.sigmoid() > 0.5).numpy()
+    iou = segmentation_iou(pred, true)
+    chance = segmentation_iou(np.ones_like(true), true)  # "everything is the object"
+    assert iou > 0.5 and iou > 3 * chance
+
+
+@committed
+def test_committed_inpainter_keeps_pixels_outside_the_mask_and_oracle_reads_world():
+    from spuraug.toyworld.check import dilate_masks, inpaint, load_inpainter
+    from spuraug.toyworld.oracle import load_oracle, predict
+    from spuraug.toyworld.world import WorldConfig, generate_world
+
+    world = generate_world(WorldConfig(n_per_kind=1, seed=123))
+    oracle = load_oracle()
+    d, b = predict(oracle, world.images)
+    assert (d == world.digits).mean() > 0.8 and (b == world.backgrounds).mean() > 0.9
+
+    imgs, masks = world.images[:8], dilate_masks(world.masks[:8], 3)
+    out = inpaint(load_inpainter(), imgs, masks, ["a photo of a five digit"] * 8, steps=10)
+    err = np.abs(out.astype(np.float32) - imgs.astype(np.float32)).mean(axis=-1)
+    outside, inside = err[~masks].mean(), err[masks].mean()
+    # Outside the mask only the VAE's error remains; inside, a new object was painted.
+    assert outside < 20 and inside > 2 * outside
