@@ -367,3 +367,22 @@ def test_missing_model_names_the_id_and_the_fix(tmp_path):
         segment.build_segmenter(SegmentConfig(), "cpu")
     with pytest.raises(hub.ModelMissingError, match=str(tmp_path)):
         invert.load_sd_components(str(tmp_path))
+
+
+def test_toy_zoo_ids_load_through_the_zoo_folder(models, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(models["sd9"], tmp_path / "toy-sd-inpainting")
+    shutil.copytree(models["clipseg"], tmp_path / "toy-clipseg")
+    monkeypatch.setenv("SPURAUG_TOY_ZOO", str(tmp_path))
+    assert hub.resolve("spuraug/toy-sd-inpainting") == str(tmp_path / "toy-sd-inpainting")
+    assert hub.resolve("stabilityai/stable-diffusion-2-base") == "stabilityai/stable-diffusion-2-base"
+    pipe = inpaint.load_inpaint_pipeline(InpaintConfig(model="spuraug/toy-sd-inpainting"), None, "cpu")
+    assert pipe.unet.config.in_channels == 9
+    comps = invert.load_sd_components("spuraug/toy-sd-inpainting")  # one pipeline folder for both stages
+    assert comps.unet.config.in_channels == 9
+    seg = segment.build_segmenter(SegmentConfig(backend="clipseg", clipseg="spuraug/toy-clipseg"), "cpu")
+    assert len(seg(_images(1), "digit")) == 1
+    monkeypatch.setenv("SPURAUG_TOY_ZOO", str(tmp_path / "nowhere"))
+    with pytest.raises(hub.ModelMissingError, match="make toy-zoo"):
+        hub.resolve("spuraug/toy-clipseg")

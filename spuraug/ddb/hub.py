@@ -32,7 +32,10 @@ def resolve(model_id: str) -> str:
                 f"model {model_id!r} is a toy-zoo id but spuraug.toyworld.zoo is not available ({e}); "
                 "build the zoo with `make toy-zoo`"
             ) from e
-        return str(resolve_model_id(model_id))
+        try:
+            return str(resolve_model_id(model_id))
+        except (FileNotFoundError, ValueError) as e:
+            raise ModelMissingError(str(e)) from e
     return str(model_id)
 
 
