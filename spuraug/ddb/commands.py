@@ -51,6 +51,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         v = getattr(args, attr, None)
         if v is not None:
             ov[key] = v
+    for attr in ("engine", "workers"):  # scale-out (docs/scaleout.md): both sharded stages
+        v = getattr(args, attr, None)
+        if v is not None:
+            ov[f"ddb.inpaint.{attr}"] = ov[f"ddb.prune.{attr}"] = v
     return ov
 
 
@@ -75,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--detector-model", default=None, help="Grounding DINO id or folder")
         s.add_argument("--sam-model", default=None, help="SAM id or folder")
         s.add_argument("--clipseg-model", default=None, help="CLIPSeg id or folder")
+        if name in ("inpaint", "prune", "run"):
+            s.add_argument("--engine", default=None, choices=("local", "ray"),
+                           help="where inpaint/prune run: local (default) or ray (RAY_ADDRESS, else a local Ray)")
+            s.add_argument("--workers", type=int, default=None,
+                           help="Ray actors (default: one per GPU of the cluster, else one per CPU)")
         if name in ("retrain", "run"):
             s.add_argument("--force", action="store_true", help="redo a finished retraining (kept as .previous)")
         s.set_defaults(handler=handle)

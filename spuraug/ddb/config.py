@@ -132,6 +132,9 @@ class InpaintConfig:
     dtype: str = "auto"  # auto: fp16 on CUDA (public code), fp32 on CPU
     device: str = "auto"
     seed: int = 0
+    #: Where the samples are generated: "local" (this process) | "ray" (actors, docs/scaleout.md).
+    engine: str = "local"
+    workers: int = 0  # Ray actors; 0 = one per GPU of the cluster, else one per CPU
 
 
 @dataclass
@@ -150,6 +153,8 @@ class PruneConfig:
     use_condition1: bool = True
     use_condition2: bool = True
     device: str = "auto"
+    engine: str = "local"  # "local" | "ray" (docs/scaleout.md)
+    workers: int = 0  # Ray actors; 0 = automatic
 
 
 @dataclass
@@ -184,6 +189,8 @@ _CHOICES = {
     ("inpaint", "label"): ("new", "source"),
     ("inpaint", "scheduler"): ("default", "ddim", "dpm", "euler", "pndm"),
     ("prune", "rho"): ("raw", "fraction"),
+    ("inpaint", "engine"): ("local", "ray"),
+    ("prune", "engine"): ("local", "ray"),
     ("prune", "ig_target"): ("new", "source"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
 }

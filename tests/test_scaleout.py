@@ -1,0 +1,236 @@
+"""Scale-out on Ray (docs/scaleout.md): the DDB inpaint and prune stages sharded over
+Ray actors give the local engine's outputs, and a worker lost mid-shard loses nothing.
+
+One local Ray (2 CPUs, no dashboard) serves the whole module; tiny diffusion/CLIPSeg
+models (spuraug/ddb/tiny.py) on the small toy benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+
+from spuraug.ddb import tiny  # noqa: E402
+from spuraug.ddb.config import ddb_config  # noqa: E402
+from spuraug.ddb.engines import LocalEngine, RayEngine, Shard, WorkerSpec  # noqa: E402
+from spuraug.ddb.pipeline import Stages  # noqa: E402
+from spuraug.ddb.scaleout import FaultInjection, inpaint_sharded  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from spuraug.ddb.engines import connect_ray
+
+    started = not ray.is_initialized()
+    connect_ray(num_cpus=2, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("scaleout_models")
+    return {"sd9": tiny.save_stable_diffusion(root / "sd9", in_channels=9, image_size=16),
+            "clipseg": tiny.save_clipseg(root / "clipseg")}
+
+
+def _stages(models, runs: Path, engine: str = "local", workers: int = 0) -> Stages:
+    from spuraug.models import build_model
+
+    torch.manual_seed(0)
+    classifier = build_model("toy_cnn", 2, pretrained=False)
+    cfg = ddb_config({
+        "invert": {"model": str(models["sd9"]), "resolution": 16, "max_train_steps": 1, "n_images": 2,
+                   "initializer_token": "digit", "noun": "digit"},
+        "sources": {"k": [4, 4]},
+        "segment": {"backend": "clipseg", "clipseg": str(models["clipseg"]), "clipseg_threshold": 0.0,
+                    "prompt": "digit"},
+        "inpaint": {"model": str(models["sd9"]), "resolution": 16, "num_inference_steps": 2, "batch_size": 2,
+                    "prompt": "a photo of a {token} digit", "engine": engine, "workers": workers},
+        "prune": {"n_steps": 4, "batch_size": 2, "engine": engine, "workers": workers},
+    })
+    return Stages("toy", 0, cfg, runs_dir=runs, dataset_options={"n_train": 200, "n_val": 80, "n_test": 80},
+                  device="cpu", classifier=classifier)
+
+
+def _outputs(folder: Path) -> dict[str, object]:
+    """Every file of an inpaint artifact's images/ folder: pixels for images, records for JSON."""
+    out = {}
+    for f in sorted((folder / "images").iterdir()):
+        if f.suffix == ".png":
+            out[f.name] = np.asarray(Image.open(f))
+        else:  # the mask path differs only by the runs folder
+            rec = json.loads(f.read_text())
+            rec["mask"] = rec["mask"].split("ddb_artifacts", 1)[1]
+            out[f.name] = rec
+    return out
+
+
+def _same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name.endswith(".png"):
+            assert np.array_equal(a[name], b[name]), name
+        else:
+            assert a[name] == b[name], name
+
+
+@pytest.fixture(scope="module")
+def local_run(models, tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray actors (OMP_NUM_THREADS=1)
+    try:
+        runs = tmp_path_factory.mktemp("local_runs")
+        st = _stages(models, runs)
+        table = st.prune()
+    finally:
+        torch.set_num_threads(n)
+    return st, table
+
+
+def _copy_upstream(local_run, dst: Path) -> Path:
+    """The local run's folder without its inpaint/prune artifacts (inversion, sources, masks reused)."""
+    src = Path(local_run[0].runs_dir)
+    shutil.copytree(src, dst)
+    for stage in ("inpaint", "prune"):
+        for d in (dst / "toy" / "ddb_artifacts" / "seed0").glob(f"{stage}-*"):
+            shutil.rmtree(d)
+    return dst
+
+
+def test_ray_engine_matches_local_outputs(local_ray, local_run, models, tmp_path):
+    st_local, table_local = local_run
+    st = _stages(models, _copy_upstream(local_run, tmp_path / "runs"), engine="ray", workers=2)
+    table = st.prune()
+    inp_local, inp = st_local.inpaint_artifact(), st.inpaint_artifact()
+    assert inp.key == inp_local.key  # the engine is not part of what the samples depend on
+    ref = _outputs(inp_local.path)
+    assert len(ref) == 2 * 8  # 8 samples (4 sources per class, one other class each): png + json
+    _same(ref, _outputs(inp.path))
+    m = inp.manifest()
+    assert m["engine"]["engine"] == "ray" and m["engine"]["workers"] == 2 and m["engine"]["shards"] == 2
+    assert m["engine"]["num_cpus_per_worker"] == 0.5
+    # pruning: one score file per sample, the same numbers as the local stage
+    prune_dir = st.prune_artifact().path
+    assert sorted(p.stem for p in (prune_dir / "scores").glob("*.json")) == sorted(table_local.sample_id)
+    cols = ["p", "psi", "p_target", "rho_raw", "attr_total", "logit_delta", "mask_area"]
+    assert list(table.sample_id) == list(table_local.sample_id)
+    np.testing.assert_allclose(table[cols].to_numpy(float), table_local[cols].to_numpy(float), rtol=1e-5, atol=1e-6)
+    assert list(table.keep) == list(table_local.keep)
+
+
+def _fresh_inpaint(models, local_run, tmp_path) -> tuple[Stages, list, dict, Path]:
+    st = _stages(models, _copy_upstream(local_run, tmp_path / "runs"))
+    plan = st.plan()
+    embeds = st.embeddings()
+    return st, plan, embeds, st.inpaint_artifact().path
+
+
+def _no_partials(folder: Path) -> None:
+    names = [p.name for p in (folder / "images").iterdir()]
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
+    pngs = {n[:-4] for n in names if n.endswith(".png")}
+    jsons = {n[:-5] for n in names if n.endswith(".json")}
+    assert pngs == jsons
+
+
+@pytest.mark.slow
+def test_worker_exiting_mid_shard_is_retried_without_loss_or_duplicates(local_ray, local_run, models, tmp_path):
+    st, plan, embeds, out = _fresh_inpaint(models, local_run, tmp_path)
+    marker = tmp_path / "fault.marker"
+    engine = RayEngine(workers=2, max_retries=2)
+    # the first worker to write its first sample exits: that batch's second sample is unwritten
+    table, report = inpaint_sharded(st, plan, embeds, out, engine=engine,
+                                    fault=FaultInjection(after_samples=1, marker=str(marker), action="exit"))
+    assert marker.is_file() and report["retries"] == 1 and report["shards"] == 2
+    assert len(table) == 8 and table.sample_id.is_unique
+    _no_partials(out)
+    _same(_outputs(local_run[0].inpaint_artifact().path), _outputs(out))
+
+
+@pytest.mark.slow
+def test_actor_killed_mid_shard_is_retried_without_loss_or_duplicates(local_ray, local_run, models, tmp_path):
+    st, plan, embeds, out = _fresh_inpaint(models, local_run, tmp_path)
+    marker = tmp_path / "fault.marker"
+    engine = RayEngine(workers=1, max_retries=2, actor_name_prefix=f"scaleout-test-{time.time_ns()}")
+    killed = []
+
+    def killer():  # the worker stops after 3 samples (mid-shard, mid-batch); kill it from outside
+        deadline = time.time() + 120
+        while not marker.is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        ray.kill(ray.get_actor(f"{engine.actor_name_prefix}-0"))
+        killed.append(True)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    table, report = inpaint_sharded(st, plan, embeds, out, engine=engine,
+                                    fault=FaultInjection(after_samples=3, marker=str(marker), action="hang"))
+    t.join(5)
+    assert killed and report["retries"] == 1
+    assert len(table) == 8 and table.sample_id.is_unique
+    _no_partials(out)
+    _same(_outputs(local_run[0].inpaint_artifact().path), _outputs(out))
+
+
+class _Echo:
+    """A worker for the engine interface alone: writes ``<sample>.txt`` once."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out = Path(out_dir)
+
+    def run(self, ids: list[str]) -> dict[str, str]:
+        res = {}
+        for s in ids:
+            f = self.out / f"{s}.txt"
+            if not f.is_file():
+                f.write_text(s)
+            res[s] = str(f)
+        return res
+
+
+def test_engines_share_one_interface_and_skip_complete_shards(local_ray, tmp_path):
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable in workers
+    out = {}
+    for name, engine in (("local", LocalEngine()), ("ray", RayEngine(workers=2))):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "s0.txt").write_text("s0")
+        (d / "s1.txt").write_text("s1")
+        shards = [Shard(i, tuple(ids), (lambda ids=ids: list(ids)),
+                        (lambda ids=ids, d=d: all((d / f"{s}.txt").is_file() for s in ids)))
+                  for i, ids in enumerate([["s0", "s1"], ["s2", "s3"], ["s4"]])]
+        got = engine.map(WorkerSpec(_Echo, {"out_dir": str(d)}), shards)
+        out[name] = {k: Path(v).name for k, v in got.items()}
+        assert engine.last_report.shards == 2 and engine.last_report.shards_skipped == 1
+        assert sorted(p.name for p in d.iterdir()) == [f"s{i}.txt" for i in range(5)]
+    assert out["local"] == out["ray"] == {f"s{i}": f"s{i}.txt" for i in range(2, 5)}
+
+
+def test_engine_option_is_checked_and_not_in_artifact_keys(models, tmp_path):
+    with pytest.raises(ValueError, match="inpaint.engine"):
+        ddb_config({"inpaint": {"engine": "dask"}})
+    a, b = _stages(models, tmp_path / "a"), _stages(models, tmp_path / "a", engine="ray", workers=3)
+    assert a.invert_artifact().key == b.invert_artifact().key
+    assert a.cfg.inpaint.engine == "local" and b.cfg.prune.workers == 3
