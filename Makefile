@@ -11,6 +11,7 @@ DATASET ?= toy
 METHODS ?=
 SEEDS ?=
 DATA_DIR ?=
+LAUNCHER ?=
 export HF_HUB_OFFLINE ?= 1
 
 # Containers (docs/containers.md): DOCKER=1 runs bench/weights/doctor inside the image, GPU=1 the
@@ -65,8 +66,8 @@ test: setup ## run the test suite (offline: HF_HUB_OFFLINE=1)
 lint: setup ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [DATA_DIR=..] [DOCKER=1 [GPU=1]]
-	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR)))
+bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [DATA_DIR=..] [LAUNCHER=ray] [DOCKER=1 [GPU=1]]
+	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR))) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 # ---- the harness (docs/harness.md)
 .PHONY: check leaderboard throughput
