@@ -4,8 +4,8 @@ A sweep hands :class:`RunSpec` objects to a :class:`Launcher` (``submit``) and t
 collects one :class:`RunOutcome` per spec (``wait``). Each run writes its own folder
 (``runs/<dataset>/<method>/seed<S>/``) through :func:`spuraug.runs.run_method`, which skips
 finished runs and resumes unfinished ones, so a launcher only decides *where* a run
-executes. :class:`LocalLauncher` runs them one after another on this machine; a Ray
-launcher (scale-out issue) implements the same two methods.
+executes. :class:`LocalLauncher` runs them one after another on this machine;
+:class:`RayLauncher` runs each as a Ray task (docs/scaleout.md).
 """
 
 from __future__ import annotations
@@ -176,11 +176,112 @@ def flatten_overrides(overrides: dict, prefix: str = "") -> dict:
     return out
 
 
-LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher}
+def _ray_run_spec(spec: RunSpec, threads: int) -> float:
+    """Body of one Ray task: :func:`spuraug.runs.run_method` of ``spec``; returns its wall time."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    t0 = time.monotonic()
+    LocalLauncher._run_inprocess(spec)
+    return time.monotonic() - t0
+
+
+class RayLauncher(Launcher):
+    """Each run a Ray task on the cluster at ``RAY_ADDRESS`` (else a local Ray), all in flight at once.
+
+    Resource request per run: ``num_gpus`` (default 1 for real datasets when the cluster
+    has GPUs, else 0) and ``num_cpus`` (default 1; a fraction packs several runs per core),
+    overridable with ``$SPURAUG_RAY_GPUS_PER_RUN`` / ``$SPURAUG_RAY_CPUS_PER_RUN``. Paths are
+    made absolute, so the runs write the same ``runs/`` (a filesystem shared by every
+    node, docs/scaleout.md) and the sweep then writes the usual version folder. A run
+    whose worker died is retried once by Ray (it resumes from ``last.pt``); a run that
+    raises is reported as failed and the others go on.
+    """
+
+    def __init__(self, num_cpus: float | None = None, num_gpus: float | None = None, max_retries: int = 1,
+                 run_fn=None, log=_print) -> None:
+        import os
+
+        env_cpus, env_gpus = os.environ.get("SPURAUG_RAY_CPUS_PER_RUN"), os.environ.get("SPURAUG_RAY_GPUS_PER_RUN")
+        self.num_cpus = num_cpus if num_cpus is not None else (float(env_cpus) if env_cpus else None)
+        self.num_gpus = num_gpus if num_gpus is not None else (float(env_gpus) if env_gpus else None)
+        self.max_retries = max_retries
+        self.run_fn = run_fn or _ray_run_spec
+        self.log = log
+        self._queue: list[RunSpec] = []
+
+    def submit(self, spec: RunSpec) -> None:
+        self._queue.append(spec)
+
+    def resources(self, spec: RunSpec, cluster: dict) -> dict:
+        """The Ray resource request of ``spec``'s task on a cluster with resources ``cluster``."""
+        has_gpu = float(cluster.get("GPU", 0.0)) > 0
+        gpus = self.num_gpus if self.num_gpus is not None else (1.0 if has_gpu and spec.dataset != "toy" else 0.0)
+        cpus = self.num_cpus if self.num_cpus is not None else 1.0
+        return {"num_cpus": cpus, "num_gpus": gpus}
+
+    @staticmethod
+    def absolute(spec: RunSpec) -> RunSpec:
+        from dataclasses import replace
+
+        def ab(p):
+            return str(Path(p).resolve()) if p else p
+
+        return replace(spec, runs_dir=ab(spec.runs_dir), data_dir=ab(spec.data_dir),
+                       config_file=ab(spec.config_file))
+
+    def wait(self) -> list[RunOutcome]:
+        import ray
+
+        from spuraug.ddb.engines import connect_ray
+
+        cluster = connect_ray()
+        start = time.monotonic()
+        n = len(self._queue)
+        outcomes: list[RunOutcome | None] = [None] * n
+        task = ray.remote(self.run_fn)
+        refs = {}
+        for i, spec in enumerate(self._queue):
+            if spec.is_finished() and not spec.force:
+                self.log(f"[{i + 1}/{n}] {spec.label}: already finished, skipped")
+                outcomes[i] = RunOutcome(spec, "skipped", 0.0)
+                continue
+            res = self.resources(spec, cluster)
+            ref = task.options(**res, max_retries=self.max_retries, retry_exceptions=False).remote(
+                self.absolute(spec), max(1, int(res["num_cpus"])))
+            refs[ref] = i
+            self.log(f"[{i + 1}/{n}] {spec.label}: submitted to Ray ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU)")
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                i = refs[ready[0]]
+                spec = self._queue[i]
+                try:
+                    dt = float(ray.get(ready[0]))
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as e:  # one failing run must not lose the others
+                    detail = "".join(traceback.format_exception_only(type(e), e)).strip().splitlines()[-1]
+                    self.log(f"[{i + 1}/{n}] {spec.label}: FAILED: {detail}")
+                    outcomes[i] = RunOutcome(spec, "failed", time.monotonic() - start, detail)
+                    continue
+                self.log(f"[{i + 1}/{n}] {spec.label}: done in {dt:.1f} s (elapsed {_hms(time.monotonic() - start)})")
+                outcomes[i] = RunOutcome(spec, "done", dt)
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref)
+            self.log("interrupted; finished runs are kept, re-run the sweep to resume")
+            raise
+        self._queue = []
+        return [o for o in outcomes if o is not None]
+
+
+LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "ray": RayLauncher}
 
 
 def make_launcher(name: str, **options) -> Launcher:
-    """The launcher registered as ``name`` (``"local"``; ``"local-subprocess"`` runs each in its own process)."""
+    """The launcher registered as ``name`` (``"local"``, ``"ray"``; ``"local-subprocess"`` runs each in its own process)."""
     if name == "local-subprocess":
         return LocalLauncher(mode="subprocess", **options)
     if name not in LAUNCHERS:

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", dest="config_file", help="config file instead of bench/configs/<dataset>.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, dotted key (repeatable), e.g. --set erm.epochs=2")
-    p.add_argument("--launcher", default="local", help="local (in-process) | local-subprocess")
+    p.add_argument("--launcher", default="local", help="local (in-process) | local-subprocess | ray (RAY_ADDRESS, else a local Ray; docs/scaleout.md)")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
     p.add_argument("--no-run", action="store_true", help="only collect what --runs-dir already holds")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")

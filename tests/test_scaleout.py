@@ -234,3 +234,36 @@ def test_engine_option_is_checked_and_not_in_artifact_keys(models, tmp_path):
     a, b = _stages(models, tmp_path / "a"), _stages(models, tmp_path / "a", engine="ray", workers=3)
     assert a.invert_artifact().key == b.invert_artifact().key
     assert a.cfg.inpaint.engine == "local" and b.cfg.prune.workers == 3
+
+
+# ------------------------------------------------------------------ the sweep's Ray launcher
+def test_ray_launcher_runs_a_tiny_sweep_into_a_version_folder(local_ray, tmp_path):
+    from bench.sweep import run_sweep
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    overrides = {"dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80}, "erm": {"epochs": 1}}
+    logs: list[str] = []
+    out, df, outcomes = run_sweep("toy", ["erm", "no-such-method"], [0], runs_dir=str(runs),
+                                  results_dir=str(results), overrides=overrides, launcher="ray", log=logs.append)
+    status = {o.spec.method: o.status for o in outcomes}
+    assert status == {"erm": "done", "no-such-method": "failed"}  # a failing run does not sink the sweep
+    assert (runs / "toy" / "erm" / "seed0" / "done").is_file()
+    assert out is not None and out.parent == results / "toy"
+    assert [json.loads(f.read_text())["method"] for f in out.rglob("result.json")] == ["erm"]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert [o["status"] for o in prov["sweep"]["outcomes"]] == ["done", "failed"]
+    assert len(df) == 1
+
+
+def test_ray_launcher_resource_requests():
+    from bench.launch import RayLauncher, RunSpec, make_launcher
+
+    la = make_launcher("ray")
+    assert isinstance(la, RayLauncher)
+    gpu, cpu = {"CPU": 16.0, "GPU": 4.0}, {"CPU": 2.0}
+    assert la.resources(RunSpec("waterbirds", "erm", 0), gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert la.resources(RunSpec("toy", "erm", 0), gpu)["num_gpus"] == 0.0
+    assert la.resources(RunSpec("waterbirds", "erm", 0), cpu) == {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert RayLauncher(num_cpus=0.5).resources(RunSpec("toy", "erm", 0), cpu)["num_cpus"] == 0.5
+    spec = RayLauncher.absolute(RunSpec("toy", "erm", 0, runs_dir="runs", config_file="x.yaml"))
+    assert Path(spec.runs_dir).is_absolute() and Path(spec.config_file).is_absolute() and spec.data_dir is None
