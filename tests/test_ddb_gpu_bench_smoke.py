@@ -20,6 +20,7 @@ def test_gpu_throughput_script_smoke(tmp_path):
         assert b["images_per_s"] > 0
         assert b["achieved_tflops"] == report["flops_per_image"] * b["images_per_s"] / 1e12
     assert report["best_ratio_to_ceiling"] == max(b["ratio_to_ceiling"] for b in report["batches"])
+    assert report["stage"]["complete"] and report["stage"]["images_per_s"] > 0
 
 
 def test_real_configs_are_the_published_sd2_ones():
