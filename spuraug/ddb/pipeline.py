@@ -312,6 +312,7 @@ class Stages:
         art = self.prune_artifact()
         samples = pd.read_csv(inp.path / "samples.csv", dtype={"source_id": str, "sample_id": str})
         cfg = self.cfg.prune
+        seg_masks = self.segment_artifact().path / "masks"  # not the recorded absolute path: runs may move
         if not art.done:
             art.prepare()
             partial = art.path / "scores.partial.csv"
@@ -328,7 +329,7 @@ class Stages:
                     model, samples,
                     load_edited=lambda r: Image.open(inp.path / r["file"]).convert("RGB"),
                     load_original=lambda r: self.source_image(int(pos[str(r["source_id"])])),
-                    load_mask=lambda r: Image.open(r["mask"]).convert("L"),
+                    load_mask=lambda r: Image.open(seg_masks / f"{safe_name(str(r['source_id']))}.png").convert("L"),
                     psi=psi(sources), transform=self.eval_transform, ig_target=cfg.ig_target,
                     n_steps=cfg.n_steps, internal_batch_size=cfg.internal_batch_size, batch_size=cfg.batch_size,
                     device=self.torch_device, done=done,
@@ -363,10 +364,9 @@ class Stages:
         inp = self.inpaint_artifact().path
         seg = self.segment_artifact().path
         files = dict(zip(samples.sample_id, samples.file))
-        masks = dict(zip(samples.sample_id, samples["mask"]))
         pos = dict(zip(sources.source_id.astype(str), sources.position))
         table["generated_path"] = [str(inp / files[s]) for s in table.sample_id]
-        table["mask_path"] = [str(masks[s]) for s in table.sample_id]
+        table["mask_path"] = [str(seg / "masks" / f"{safe_name(str(s))}.png") for s in table.source_id]
 
         def src(sid: str) -> str:
             p = self.source_path(int(pos[sid]))
