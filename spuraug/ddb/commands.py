@@ -73,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--set", action="append", default=[], metavar="STAGE.OPTION=VALUE",
                        help="override one DDB option (repeatable), e.g. --set prune.threshold=0.5")
         s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+        s.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (1 is fastest on a shared machine)")
         s.add_argument("--invert-model", default=None, help="text-to-image model id or folder for inversion")
         s.add_argument("--inpaint-model", default=None, help="inpainting model id or folder")
         s.add_argument("--segment-backend", default=None, choices=("grounded_sam", "clipseg"))
@@ -117,6 +119,10 @@ def handle(args: argparse.Namespace) -> int:
 
 def _handle(args: argparse.Namespace) -> int:
     cmd = args.ddb_command
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if cmd in ("retrain", "run"):
         from spuraug.runs import run_method
 
