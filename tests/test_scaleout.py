@@ -267,3 +267,20 @@ def test_ray_launcher_resource_requests():
     assert RayLauncher(num_cpus=0.5).resources(RunSpec("toy", "erm", 0), cpu)["num_cpus"] == 0.5
     spec = RayLauncher.absolute(RunSpec("toy", "erm", 0, runs_dir="runs", config_file="x.yaml"))
     assert Path(spec.runs_dir).is_absolute() and Path(spec.config_file).is_absolute() and spec.data_dir is None
+
+
+def test_cli_engine_option_sets_both_sharded_stages():
+    import argparse
+
+    from spuraug.ddb import commands
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["ddb", "run", "--dataset", "toy", "--engine", "ray", "--workers", "4"])
+    ov = commands.overrides_from_args(args)
+    assert ov["ddb.inpaint.engine"] == ov["ddb.prune.engine"] == "ray"
+    assert ov["ddb.inpaint.workers"] == ov["ddb.prune.workers"] == 4
+    plain = commands.overrides_from_args(parser.parse_args(["ddb", "inpaint", "--dataset", "toy"]))
+    assert not any("engine" in k for k in plain)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ddb", "invert", "--dataset", "toy", "--engine", "ray"])  # not a sharded stage
