@@ -85,6 +85,10 @@ class SourcesConfig:
     #: K per class (class index -> K); the public code's --k0/--k1.
     k: list[int] = field(default_factory=lambda: [1300, 1112])  # paper: Waterbirds 1300 / 1112 generated
     batch_size: int = 64  # public generate.py --batch_size
+    #: Which checkpoint of the ERM run is "the ERM model" (sources, pruning, retraining start):
+    #: "last" = the converged ERM model (the public code loads a fixed, fully trained ERM
+    #: checkpoint; DFR's code also uses the final one) | "best" = ERM's own selection.
+    erm_checkpoint: str = "last"
 
 
 @dataclass
@@ -185,6 +189,7 @@ class DDBConfig:
 _SECTIONS = {f.name: f for f in fields(DDBConfig)}
 _CHOICES = {
     ("segment", "backend"): ("grounded_sam", "clipseg"),
+    ("sources", "erm_checkpoint"): ("best", "last"),
     ("segment", "box_choice"): ("first", "top_score"),
     ("inpaint", "label"): ("new", "source"),
     ("inpaint", "scheduler"): ("default", "ddim", "dpm", "euler", "pndm"),

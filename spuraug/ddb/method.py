@@ -56,7 +56,7 @@ class DDB(Method):
         files, labels = kept_arrays(table)
         train = ctx.load_split("train", "train")
         aug = AugmentedTrainSet(train, GeneratedDataset(files, labels, transform=train.transform))
-        model = load_model(erm_dir, "best")
+        model = load_model(erm_dir, cfg.sources.erm_checkpoint)
         if cfg.retrain.reinit_head:
             reinit_head(model, ctx.seed)
         rc = cfg.retrain

@@ -102,9 +102,10 @@ class Stages:
             if self.erm_dir is None:
                 self.erm_dir = ensure_erm(self.dataset, self.seed, self.runs_dir, self.data_dir,
                                           config_file=self.config_file, overrides=self.overrides, device=self.device)
-            self.classifier = load_model(self.erm_dir, "best")
+            which = self.cfg.sources.erm_checkpoint
+            self.classifier = load_model(self.erm_dir, which)
             cfg = read_json(Path(self.erm_dir) / "config.json")
-            self.erm_key = f"{cfg.get('config_hash')}/seed{self.seed}"
+            self.erm_key = f"{cfg.get('config_hash')}/seed{self.seed}/{which}"
         return self.classifier.eval(), self.erm_key or "given"
 
     def root(self) -> Path:
