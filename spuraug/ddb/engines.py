@@ -120,6 +120,7 @@ class LocalEngine(Engine):
                 written = worker.run(shard.make_payload())
                 out.update(written)
                 report.shards += 1
+                report.extra.setdefault("shard_done_s", []).append(round(time.perf_counter() - t0, 3))
                 if on_shard_done is not None:
                     on_shard_done(shard, written)
         report.wall_time_s = time.perf_counter() - t0
@@ -236,6 +237,11 @@ class RayEngine(Engine):
             return actor_cls.options(**opts).remote(spec_ref, self.env)
 
         actors = [start(k) for k in range(n_workers)]
+        try:  # every actor built (process, imports, pipeline): the fixed cost of a worker
+            ray.get([a.ping.remote() for a in actors])
+            report.extra["actors_ready_s"] = round(time.perf_counter() - t0, 3)
+        except lost:
+            pass  # a worker that cannot start is reported by its first shard below
         attempts: dict[int, int] = {}
         inflight: dict[Any, tuple[int, Shard]] = {}
         idle = deque(range(n_workers))
@@ -274,6 +280,7 @@ class RayEngine(Engine):
                     report.startup_s = first_result - t0
                 out.update(written)
                 report.shards += 1
+                report.extra.setdefault("shard_done_s", []).append(round(time.perf_counter() - t0, 3))
                 idle.append(k)
                 if on_shard_done is not None:
                     on_shard_done(shard, written)
