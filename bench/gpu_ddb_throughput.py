@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (adds compile time)")
+    # max-autotune spent a whole 6-minute H200 budget autotuning (results/gpu/2026-11-28_h200/README.md)
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode (default: inductor's default)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed calls per batch size (default 20)")
     ap.add_argument("--time-budget", type=float, default=480.0, help="stop measuring after this many seconds")
     ap.add_argument("--stage-batch", type=int, default=None,
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.compile:  # after counting: FLOPs are those of the model, not of compiled kernels
         log("torch.compile of the UNet (compiles during the first warm-up call) ...")
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
+        pipe.unet = torch.compile(pipe.unet, mode=args.compile_mode, fullgraph=False)
 
     ceiling = matmul_ceiling(device, dtype, Deadline(min(60.0, max(deadline.left() * 0.15, 5.0))), args.smoke)
     report["matmul_ceiling_tflops"] = ceiling["tflops"]
