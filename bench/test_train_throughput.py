@@ -6,7 +6,8 @@ dominate): ERM, GroupDRO (balanced sampling + online group weights), JTT stage 2
 (upsampled error set), and DFR (its cost is embedding the validation set, then the
 L1 logistic regressions). Backbones: the toy CNN at 64 px and ResNet-50 at 224 px
 (random weights, no download). ``extra_info`` follows docs/harness.md (``stage``,
-``method``, ``images``) plus ``model`` and ``peak_mem_mb``.
+``method``, ``images``) plus ``model`` and ``peak_mem_mb`` (GPU: allocator peak of the
+case; CPU: the peak resident set of the whole pytest process so far, so it only grows).
 
 Run: ``make throughput`` or
 ``.venv/bin/python -m pytest bench/test_train_throughput.py --benchmark-enable --benchmark-only
@@ -89,6 +90,8 @@ def test_train_throughput(benchmark, model_name: str, method: str) -> None:
         def run() -> None:
             engine.fit(model, {"train": source}, opt, 1, objective=objective, device=DEVICE, progress=False)
 
+    if ON_GPU:
+        torch.cuda.reset_peak_memory_stats(DEVICE)  # per case on GPU; on CPU: the process's peak RSS
     benchmark.extra_info.update(stage="train", method=method, model=model_name, images=n, image_size=size,
                                 batch_size=batch, device=str(DEVICE))
     benchmark.pedantic(run, rounds=2 if model_name == "resnet50" else 3, iterations=1,

@@ -132,14 +132,19 @@ def _load_all() -> None:
 
 
 def method_names() -> list[str]:
-    """Names of every registered method."""
+    """Names of every registered method, in the order of :data:`METHOD_MODULES`."""
     _load_all()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=_order)
+
+
+def _order(name: str) -> tuple[int, str]:
+    module = _REGISTRY[name].__module__
+    return (METHOD_MODULES.index(module) if module in METHOD_MODULES else len(METHOD_MODULES), name)
 
 
 def get_method(name: str) -> type[Method]:
     """The method class registered as ``name``; ``KeyError`` naming the known ones."""
     _load_all()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}")
+        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
     return _REGISTRY[name]
