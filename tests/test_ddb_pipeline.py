@@ -119,3 +119,27 @@ def test_cli_rejects_unknown_option(config_file, tmp_path, capsys):
     rc = main(["ddb", "segment", "--dataset", "toy", "--config", str(config_file), "--out", str(tmp_path),
                "--set", "segment.treshold=0.5"])
     assert rc == 2 and "segment.treshold" in capsys.readouterr().err
+
+
+def test_label_choice_switches_without_regenerating(config_file, tmp_path):
+    from spuraug.ddb.method import config_from_hparams
+    from spuraug.ddb.pipeline import Stages
+    from spuraug.models import ToyCNN
+
+    raw = yaml.safe_load(config_file.read_text())
+    torch.manual_seed(0)
+    clf = ToyCNN(2, width=8)
+
+    def stages(label: str) -> Stages:
+        ddb = {**raw["ddb"], "inpaint": {**raw["ddb"]["inpaint"], "label": label}}
+        return Stages("toy", 0, config_from_hparams(ddb), runs_dir=tmp_path, device="cpu",
+                      dataset_options=raw["dataset_options"], classifier=clf)
+
+    new, source = stages("new"), stages("source")
+    t_new = new.prune()
+    assert new.inpaint_artifact().path == source.inpaint_artifact().path
+    n_images = len(list(new.inpaint_artifact().path.glob("images/*.png")))
+    t_src = source.prune()
+    assert len(list(source.inpaint_artifact().path.glob("images/*.png"))) == n_images == len(t_new)
+    assert (t_new.label == t_new.target_class).all() and (t_src.label == t_src.source_class).all()
+    assert (t_new.label != t_src.label).all()
