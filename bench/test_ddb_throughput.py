@@ -19,9 +19,17 @@ from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig
 RES = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared machine: one thread is fastest; restored for the other benchmarks."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ddb_bench")
     return {
         "sd9": tiny.save_stable_diffusion(root / "sd9", 9, image_size=RES),
