@@ -166,7 +166,7 @@ class PruneWorker:
 
     def __init__(self, model: Any, transform: Any, psi: dict, cfg: Any, inpaint_dir: str, out_dir: str,
                  device: str, base_dir: str | None = None, fault: FaultInjection | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, mask_dir: str | None = None) -> None:
         _enter(base_dir)
         if threads:
             import torch
@@ -174,11 +174,16 @@ class PruneWorker:
             torch.set_num_threads(int(threads))
         self.model, self.transform, self.psi, self.cfg = model, transform, psi, cfg
         self.inpaint_dir, self.out_dir = Path(inpaint_dir), Path(out_dir)
+        self.mask_dir = Path(mask_dir) if mask_dir else None
         self.device, self.fault, self.count = _worker_device(device), fault, 0
         self.model.eval().to(self.device)
 
     def run(self, rows: list[tuple[dict, ArrayImage]]) -> dict[str, str]:
+        from spuraug.ddb.artifacts import safe_name
         from spuraug.ddb.prune import score_samples
+
+        def mask_file(r: dict) -> Path:  # the segment artifact's mask, as the local stage reads it
+            return self.mask_dir / f"{safe_name(str(r['source_id']))}.png" if self.mask_dir else Path(r["mask"])
 
         cfg = self.cfg
         out = {}
@@ -192,7 +197,7 @@ class PruneWorker:
             tgt = [int(r["target_class"]) if cfg.ig_target == "new" else int(r["source_class"]) for r, _ in batch]
             scores = score_samples(
                 self.model, [Image.open(self.inpaint_dir / r["file"]).convert("RGB") for r, _ in batch],
-                [orig() for _, orig in batch], [Image.open(r["mask"]).convert("L") for r, _ in batch],
+                [orig() for _, orig in batch], [Image.open(mask_file(r)).convert("L") for r, _ in batch],
                 [int(r["source_class"]) for r, _ in batch], tgt, self.transform, n_steps=cfg.n_steps,
                 internal_batch_size=cfg.internal_batch_size, device=self.device,
             )
@@ -239,6 +244,7 @@ def prune_sharded(stages: Any, samples: pd.DataFrame, sources: pd.DataFrame, out
         "model": model, "transform": stages.eval_transform, "psi": {int(k): float(v) for k, v in psi(sources).items()},
         "cfg": cfg, "inpaint_dir": str(inpaint_dir), "out_dir": str(score_dir), "device": str(stages.device),
         "base_dir": os.getcwd(), "fault": fault, "threads": threads,
+        "mask_dir": str(stages.segment_artifact().path / "masks"),
     })
     from tqdm.auto import tqdm
 
