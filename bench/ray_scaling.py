@@ -88,6 +88,7 @@ def measure(args) -> dict:
 
     torch.set_num_threads(1)  # as each Ray actor (OMP_NUM_THREADS=1)
     root = Path(tempfile.mkdtemp(prefix="ray_scaling_"))
+    started_ray = not ray.is_initialized()
     out: dict = {"load_before": os.getloadavg()}
     try:
         models = {"sd9": tiny.save_stable_diffusion(root / "sd9", in_channels=9, image_size=16),
@@ -150,7 +151,7 @@ def measure(args) -> dict:
                   f"load {load0[0]:.1f})", flush=True)
         out["runs"] = runs_out
     finally:
-        if ray.is_initialized():
+        if started_ray and ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     out["load_after"] = os.getloadavg()

@@ -284,3 +284,17 @@ def test_cli_engine_option_sets_both_sharded_stages():
     assert not any("engine" in k for k in plain)
     with pytest.raises(SystemExit):
         parser.parse_args(["ddb", "invert", "--dataset", "toy", "--engine", "ray"])  # not a sharded stage
+
+
+@pytest.mark.slow
+def test_ray_scaling_benchmark_smoke(local_ray, tmp_path):
+    from bench import ray_scaling
+
+    out = tmp_path / "ray_scaling.json"
+    assert ray_scaling.main(["--k", "2", "--resolution", "16", "--steps", "1", "--workers", "1",
+                             "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["samples"] == 4 and [(r["engine"], r["workers"]) for r in res["runs"]] == [("local", 1), ("ray", 1)]
+    assert all(r["images_per_s"] > 0 and r["shards"] == 1 for r in res["runs"])
+    assert res["actor_startup_with_imports_s"] > res["actor_startup_s"] > 0 and res["noop_shard_roundtrip_s"] > 0
+    assert len(res["load_before"]) == 3 and ray.is_initialized()  # the module's Ray is left running
