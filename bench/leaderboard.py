@@ -193,8 +193,10 @@ def plot_wga(reproduced: dict[str, list[dict]], published: list[dict], submissio
         for x, m in zip(xs, methods):
             if m in rep:
                 r = rep[m]
-                ax.bar(x, _num(r["worst_group_acc_mean"]) or 0, yerr=_num(r["worst_group_acc_std"]) or 0,
+                height = _num(r["worst_group_acc_mean"]) or 0
+                ax.bar(x, height, yerr=_num(r["worst_group_acc_std"]) or 0,
                        color="#3b7dd8", capsize=3, label="reproduced (mean ± std)")
+                ax.text(x, height + 1.5, f"{height:.1f}", ha="center", va="bottom", fontsize=7)
             for s in sub:
                 if s["name"] == m:
                     ax.bar(x, s["worst_group_acc"], color="#f2b134", hatch="//", label="submission")
