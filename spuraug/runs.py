@@ -228,6 +228,13 @@ def run_method(
         result = _read_json(d / "result.json")
         if result is not None and old is not None and old.get("config_hash") == config["config_hash"]:
             return result
+    method_obj = cls()
+    ctx = RunContext(
+        dataset=dataset, method=method, seed=int(seed), config=config, dir=d, runs_dir=Path(runs_dir),
+        data_dir=data_dir, device=engine.resolve_device(device),
+        config_file=str(config_file) if config_file is not None else None, overrides=overrides, progress=progress,
+    )
+    ctx.load_split("train", "eval")  # missing data fails here, before any folder is made
     if d.exists() and old is not None and old.get("config_hash") != config["config_hash"]:
         if not force:
             raise RunConfigMismatch(
@@ -240,13 +247,6 @@ def run_method(
         _move_aside(d)
     d.mkdir(parents=True, exist_ok=True)
     engine.atomic_write_json(config, d / "config.json")
-
-    method_obj = cls()
-    ctx = RunContext(
-        dataset=dataset, method=method, seed=int(seed), config=config, dir=d, runs_dir=Path(runs_dir),
-        data_dir=data_dir, device=engine.resolve_device(device),
-        config_file=str(config_file) if config_file is not None else None, overrides=overrides, progress=progress,
-    )
     t0 = time.perf_counter()
     if progress:
         print(f"[{dataset}/{method}/seed{seed}] training in {d} on {ctx.device}", file=sys.stderr)

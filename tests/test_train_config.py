@@ -86,6 +86,7 @@ def test_cli_bad_inputs_exit_2_and_touch_nothing(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "spuraug train: error:" in err and "Traceback" not in err
+    assert not out.exists()  # the data is checked before a run folder is made
 
 
 def test_cli_nan_loss_exit_2_keeps_the_finished_run(tmp_path, capsys, small_toy):
