@@ -81,10 +81,12 @@ def format_table(rows: list[dict]) -> str:
     def f(v, fmt):
         return "n/a" if v is None else format(v, fmt)
 
-    header = f"{'stage':<12} {'method':<10} {'images/s':>10} {'previous':>10} {'ratio':>7}  benchmark"
+    ws = max([5, *(len(r["stage"]) for r in rows)])
+    wm = max([6, *(len(r["method"]) for r in rows)])
+    header = f"{'stage':<{ws}} {'method':<{wm}} {'images/s':>10} {'previous':>10} {'ratio':>7}  benchmark"
     lines = [header, "-" * len(header)]
     for r in sorted(rows, key=lambda r: (r["stage"], r["method"], r["name"] or "")):
-        lines.append(f"{r['stage']:<12} {r['method']:<10} {f(r['images_per_s'], '10.1f'):>10} "
+        lines.append(f"{r['stage']:<{ws}} {r['method']:<{wm}} {f(r['images_per_s'], '10.1f'):>10} "
                      f"{f(r['previous'], '10.1f'):>10} {f(r['ratio'], '7.2f'):>7}  {r['name']}")
     return "\n".join(lines)
 
