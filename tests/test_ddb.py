@@ -386,3 +386,15 @@ def test_toy_zoo_ids_load_through_the_zoo_folder(models, tmp_path, monkeypatch):
     monkeypatch.setenv("SPURAUG_TOY_ZOO", str(tmp_path / "nowhere"))
     with pytest.raises(hub.ModelMissingError, match="make toy-zoo"):
         hub.resolve("spuraug/toy-clipseg")
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_inversion_supports_every_prediction_type(models, tmp_path, prediction_type):
+    comps = invert.load_sd_components(str(models["sd9"]))
+    comps.noise_scheduler.register_to_config(prediction_type=prediction_type)  # the toy zoo predicts x0
+    ids = invert.add_tokens(comps, ["<c0>"], "digit")
+    init = comps.text_encoder.get_input_embeddings().weight[ids[0]].clone()
+    cfg = InvertConfig(resolution=16, max_train_steps=2, gradient_accumulation_steps=1, initializer_token="digit",
+                       noun="digit", learning_rate=5e-2)
+    vec = invert.train_token(comps, _images(2), "<c0>", ids[0], cfg, tmp_path)
+    assert torch.isfinite(vec).all() and not torch.allclose(vec, init)

@@ -258,6 +258,8 @@ def train_token(
                     target = noise
                 elif sched.config.prediction_type == "v_prediction":
                     target = sched.get_velocity(latents, noise, t)
+                elif sched.config.prediction_type == "sample":  # x0-prediction (the toy zoo's UNet)
+                    target = latents
                 else:
                     raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
                 loss = F.mse_loss(pred, target.float()) / cfg.gradient_accumulation_steps
