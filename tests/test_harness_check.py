@@ -1,0 +1,106 @@
+"""The CI accuracy gate (bench.check) and a real tiny sweep through spuraug.runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import check
+from bench.check import compare, load_reference, measure
+from bench.sweep import run_sweep
+
+#: A tiny ERM-only sweep: small toy benchmark, one epoch (a few seconds on 2 cores).
+TINY = {"dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80}, "erm": {"epochs": 1, "keep_epochs": []}}
+
+
+def test_compare_passes_within_tolerance_and_flags_regressions():
+    ref = {"_meta": {"command": "x"},
+           "erm": {"worst_group_acc": 50.0, "avg_acc": 80.0, "tolerance": 2.0},
+           "jtt": {"worst_group_acc": 70.0, "avg_acc": 75.0, "tolerance": 2.0}}
+    got = {"erm": {"worst_group_acc": 48.5, "avg_acc": 80.0}, "jtt": {"worst_group_acc": 70.0, "avg_acc": 76.9}}
+    rows, ok = compare(ref, got)
+    assert ok and {r["status"] for r in rows} == {"ok"}
+    assert [r["diff"] for r in rows if r["method"] == "erm"] == pytest.approx([-1.5, 0.0])
+
+    rows, ok = compare(ref, {**got, "erm": {"worst_group_acc": 47.9, "avg_acc": 80.0}})
+    assert not ok
+    assert [r["status"] for r in rows if r["method"] == "erm"] == ["REGRESSION", "ok"]
+
+    better = {**got, "jtt": {"worst_group_acc": 80.0, "avg_acc": 75.0}}
+    rows, ok = compare(ref, better)
+    assert ok and "better" in {r["status"] for r in rows}
+    assert not compare(ref, better, strict=True)[1]
+
+    rows, ok = compare(ref, {"erm": got["erm"]})  # jtt produced nothing
+    assert not ok and {r["status"] for r in rows if r["method"] == "jtt"} == {"MISSING"}
+
+    rows, ok = compare(ref, {**got, "ddb": {"worst_group_acc": 1.0, "avg_acc": 1.0}})
+    assert ok and {r["status"] for r in rows if r["method"] == "ddb"} == {"no reference"}
+
+
+def test_reference_file_is_valid_and_names_its_command():
+    ref = load_reference(Path(__file__).resolve().parents[1] / check.DEFAULT_REFERENCE)
+    assert "bench.check" in ref["_meta"]["command"]
+    assert ref["_meta"]["overrides"] == check.CI_OVERRIDES, "reference measured with other CI overrides"
+    methods = [m for m in ref if not m.startswith("_")]
+    assert "erm" in methods
+    for m in methods:
+        assert 0 <= ref[m]["worst_group_acc"] <= ref[m]["avg_acc"] <= 100
+        assert ref[m]["tolerance"] > 0
+
+
+def test_bad_reference_names_the_field(tmp_path):
+    p = tmp_path / "ref.json"
+    p.write_text(json.dumps({"erm": {"worst_group_acc": "high", "avg_acc": 1, "tolerance": 1}}))
+    with pytest.raises(SystemExit, match=r"ref\.json: erm\.worst_group_acc"):
+        load_reference(p)
+
+
+def test_gate_on_a_real_tiny_sweep(tmp_path, monkeypatch, capsys):
+    """A real ERM run (1 seed, 1 epoch, 200 images) through spuraug.runs: the gate passes
+    against a reference of what it measures and fails against a perturbed one."""
+    runs = tmp_path / "runs"
+    got, info = measure(runs, ["erm"], [0], overrides=TINY, log=lambda *a: None)
+    assert set(got) == {"erm"} and not info["failed"]
+    assert 0.0 <= got["erm"]["worst_group_acc"] <= got["erm"]["avg_acc"] <= 100.0
+
+    monkeypatch.setattr(check, "CI_OVERRIDES", TINY)
+    good = {"_meta": {"overrides": TINY}, "erm": {**got["erm"], "tolerance": 0.5}}
+    bad = {"_meta": {"overrides": TINY},
+           "erm": {"worst_group_acc": got["erm"]["worst_group_acc"] + 10.0, "avg_acc": got["erm"]["avg_acc"],
+                   "tolerance": 0.5}}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    # --runs-dir reuses the finished run: the gate's comparison is what is tested here
+    assert check.main(["--reference", str(tmp_path / "good.json"), "--methods", "erm", "--runs-dir", str(runs)]) == 0
+    assert "check PASSED" in capsys.readouterr().out
+    assert check.main(["--reference", str(tmp_path / "bad.json"), "--methods", "erm", "--runs-dir", str(runs)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "check FAILED" in out
+
+    # the same finished run feeds a real sweep's version folder (skipped, not retrained)
+    vdir, df, outcomes = run_sweep("toy", ["erm"], [0], runs_dir=str(runs), results_dir=str(tmp_path / "results"),
+                                   overrides=TINY, log=lambda *a: None)
+    assert [o.status for o in outcomes] == ["skipped"]
+    assert df.worst_group_acc_mean.iloc[0] == pytest.approx(got["erm"]["worst_group_acc"])
+    prov = json.loads((vdir / "provenance.json").read_text())
+    assert prov["annotation"]["erm"] == {"train_group_labels": False, "val_group_labels": True}
+    assert (vdir / "runs" / "erm" / "seed0" / "metrics.jsonl").read_text().strip()
+
+
+def test_subprocess_launcher_passes_the_same_config():
+    """`spuraug train --set ...` built by the subprocess launcher resolves to the config hash
+    of the in-process run (so the two launchers share run folders)."""
+    from bench.launch import LocalLauncher, RunSpec
+    from spuraug.cli import build_parser
+    from spuraug.config import load_config
+    from spuraug.train_cli import _parse_set
+
+    cmd = LocalLauncher.train_command(RunSpec("toy", "erm", 3, "some/runs", overrides=TINY))
+    assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--out") + 1] == "some/runs"
+    args = build_parser().parse_args(cmd[3:])
+    flat = _parse_set(args.set)
+    assert flat["dataset_options.n_train"] == 200 and flat["erm.keep_epochs"] == []
+    assert load_config("toy", "erm", None, flat)["config_hash"] == load_config("toy", "erm", None, TINY)["config_hash"]
