@@ -398,3 +398,17 @@ def test_inversion_supports_every_prediction_type(models, tmp_path, prediction_t
                        noun="digit", learning_rate=5e-2)
     vec = invert.train_token(comps, _images(2), "<c0>", ids[0], cfg, tmp_path)
     assert torch.isfinite(vec).all() and not torch.allclose(vec, init)
+
+
+def test_box_mode_repaints_the_mask_bounding_box(models, tmp_path):
+    cfg = _inpaint_cfg(models, mask_mode="box")
+    pipe = inpaint.load_inpaint_pipeline(cfg, None, "cpu")
+    srcs = _sources(tmp_path, 2)
+    table = inpaint.inpaint(pipe, inpaint.make_plan(srcs, 2, 0), ["<a>", "<b>"], cfg, tmp_path / "out")
+    for rec in table.to_dict("records"):
+        src = next(s for s in srcs if s.source_id == rec["source_id"])
+        region = np.asarray(inpaint.edited_region(src.mask_file, cfg)) > 127
+        ys, xs = np.nonzero(np.asarray(Image.open(src.mask_file)) > 127)
+        assert region.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1) and region[ys.min(), xs.min()]
+        out = np.asarray(Image.open(tmp_path / "out" / rec["file"]))
+        assert np.array_equal(out[~region], np.asarray(src.load_image())[~region])

@@ -129,6 +129,9 @@ class InpaintConfig:
     #: (the paper keeps the background; the pipeline alone re-encodes it through the VAE).
     paste_back: bool = True
     mask_dilation: int = 0  # pixels of dilation of the mask before inpainting
+    #: "mask": repaint the object's mask (paper); "box": repaint the mask's bounding box
+    #: (grown by ``mask_dilation``), so the new object need not keep the old silhouette.
+    mask_mode: str = "mask"
     #: "new": the generated image is labelled with the new class j (paper);
     #: "source": with the source class i (public generate.py writes class_label = i).
     label: str = "new"
@@ -192,6 +195,7 @@ _CHOICES = {
     ("sources", "erm_checkpoint"): ("best", "last"),
     ("segment", "box_choice"): ("first", "top_score"),
     ("inpaint", "label"): ("new", "source"),
+    ("inpaint", "mask_mode"): ("mask", "box"),
     ("inpaint", "scheduler"): ("default", "ddim", "dpm", "euler", "pndm"),
     ("prune", "rho"): ("raw", "fraction"),
     ("inpaint", "engine"): ("local", "ray"),

@@ -110,14 +110,27 @@ def make_plan(sources: Sequence[Source], n_classes: int, base_seed: int) -> list
     return plan
 
 
-def _read_mask(path: Path, size: tuple[int, int], dilation: int) -> Image.Image:
+def _read_mask(path: Path, size: tuple[int, int], dilation: int, mode: str = "mask") -> Image.Image:
     with Image.open(path) as im:
         m = im.convert("L")
     if m.size != size:
         m = m.resize(size, Image.Resampling.NEAREST)
+    if mode == "box":
+        box = m.point(lambda v: 255 if v > 127 else 0).getbbox()
+        m = Image.new("L", m.size, 0)
+        if box is not None:
+            m.paste(255, box)
     if dilation > 0:
         m = m.filter(ImageFilter.MaxFilter(2 * dilation + 1))
     return m.point(lambda v: 255 if v > 127 else 0)
+
+
+def edited_region(mask_file: Path, cfg: InpaintConfig) -> Image.Image:
+    """The region the inpainting stage repainted for a source, at the mask file's size
+    (the object mask, or its box with ``mask_mode: box``, dilated by ``mask_dilation``)."""
+    with Image.open(mask_file) as im:
+        size = im.size
+    return _read_mask(Path(mask_file), size, cfg.mask_dilation, cfg.mask_mode)
 
 
 def paste_back(source: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
@@ -157,7 +170,8 @@ def inpaint(
             if all(p.sample_id in done for p in chunk):
                 continue
             sources = [p.source.load_image().convert("RGB") for p in chunk]
-            masks_full = [_read_mask(p.source.mask_file, im.size, cfg.mask_dilation) for p, im in zip(chunk, sources)]
+            masks_full = [_read_mask(p.source.mask_file, im.size, cfg.mask_dilation, cfg.mask_mode)
+                          for p, im in zip(chunk, sources)]
             r = int(cfg.resolution)
             images = [im.resize((r, r), Image.Resampling.BICUBIC) for im in sources]
             masks = [m.resize((r, r), Image.Resampling.NEAREST) for m in masks_full]
@@ -184,6 +198,7 @@ def inpaint(
                     "negative_prompt": cfg.negative_prompt, "seed": p.seed, "mask": str(p.source.mask_file),
                     "num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
                     "resolution": r, "paste_back": cfg.paste_back, "mask_dilation": cfg.mask_dilation,
+                    "mask_mode": cfg.mask_mode,
                 }
                 atomic_write_json(img_dir / f"{p.sample_id}.json", record)
                 done.add(p.sample_id)

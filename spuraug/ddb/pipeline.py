@@ -305,6 +305,7 @@ class Stages:
     # ------------------------------------------------------------------ stage 3
     def prune(self) -> pd.DataFrame:
         """The pruning table (every sample's p, Psi_i, rho and verdicts) with the configured thresholds."""
+        from spuraug.ddb.inpaint import edited_region
         from spuraug.ddb.prune import prune_counts, score_table
         from spuraug.ddb.sources import psi
 
@@ -330,7 +331,8 @@ class Stages:
                     model, samples,
                     load_edited=lambda r: Image.open(inp.path / r["file"]).convert("RGB"),
                     load_original=lambda r: self.source_image(int(pos[str(r["source_id"])])),
-                    load_mask=lambda r: Image.open(seg_masks / f"{safe_name(str(r['source_id']))}.png").convert("L"),
+                    load_mask=lambda r: edited_region(seg_masks / f"{safe_name(str(r['source_id']))}.png",
+                                                      self.cfg.inpaint),
                     psi=psi(sources), transform=self.eval_transform, ig_target=cfg.ig_target,
                     n_steps=cfg.n_steps, internal_batch_size=cfg.internal_batch_size, batch_size=cfg.batch_size,
                     device=self.torch_device, done=done,
