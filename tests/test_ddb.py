@@ -412,3 +412,12 @@ def test_box_mode_repaints_the_mask_bounding_box(models, tmp_path):
         assert region.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1) and region[ys.min(), xs.min()]
         out = np.asarray(Image.open(tmp_path / "out" / rec["file"]))
         assert np.array_equal(out[~region], np.asarray(src.load_image())[~region])
+
+
+def test_clean_mask_keeps_the_largest_part_without_holes():
+    m = np.zeros((20, 20), bool)
+    m[2:12, 2:12] = True
+    m[5:8, 5:8] = False  # a hole
+    m[15, 15] = m[0, 19] = True  # speckles
+    out = segment.clean_mask(m)
+    assert out[2:12, 2:12].all() and out.sum() == 100

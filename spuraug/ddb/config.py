@@ -107,6 +107,9 @@ class SegmentConfig:
     #: "top_score": the highest-scoring box.
     box_choice: str = "first"
     clipseg_threshold: float = 0.4
+    #: Clean the mask: keep the largest connected part and fill its holes (not in the
+    #: paper, whose SAM masks are solid; useful for speckled CLIPSeg maps).
+    clean: bool = False
     batch_size: int = 8
     device: str = "auto"
 

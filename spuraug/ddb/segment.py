@@ -111,13 +111,32 @@ class CLIPSegSegmenter:
         return out
 
 
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected part of ``mask`` with its holes filled."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == (1 + int(np.argmax(sizes))))
+
+
 def build_segmenter(cfg: SegmentConfig, device: torch.device | str = "auto") -> Segmenter:
     """The configured backend, models loaded by id or folder through :mod:`spuraug.ddb.hub`."""
     if cfg.backend == "grounded_sam":
-        return GroundedSAM(cfg, device)
-    if cfg.backend == "clipseg":
-        return CLIPSegSegmenter(cfg, device)
-    raise ValueError(f"ddb.segment.backend: unknown {cfg.backend!r}")
+        seg: Segmenter = GroundedSAM(cfg, device)
+    elif cfg.backend == "clipseg":
+        seg = CLIPSegSegmenter(cfg, device)
+    else:
+        raise ValueError(f"ddb.segment.backend: unknown {cfg.backend!r}")
+    if not cfg.clean:
+        return seg
+
+    def cleaned(images: list[Image.Image], prompt: str) -> list[tuple[np.ndarray | None, float]]:
+        return [(clean_mask(m) if m is not None else None, s) for m, s in seg(images, prompt)]
+
+    return cleaned
 
 
 def mask_path(mask_dir: Path, source_id: str) -> Path:
