@@ -166,7 +166,7 @@ class PruneWorker:
 
     def __init__(self, model: Any, transform: Any, psi: dict, cfg: Any, inpaint_dir: str, out_dir: str,
                  device: str, base_dir: str | None = None, fault: FaultInjection | None = None,
-                 threads: int | None = None, mask_dir: str | None = None) -> None:
+                 threads: int | None = None, mask_dir: str | None = None, inpaint_cfg: Any = None) -> None:
         _enter(base_dir)
         if threads:
             import torch
@@ -175,11 +175,20 @@ class PruneWorker:
         self.model, self.transform, self.psi, self.cfg = model, transform, psi, cfg
         self.inpaint_dir, self.out_dir = Path(inpaint_dir), Path(out_dir)
         self.mask_dir = Path(mask_dir) if mask_dir else None
+        self.inpaint_cfg = inpaint_cfg
         self.device, self.fault, self.count = _worker_device(device), fault, 0
         self.model.eval().to(self.device)
 
+    def _region(self, mask_file: Path, edited_region: Any) -> Image.Image:
+        # The region the inpainting repainted (object mask, or its box with mask_mode: box), as the
+        # local prune stage scores it.
+        if self.inpaint_cfg is None:
+            return Image.open(mask_file).convert("L")
+        return edited_region(mask_file, self.inpaint_cfg)
+
     def run(self, rows: list[tuple[dict, ArrayImage]]) -> dict[str, str]:
         from spuraug.ddb.artifacts import safe_name
+        from spuraug.ddb.inpaint import edited_region
         from spuraug.ddb.prune import score_samples
 
         def mask_file(r: dict) -> Path:  # the segment artifact's mask, as the local stage reads it
@@ -197,7 +206,7 @@ class PruneWorker:
             tgt = [int(r["target_class"]) if cfg.ig_target == "new" else int(r["source_class"]) for r, _ in batch]
             scores = score_samples(
                 self.model, [Image.open(self.inpaint_dir / r["file"]).convert("RGB") for r, _ in batch],
-                [orig() for _, orig in batch], [Image.open(mask_file(r)).convert("L") for r, _ in batch],
+                [orig() for _, orig in batch], [self._region(mask_file(r), edited_region) for r, _ in batch],
                 [int(r["source_class"]) for r, _ in batch], tgt, self.transform, n_steps=cfg.n_steps,
                 internal_batch_size=cfg.internal_batch_size, device=self.device,
             )
@@ -244,7 +253,7 @@ def prune_sharded(stages: Any, samples: pd.DataFrame, sources: pd.DataFrame, out
         "model": model, "transform": stages.eval_transform, "psi": {int(k): float(v) for k, v in psi(sources).items()},
         "cfg": cfg, "inpaint_dir": str(inpaint_dir), "out_dir": str(score_dir), "device": str(stages.device),
         "base_dir": os.getcwd(), "fault": fault, "threads": threads,
-        "mask_dir": str(stages.segment_artifact().path / "masks"),
+        "mask_dir": str(stages.segment_artifact().path / "masks"), "inpaint_cfg": stages.cfg.inpaint,
     })
     from tqdm.auto import tqdm
 
