@@ -22,6 +22,8 @@ def check_dataset(name: str, data_dir: str | None = None, deep: bool = False, **
         try:
             ds = get_dataset(name, split, data_dir=data_dir, transform=None, **options)
         except DataError as e:
+            if "where the data comes from" in str(e):  # the loader already said it
+                raise
             raise DataError(f"{e}\n  where the data comes from: {spec.info.source}") from e
         splits[split] = ds
         missing = []
