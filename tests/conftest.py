@@ -19,3 +19,12 @@ def small_toy():
     from spuraug.data.toy import ToyConfig
 
     return ToyConfig(n_train=200, n_val=80, n_test=80)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread on a shared 2-core machine; restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,14 +17,7 @@ from PIL import Image
 from spuraug.ddb import hub, inpaint, invert, prune, segment, tiny
 from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig, ddb_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ from spuraug.ddb.engines import LocalEngine, RayEngine, Shard, WorkerSpec  # noq
 from spuraug.ddb.pipeline import Stages  # noqa: E402
 from spuraug.ddb.scaleout import FaultInjection, inpaint_sharded  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
