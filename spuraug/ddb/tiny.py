@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from spuraug.toyworld.tokenizer import bytes_to_unicode
+
 #: Words the tiny tokenizers know as single tokens (plus every single character).
 WORDS: tuple[str, ...] = (
     "a", "photo", "of", "the", "digit", "bird", "animal", "person", "on", "land", "water",
@@ -21,26 +23,13 @@ WORDS: tuple[str, ...] = (
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # The byte-to-printable-character table of GPT-2/CLIP byte-level BPE.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def write_clip_tokenizer(folder: Path, words: tuple[str, ...] = WORDS, max_length: int = 16) -> Path:
     """Write a CLIPTokenizer (vocab.json, merges.txt) whose listed words are single tokens."""
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for c in chars:
         vocab.setdefault(c, len(vocab))
