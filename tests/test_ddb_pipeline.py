@@ -137,3 +137,35 @@ def test_label_choice_switches_without_regenerating(config_file, tmp_path):
     assert len(list(source.inpaint_artifact().path.glob("images/*.png"))) == n_images == len(t_new)
     assert (t_new.label == t_new.target_class).all() and (t_src.label == t_src.source_class).all()
     assert (t_new.label != t_src.label).all()
+
+
+def test_stage_keys_change_when_the_weights_behind_a_model_id_change(config_file, tmp_path):
+    """A retrained model saved under the same id or folder must not reuse cached stages."""
+    import shutil
+
+    from spuraug.ddb import hub
+    from spuraug.ddb.method import config_from_hparams
+    from spuraug.ddb.pipeline import Stages
+    from spuraug.models import ToyCNN
+
+    raw = yaml.safe_load(config_file.read_text())
+    sd = tmp_path / "sd_copy"
+    shutil.copytree(raw["ddb"]["inpaint"]["model"], sd)
+    ddb = {**raw["ddb"], "inpaint": {**raw["ddb"]["inpaint"], "model": str(sd)},
+           "invert": {**raw["ddb"]["invert"], "model": str(sd)}}
+    clf = ToyCNN(2, width=8)
+
+    def keys() -> tuple[str, str]:
+        st = Stages("toy", 0, config_from_hparams(ddb), runs_dir=tmp_path / "runs", device="cpu",
+                    dataset_options=raw["dataset_options"], classifier=clf)
+        return st.invert_artifact().path.name, st.inpaint_artifact().path.name
+
+    before = keys()
+    assert keys() == before  # stable for the same weights
+    unet = next((sd / "unet").glob("*.safetensors"))
+    blob = bytearray(unet.read_bytes())
+    blob[-1] ^= 0xFF  # same size, other weights
+    unet.write_bytes(bytes(blob))
+    after = keys()
+    assert after[0] != before[0] and after[1] != before[1]
+    assert hub.fingerprint(str(sd)).startswith("sha256:")

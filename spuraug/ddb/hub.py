@@ -9,6 +9,8 @@ tiny models saved to a temporary folder is the code that loads the real ones.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -94,3 +96,35 @@ def revision_of(model_id: str) -> str:
     except Exception:  # the revision is informative only  # noqa: BLE001
         pass
     return "unknown"
+
+
+def fingerprint(model_id: str) -> str:
+    """What identifies the weights behind ``model_id``, for cache keys: a cached stage must
+    not be reused when the weights behind the same id change (a retrained toy zoo, a local
+    folder overwritten with other weights).
+
+    Hub ids: the cached snapshot's commit (``revision_of``). Local folders: a sha256 over
+    every file's relative path and content (files over 64 MiB, i.e. real checkpoints, by size
+    and modification time, so large folders are not read whole on every run).
+    """
+    path = Path(resolve(model_id))
+    if not path.is_dir():
+        return revision_of(model_id)
+    listing = tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                    for p in sorted(path.rglob("*")) if p.is_file())
+    return _folder_digest(str(path), listing)
+
+
+@functools.lru_cache(maxsize=32)
+def _folder_digest(path: str, listing: tuple[tuple[str, int, int], ...]) -> str:
+    # Cached per (folder, every file's size and mtime): stage keys are computed many times a run.
+    h = hashlib.sha256()
+    for rel, size, mtime in listing:
+        h.update(rel.encode() + b"\0")
+        if size > 64 * 2**20:
+            h.update(f"{size}:{mtime}".encode())
+        else:
+            with open(Path(path) / rel, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return "sha256:" + h.hexdigest()[:16]

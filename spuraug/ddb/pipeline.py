@@ -120,7 +120,8 @@ class Stages:
     # ------------------------------------------------------------------ artifacts
     def invert_artifact(self) -> Artifact:
         return Artifact(self.root(), "invert", {**self._base_key(), "invert": _key_cfg(self.cfg.invert),
-                                                "n_classes": self.n_classes})
+                                                "n_classes": self.n_classes,
+                                                "weights": hub.fingerprint(self.cfg.invert.model)})
 
     def sources_artifact(self) -> Artifact:
         _, erm_key = self.erm()
@@ -128,8 +129,11 @@ class Stages:
                                                       "sources": _key_cfg(self.cfg.sources)})
 
     def segment_artifact(self) -> Artifact:
+        s = self.cfg.segment
+        models = (s.clipseg,) if s.backend == "clipseg" else (s.detector, s.sam)
         return Artifact(self.seed_root(), "segment", {"sources": self.sources_artifact().key,
-                                                      "segment": _key_cfg(self.cfg.segment)})
+                                                      "segment": _key_cfg(s),
+                                                      "weights": [hub.fingerprint(m) for m in models]})
 
     def inpaint_artifact(self) -> Artifact:
         from spuraug.ddb.inpaint import resolve_dtype
@@ -138,7 +142,8 @@ class Stages:
         c.pop("label")  # applied when the table is read, not baked into the images
         c["dtype"] = str(resolve_dtype(self.cfg.inpaint.dtype, self.torch_device))
         return Artifact(self.seed_root(), "inpaint", {"segment": self.segment_artifact().key,
-                                                      "invert": self.invert_artifact().key, "inpaint": c})
+                                                      "invert": self.invert_artifact().key, "inpaint": c,
+                                                      "weights": hub.fingerprint(self.cfg.inpaint.model)})
 
     def prune_artifact(self) -> Artifact:
         c = _key_cfg(self.cfg.prune)
