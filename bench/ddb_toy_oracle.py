@@ -1,52 +1,119 @@
 """How well DDB's toy edits worked, read by the toy world's oracle classifier.
 
-    python -m bench.ddb_toy_oracle RUNS_DIR [--seed 0]
+    python -m bench.ddb_toy_oracle RUNS_DIR [--seed 0] [--initializer] [--out FILE]
 
 For the newest prune table of ``RUNS_DIR/toy/ddb_artifacts/seed<S>/``: the share of
 generated images the oracle (``spuraug/toy-oracle``) reads as the TARGET digit, the share
-whose background is the source's, and both, for all / kept / pruned samples, plus how
-many sources were majority-group images (the toy's group labels are used here for
-measurement only, never by DDB).
+whose background is the source's, and both (composition success), for all / kept / pruned
+samples, plus how many sources were majority-group images (the toy's group labels are
+used here for measurement only, never by DDB).
+
+``--initializer`` also repaints the very same sources, masks and seeds with the
+textual-inversion *initializer* word in place of each learned token (through the same
+inpainting code, into ``initializer-probe-<inpaint key>/`` beside the stage, resumable), and
+reads those: does the learned token do better than the word it started from?
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from spuraug.data.toy import ToyConfig, ToyDataset
+def _newest(pattern: str) -> Path:
+    found = glob.glob(pattern)
+    if not found:
+        raise SystemExit(f"nothing matches {pattern}")
+    return Path(max(found, key=os.path.getmtime))
+
+
+def _read(paths: list[str], target_class, source_class, source_a, cfg) -> dict[str, np.ndarray]:
     from spuraug.toyworld.oracle import load_oracle, predict
     from spuraug.toyworld.render import BACKGROUNDS
+
+    d, b = predict(load_oracle(), [Image.open(p).convert("RGB") for p in paths])
+    ok_digit = d == np.array([cfg.digits[c] for c in target_class])
+    ok_bg = np.array([BACKGROUNDS[k] for k in b]) == np.array([cfg.backgrounds[a] for a in source_a])
+    src_digit = d == np.array([cfg.digits[c] for c in source_class])
+    return {"digit": ok_digit, "background": ok_bg, "source_digit": src_digit}
+
+
+def _rates(r: dict[str, np.ndarray], sel: np.ndarray) -> dict:
+    if not sel.any():
+        return {"n": 0, "target_digit": None, "background_kept": None, "both": None}
+    return {"n": int(sel.sum()), "target_digit": float(r["digit"][sel].mean()),
+            "background_kept": float(r["background"][sel].mean()),
+            "both": float((r["digit"] & r["background"])[sel].mean()),
+            "source_digit": float(r["source_digit"][sel].mean())}
+
+
+def initializer_probe(stage: Path, initializer: str, train, n_classes: int) -> tuple[pd.DataFrame, Path]:
+    """Repaint the inpaint ``stage``'s samples with ``initializer`` instead of the learned
+    tokens (same sources, masks, seeds, settings); returns the probe's samples table and folder."""
+    from spuraug.ddb.config import InpaintConfig
+    from spuraug.ddb.inpaint import Plan, Source, inpaint, load_inpaint_pipeline
+
+    key = json.loads((stage / "key.json").read_text())["inpaint"]
+    names = {f.name for f in fields(InpaintConfig)}
+    cfg = InpaintConfig(**{k: v for k, v in key.items() if k in names and k != "dtype"})
+    cfg.dtype, cfg.device = "fp32", "cpu"
+    samples = pd.read_csv(stage / "samples.csv", dtype={"source_id": str})
+    plan = [
+        Plan(str(r.sample_id),
+             Source(str(r.source_id), int(r.source_position), int(r.source_class), int(r.source_rank),
+                    (lambda pos=int(r.source_position): train.load_image(pos)), Path(r.mask)),
+             int(r.target_class), int(r.seed))
+        for r in samples.itertuples()
+    ]
+    pipe = load_inpaint_pipeline(cfg, embeddings=None, device="cpu")
+    out = stage.parent / f"initializer-probe-{stage.name.split('-', 1)[1]}"
+    return inpaint(pipe, plan, [initializer] * n_classes, cfg, out), out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from spuraug.data.toy import ToyConfig, ToyDataset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs_dir")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--initializer", action="store_true",
+                    help="also repaint every sample with the initializer word instead of the learned token")
+    ap.add_argument("--initializer-word", default="digit", help="the toy config's initializer_token")
+    ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
-    tables = glob.glob(f"{args.runs_dir}/toy/ddb_artifacts/seed{args.seed}/prune-*/table.csv")
-    if not tables:
-        raise SystemExit(f"no DDB prune table under {args.runs_dir}/toy/ddb_artifacts/seed{args.seed}")
-    t = pd.read_csv(max(tables, key=os.path.getmtime), dtype={"source_id": str})
+    base = f"{args.runs_dir}/toy/ddb_artifacts/seed{args.seed}"
+    if not glob.glob(f"{base}/prune-*/table.csv"):
+        raise SystemExit(f"no DDB prune table under {base}")
+    table = _newest(f"{base}/prune-*/table.csv")
+    t = pd.read_csv(table, dtype={"source_id": str})
     cfg = ToyConfig()
     train = ToyDataset("train", cfg)
-    d, b = predict(load_oracle(), [Image.open(p).convert("RGB") for p in t.generated_path])
     src_a = np.array([train.a[int(s)] for s in t.source_id])
-    ok_digit = d == np.array([cfg.digits[c] for c in t.target_class])
-    ok_bg = np.array([BACKGROUNDS[k] for k in b]) == np.array([cfg.backgrounds[a] for a in src_a])
-    out = {"sources_majority_share": float((src_a == t.source_class).mean()),
-           "oracle_reads_source_digit": float((d == np.array([cfg.digits[c] for c in t.source_class])).mean())}
-    for name, sel in [("all", np.ones(len(t), bool)), ("kept", t.keep.to_numpy(bool)),
-                      ("pruned", ~t.keep.to_numpy(bool))]:
-        out[name] = {"n": int(sel.sum()), "target_digit": float(ok_digit[sel].mean()) if sel.any() else None,
-                     "background_kept": float(ok_bg[sel].mean()) if sel.any() else None,
-                     "both": float((ok_digit & ok_bg)[sel].mean()) if sel.any() else None}
-    print(out)
+    r = _read(list(t.generated_path), t.target_class, t.source_class, src_a, cfg)
+    keep = t.keep.to_numpy(bool)
+    out = {"prune_table": str(table), "sources_majority_share": float((src_a == t.source_class).mean()),
+           "oracle_reads_source_digit": float(r["source_digit"].mean())}
+    for name, sel in (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep)):
+        out[name] = _rates(r, sel)
+    if args.initializer:
+        stage = _newest(f"{base}/inpaint-*/samples.csv").parent
+        probe, folder = initializer_probe(stage, args.initializer_word, train, train.n_classes)
+        probe = probe.set_index("sample_id").loc[t.sample_id]
+        ri = _read([str(folder / f) for f in probe.file], probe.target_class, probe.source_class, src_a, cfg)
+        out["initializer"] = {"word": args.initializer_word, "folder": str(folder),
+                              "all": _rates(ri, np.ones(len(t), bool))}
+    print(json.dumps(out, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, digit_instances
+from spuraug.toyworld.render import BACKGROUNDS, COLOR_WORDS, DIGIT_WORDS, digit_instances
 from spuraug.toyworld.world import WorldConfig, caption, caption_words, generate_world
 
 
@@ -45,9 +45,49 @@ def test_captions_name_digit_and_background():
     assert caption(3) == "a photo of a three digit"
     with pytest.raises(ValueError, match="background"):
         caption(3, "lava")
+    assert caption(3, "water", color="red") == "a photo of a red three digit on water"
+    assert caption(3, color="blue") == "a photo of a blue three digit"
+    with pytest.raises(ValueError, match="colour 'mauve'"):
+        caption(3, color="mauve")
     w = generate_world(WorldConfig(n_per_kind=1, seed=0))
     i = 5
     assert DIGIT_WORDS[w.digits[i]] in w.caption(i) and BACKGROUNDS[w.backgrounds[i]] in w.caption(i)
+    assert COLOR_WORDS[w.colors[i]] in w.caption(i, color=True).split()
+    assert not set(COLOR_WORDS) & set(w.caption(i).split())
+
+
+def test_world_colour_words_name_the_objects_hue():
+    from scipy import ndimage
+
+    from spuraug.toyworld.render import color_index
+
+    assert [color_index(c) for c in ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1))] == [0, 3, 5, 7]
+    w = generate_world(WorldConfig(n_per_kind=1, seed=2))
+    assert set(np.unique(w.colors)) <= set(range(len(COLOR_WORDS))) and len(np.unique(w.colors)) >= 6
+    # The hue of the object's inner pixels (no background blended in) gives the same word.
+    read = []
+    for img, m in zip(w.images, w.masks):
+        inner = ndimage.binary_erosion(m, iterations=1)
+        read.append(color_index(img[inner if inner.any() else m].mean(axis=0) / 255.0))
+    assert (np.asarray(read) == w.colors).mean() >= 0.9
+
+
+def test_captions_for_training_name_the_colour_at_the_recipe_share():
+    from dataclasses import replace
+
+    from spuraug.toyworld.recipe import ZooRecipe, _captions_for
+
+    w = generate_world(WorldConfig(n_per_kind=2, seed=0))
+    idx = np.arange(len(w))
+    for share in (0.0, 1.0):
+        caps = _captions_for(w, idx, np.random.default_rng(0), replace(ZooRecipe(), color_caption_share=share))
+        named = [c for c in caps if c]
+        assert named and len(named) < len(caps)  # caption dropout leaves some empty
+        has_colour = [bool(set(c.split()) & set(COLOR_WORDS)) for c in named]
+        assert all(has_colour) if share else not any(has_colour)
+        for c, i in zip(caps, idx):
+            if c and share:
+                assert f"{COLOR_WORDS[w.colors[i]]} {DIGIT_WORDS[w.digits[i]]} digit" in c
 
 
 def test_tokenizer_has_one_token_per_caption_word_and_accepts_new_tokens(tmp_path):
@@ -130,3 +170,25 @@ def test_resolve_model_id(tmp_path, monkeypatch):
     (tmp_path / "toy-clipseg").mkdir()
     (tmp_path / "toy-clipseg" / "config.json").write_text("{}")
     assert zoo.resolve_model_id("spuraug/toy-clipseg") == str(tmp_path / "toy-clipseg")
+
+
+def test_variance_explained_and_box_crops_on_constructed_cases():
+    from spuraug.toyworld.quality import box_crops, variance_explained
+
+    rng = np.random.default_rng(0)
+    keys = np.repeat(np.arange(4), 50)
+    means = rng.normal(size=(4, 3))
+    assert variance_explained(means[keys], keys) == pytest.approx(1.0)
+    noise = rng.normal(size=(200, 3))
+    assert variance_explained(noise, keys) < 0.05  # ~ groups / N for unrelated keys
+    mixed = means[keys] + noise  # equal parts signal and noise -> about half
+    assert 0.3 < variance_explained(mixed, keys) < 0.8
+    # A box crop sees only the object's box, at any array resolution (here 1/4 of the mask's).
+    masks = np.zeros((1, 16, 16), bool)
+    masks[0, 8:16, 0:8] = True
+    arr = np.zeros((1, 1, 4, 4), np.float32)
+    arr[0, 0, 2:, :2] = 7.0
+    crop = box_crops(arr, masks, size=4)
+    assert crop.shape == (1, 1, 4, 4) and np.allclose(crop, 7.0)
+    with pytest.raises(ValueError, match="mask 0 is empty"):
+        box_crops(arr, np.zeros((1, 16, 16), bool))

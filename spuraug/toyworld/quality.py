@@ -109,3 +109,35 @@ def composition_success(images, intended_digit, source_background, oracle=None) 
     """Share of ``images`` whose object the oracle reads as ``intended_digit`` AND whose
     background it reads as ``source_background`` (see :func:`composition_report`)."""
     return composition_report(images, intended_digit, source_background, oracle)["success"]
+
+
+def box_crops(arrays: np.ndarray, masks: np.ndarray, size: int = 8) -> np.ndarray:
+    """Each (C, h, w) array cropped to its object's bounding box and resized to ``size`` x
+    ``size`` (``masks`` at the images' resolution; arrays may be smaller, e.g. latents)."""
+    import torch
+    import torch.nn.functional as F
+
+    masks = _as_masks(masks, "masks")
+    scale = masks.shape[1] // arrays.shape[2]
+    out = np.empty((len(arrays), arrays.shape[1], size, size), dtype=np.float32)
+    for i, (a, m) in enumerate(zip(arrays, masks)):
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
+            raise ValueError(f"mask {i} is empty: no object box to crop")
+        crop = a[:, ys.min() // scale : ys.max() // scale + 1, xs.min() // scale : xs.max() // scale + 1]
+        t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None]
+        out[i] = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
+    return out
+
+
+def variance_explained(values: np.ndarray, keys: np.ndarray) -> float:
+    """Share of the total variance of ``values`` (N, ...) explained by the group means of
+    ``keys`` (N,): between-group sum of squares over total sum of squares (eta squared).
+    With few samples per group it is biased upwards (by about groups / N)."""
+    v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    keys = np.asarray(keys)
+    means = np.zeros_like(v)
+    for k in np.unique(keys):
+        means[keys == k] = v[keys == k].mean(axis=0)
+    total = ((v - v.mean(axis=0)) ** 2).sum()
+    return float(((means - v.mean(axis=0)) ** 2).sum() / total) if total > 0 else 0.0

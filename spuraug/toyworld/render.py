@@ -30,6 +30,20 @@ DIGIT_WORDS: tuple[str, ...] = (
 )
 
 
+#: Colour words for an object's hue: eight 45-degree hue bins, each centred on its word's
+#: hue (red at 0 degrees, orange at 45, ..., pink at 315). Object colours are bright and
+#: saturated (see :func:`sample_pose`), so the hue names them well.
+COLOR_WORDS: tuple[str, ...] = ("red", "orange", "lime", "green", "cyan", "blue", "purple", "pink")
+
+
+def color_index(rgb) -> int:
+    """Index into :data:`COLOR_WORDS` of the hue of ``rgb`` (three floats in [0, 1])."""
+    import colorsys
+
+    hue = colorsys.rgb_to_hsv(*(float(c) for c in rgb))[0]
+    return int(np.floor(hue * len(COLOR_WORDS) + 0.5)) % len(COLOR_WORDS)
+
+
 @lru_cache(maxsize=1)
 def _digit_bank() -> tuple[np.ndarray, np.ndarray]:
     """All scikit-learn digits as float images in [0, 1] (N, 8, 8) and their labels."""
@@ -162,6 +176,22 @@ def compose(background: np.ndarray, alpha: np.ndarray, color: tuple[float, float
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def render_scene_with_pose(
+    digit: int,
+    background: str,
+    rng: np.random.Generator,
+    part: str = "benchmark",
+    size: int = IMAGE_SIZE,
+) -> tuple[np.ndarray, np.ndarray, ObjectPose]:
+    """:func:`render_scene` plus the object's pose (where, how large, which colour)."""
+    pool = digit_instances(digit, part)
+    instance = int(pool[rng.integers(len(pool))])
+    pose = sample_pose(rng, size)
+    alpha = render_object_alpha(instance, pose, size)
+    img = compose(render_background(background, rng, size), alpha, pose.color)
+    return img, alpha > 0.5, pose
+
+
 def render_scene(
     digit: int,
     background: str,
@@ -170,9 +200,5 @@ def render_scene(
     size: int = IMAGE_SIZE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image (uint8, (size, size, 3)) of ``digit`` on ``background`` and its bool mask."""
-    pool = digit_instances(digit, part)
-    instance = int(pool[rng.integers(len(pool))])
-    pose = sample_pose(rng, size)
-    alpha = render_object_alpha(instance, pose, size)
-    img = compose(render_background(background, rng, size), alpha, pose.color)
-    return img, alpha > 0.5
+    img, mask, _ = render_scene_with_pose(digit, background, rng, part, size)
+    return img, mask

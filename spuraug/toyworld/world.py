@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, IMAGE_SIZE, render_scene
+from spuraug.toyworld.render import (
+    BACKGROUNDS,
+    COLOR_WORDS,
+    DIGIT_WORDS,
+    IMAGE_SIZE,
+    color_index,
+    render_scene_with_pose,
+)
 
 #: The caption templates. DDB's toy prompt template is the short form with the digit
 #: word replaced by a learned token; the initializer word is ``"digit"``.
@@ -33,11 +40,17 @@ SHORT_CAPTION_TEMPLATE = "a photo of a {word} digit"
 SEGMENTER_OBJECT_PROMPT = "digit"
 
 
-def caption(digit: int, background: str | None = None) -> str:
-    """The world's caption for ``digit`` (0-9) on ``background`` (short form when None)."""
+def caption(digit: int, background: str | None = None, color: str | None = None) -> str:
+    """The world's caption for ``digit`` (0-9) on ``background`` (short form when None),
+    with the object's colour word before the digit word when ``color`` is given
+    ("a photo of a red three digit on water")."""
     if not 0 <= int(digit) <= 9:
         raise ValueError(f"digit must be 0-9, got {digit!r}")
     word = DIGIT_WORDS[int(digit)]
+    if color is not None:
+        if color not in COLOR_WORDS:
+            raise ValueError(f"unknown colour {color!r}; known: {', '.join(COLOR_WORDS)}")
+        word = f"{color} {word}"
     if background is None:
         return SHORT_CAPTION_TEMPLATE.format(word=word)
     if background not in BACKGROUNDS:
@@ -47,7 +60,7 @@ def caption(digit: int, background: str | None = None) -> str:
 
 def caption_words() -> list[str]:
     """Every word a world caption or segmenter prompt can contain."""
-    words = {"a", "photo", "of", "on", "digit", *DIGIT_WORDS, *BACKGROUNDS}
+    words = {"a", "photo", "of", "on", "digit", *DIGIT_WORDS, *BACKGROUNDS, *COLOR_WORDS}
     return sorted(words)
 
 
@@ -59,7 +72,7 @@ class WorldConfig:
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True) + f"|size={IMAGE_SIZE}|v1"
+        blob = json.dumps(asdict(self), sort_keys=True) + f"|size={IMAGE_SIZE}|v2"
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -67,27 +80,29 @@ class WorldConfig:
 class World:
     """The world corpus as arrays: ``images`` uint8 (N, 64, 64, 3), ``masks`` bool
     (N, 64, 64), ``digits`` int (N,) in 0-9, ``backgrounds`` int (N,) indexing
-    :data:`BACKGROUNDS`."""
+    :data:`BACKGROUNDS`, ``colors`` int (N,) indexing :data:`COLOR_WORDS` (the object's hue)."""
 
     images: np.ndarray
     masks: np.ndarray
     digits: np.ndarray
     backgrounds: np.ndarray
+    colors: np.ndarray
 
     def __len__(self) -> int:
         return len(self.digits)
 
-    def caption(self, i: int, short: bool = False) -> str:
-        """Caption of image ``i`` (long form names the background)."""
+    def caption(self, i: int, short: bool = False, color: bool = False) -> str:
+        """Caption of image ``i`` (the long form names the background; ``color`` adds the
+        object's colour word)."""
         bg = None if short else BACKGROUNDS[int(self.backgrounds[i])]
-        return caption(int(self.digits[i]), bg)
+        return caption(int(self.digits[i]), bg, COLOR_WORDS[int(self.colors[i])] if color else None)
 
     def load_image(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[i])
 
     def subset(self, indices: np.ndarray) -> World:
         idx = np.asarray(indices)
-        return World(self.images[idx], self.masks[idx], self.digits[idx], self.backgrounds[idx])
+        return World(self.images[idx], self.masks[idx], self.digits[idx], self.backgrounds[idx], self.colors[idx])
 
 
 def _render(config: WorldConfig) -> World:
@@ -100,11 +115,14 @@ def _render(config: WorldConfig) -> World:
     digits, backgrounds = digits[order], backgrounds[order]
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    colors = np.empty(n, dtype=np.int64)
     for i in range(n):
         # One generator per image: image i does not depend on how many came before.
         rng = np.random.default_rng([config.seed, 2, i])
-        images[i], masks[i] = render_scene(int(digits[i]), BACKGROUNDS[backgrounds[i]], rng, part="world")
-    return World(images, masks, digits.astype(np.int64), backgrounds.astype(np.int64))
+        images[i], masks[i], pose = render_scene_with_pose(int(digits[i]), BACKGROUNDS[backgrounds[i]], rng,
+                                                           part="world")
+        colors[i] = color_index(pose.color)
+    return World(images, masks, digits.astype(np.int64), backgrounds.astype(np.int64), colors)
 
 
 def default_cache_dir() -> Path:
@@ -123,7 +141,7 @@ def generate_world(config: WorldConfig = WorldConfig(), cache_dir: str | None = 
     if path is not None and path.exists():
         try:
             with np.load(path) as z:
-                world = World(z["images"], z["masks"], z["digits"], z["backgrounds"])
+                world = World(z["images"], z["masks"], z["digits"], z["backgrounds"], z["colors"])
         except (OSError, KeyError, ValueError):
             world = None  # a broken cache file is regenerated, not trusted
     if world is None:
@@ -132,8 +150,8 @@ def generate_world(config: WorldConfig = WorldConfig(), cache_dir: str | None = 
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, images=world.images, masks=world.masks, digits=world.digits,
-                     backgrounds=world.backgrounds)
+                     backgrounds=world.backgrounds, colors=world.colors)
             os.replace(tmp, path)
-    for arr in (world.images, world.masks, world.digits, world.backgrounds):
+    for arr in (world.images, world.masks, world.digits, world.backgrounds, world.colors):
         arr.setflags(write=False)
     return world
