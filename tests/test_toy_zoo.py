@@ -145,3 +145,23 @@ def test_committed_inpainter_keeps_pixels_outside_the_mask_and_oracle_reads_worl
     outside, inside = err[~masks].mean(), err[masks].mean()
     # Outside the mask only the VAE's error remains; inside, a new object was painted.
     assert outside < 20 and inside > 2 * outside
+
+
+def test_box_masks_cover_each_objects_grown_box():
+    from spuraug.toyworld.check import box_masks
+
+    m = np.zeros((2, 16, 16), bool)
+    m[0, 4:6, 7:9] = True
+    out = box_masks(m, grow=1)
+    assert out[0].sum() == 4 * 4 and out[0, 3:7, 6:10].all()
+    assert not out[1].any()  # no object, no box
+
+
+@committed
+def test_text_usage_probe_errors_grow_with_noise():
+    from spuraug.toyworld.check import text_usage_gap
+
+    rep = text_usage_gap(n=24, timesteps=(100, 900))["x0_error_on_object_cells"]
+    low, high = rep["100"], rep["900"]
+    assert 0 < low["true"] < high["true"] and 0 < low["other"] < high["other"]
+    assert high["gap"] == pytest.approx(high["other"] - high["true"], abs=1e-4)

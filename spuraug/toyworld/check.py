@@ -71,6 +71,46 @@ def _grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
     Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST).save(path)
 
 
+def box_masks(masks: np.ndarray, grow: int = 0) -> np.ndarray:
+    """Each object's bounding box (grown by ``grow`` px) as a bool mask."""
+    out = np.zeros(masks.shape, dtype=bool)
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(ys):
+            out[i, max(ys.min() - grow, 0) : ys.max() + 1 + grow, max(xs.min() - grow, 0) : xs.max() + 1 + grow] = True
+    return out
+
+
+def _inpaint_probes(pipe, oracle, b_img, b_digit, b_bg, masks, probes, seed, guidance_scale, rows) -> dict:
+    from spuraug.toyworld.quality import composition_report
+
+    n = len(b_img)
+    inpaint_report = {}
+    for probe, targets in probes.items():
+        prompts = [f"a photo of a {DIGIT_WORDS[t]} digit" for t in targets]
+        out = inpaint(pipe, b_img, masks, prompts, seed=seed, guidance_scale=guidance_scale)
+        rep = composition_report(out, targets, b_bg, oracle=oracle)
+        outside = ~masks
+        err = np.abs(out.astype(np.float32) - b_img.astype(np.float32)).mean(axis=-1)
+        inpaint_report[probe] = {
+            "digit_rate": rep["digit_rate"], "background_rate": rep["background_rate"],
+            "composition_success": rep["success"],
+            "source_digit_rate": float((rep["pred_digit"] == b_digit).mean()),
+            "mae_outside_mask": float(err[outside].mean()),
+        }
+        rows.append(out[:8])
+    # The initializer word alone: which digit appears, and how often it is the other class.
+    out = inpaint(pipe, b_img, masks, ["a photo of a digit digit"] * n, seed=seed, guidance_scale=guidance_scale)
+    rep = composition_report(out, probes["other_class_word"], b_bg, oracle=oracle)
+    inpaint_report["initializer_word_digit"] = {
+        "prompt": "a photo of a digit digit",
+        "other_class_rate": rep["digit_rate"], "background_rate": rep["background_rate"],
+        "source_digit_rate": float((rep["pred_digit"] == b_digit).mean()),
+    }
+    rows.append(out[:8])
+    return inpaint_report
+
+
 def measure(n: int = 64, seed: int = 0, dilation: int = 4, guidance_scale: float = 5.0,
             grid_path: str | None = None) -> dict:
     """The quality report described in the module docstring, on ``n`` images per probe."""
@@ -78,7 +118,7 @@ def measure(n: int = 64, seed: int = 0, dilation: int = 4, guidance_scale: float
 
     from spuraug.data.toy import ToyConfig, ToyDataset
     from spuraug.toyworld.oracle import load_oracle, predict
-    from spuraug.toyworld.quality import composition_report, segmentation_iou
+    from spuraug.toyworld.quality import segmentation_iou
     from spuraug.toyworld.world import WorldConfig, generate_world
     from spuraug.toyworld.zoo import resolve_model_id
 
@@ -112,37 +152,16 @@ def measure(n: int = 64, seed: int = 0, dilation: int = 4, guidance_scale: float
         report[f"clipseg_area_{name}"] = {"pred": float(pred.mean()), "true": float(true.mean())}
 
     pipe = load_inpainter()
-    masks = dilate_masks(b_mask, dilation)
     other = {3: 8, 8: 3}
     probes = {
         "other_class_word": np.asarray([other.get(int(d), (int(d) + 5) % 10) for d in b_digit]),
         "random_other_word": np.asarray([(int(d) + int(rng.integers(1, 10))) % 10 for d in b_digit]),
     }
     rows = [b_img[:8]]
-    inpaint_report = {}
-    for probe, targets in probes.items():
-        prompts = [f"a photo of a {DIGIT_WORDS[t]} digit" for t in targets]
-        out = inpaint(pipe, b_img, masks, prompts, seed=seed, guidance_scale=guidance_scale)
-        rep = composition_report(out, targets, b_bg, oracle=oracle)
-        outside = ~masks
-        err = np.abs(out.astype(np.float32) - b_img.astype(np.float32)).mean(axis=-1)
-        inpaint_report[probe] = {
-            "digit_rate": rep["digit_rate"], "background_rate": rep["background_rate"],
-            "composition_success": rep["success"],
-            "source_digit_rate": float((rep["pred_digit"] == b_digit).mean()),
-            "mae_outside_mask": float(err[outside].mean()),
-        }
-        rows.append(out[:8])
-    # The initializer word alone: which digit appears, and how often it is the other class.
-    out = inpaint(pipe, b_img, masks, ["a photo of a digit digit"] * n, seed=seed, guidance_scale=guidance_scale)
-    rep = composition_report(out, probes["other_class_word"], b_bg, oracle=oracle)
-    inpaint_report["initializer_word_digit"] = {
-        "prompt": "a photo of a digit digit",
-        "other_class_rate": rep["digit_rate"], "background_rate": rep["background_rate"],
-        "source_digit_rate": float((rep["pred_digit"] == b_digit).mean()),
-    }
-    rows.append(out[:8])
-    report["inpainting_benchmark"] = inpaint_report
+    for kind, masks in (("", dilate_masks(b_mask, dilation)), ("_box", box_masks(b_mask, 2))):
+        report[f"inpainting_benchmark{kind}"] = _inpaint_probes(pipe, oracle, b_img, b_digit, b_bg, masks, probes,
+                                                                seed, guidance_scale, rows)
+    report["inpainting_benchmark_box"]["mask"] = "object bounding box grown by 2 px (DDB's toy mask_mode: box)"
 
     # Text-to-image through the inpainting model (what textual inversion trains through).
     words = np.arange(n) % 10
@@ -188,6 +207,45 @@ def variance_report(n_per_kind: int = 60, seed: int = 0) -> dict:
     return report
 
 
+@torch.no_grad()
+def text_usage_gap(n: int = 192, seed: int = 1000, timesteps: tuple[int, ...] = (300, 500, 700, 900)) -> dict:
+    """Does the zoo's UNet use the digit word? On held-out world images with box masks (grown
+    by 2 px), the UNet's x0 error on the object's latent cells with the true digit word vs
+    another digit word ("a photo of a {word} digit"), same noise, per timestep. A word the
+    model ignores gives equal errors; a used word gives a larger error when wrong."""
+    import torch.nn.functional as F
+
+    from spuraug.toyworld.recipe import build_training_scheduler, encode_latents, to_model_range, tokenize
+    from spuraug.toyworld.world import WorldConfig, generate_world
+
+    pipe = load_inpainter()
+    world = generate_world(WorldConfig(n_per_kind=max(1, n // 60 + 1), seed=seed)).subset(np.arange(n))
+    masks = box_masks(world.masks, 2)
+    x = to_model_range(world.images)
+    gen = torch.Generator().manual_seed(seed)
+    z0 = encode_latents(pipe.vae, x, gen)
+    zm = encode_latents(pipe.vae, x * torch.from_numpy(~masks)[:, None], gen)
+    m_lat = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=z0.shape[-2:])
+    obj = F.max_pool2d(torch.from_numpy(world.masks)[:, None].float(), x.shape[-1] // z0.shape[-1]) > 0
+    alphas = build_training_scheduler().alphas_cumprod
+    words = {"true": world.digits, "other": (world.digits + 5) % 10}
+    cond = {k: pipe.text_encoder(tokenize(pipe.tokenizer, [f"a photo of a {DIGIT_WORDS[d]} digit" for d in v]))[0]
+            for k, v in words.items()}
+    out: dict = {"n": n, "world_seed": seed, "mask": "object box grown by 2 px", "x0_error_on_object_cells": {}}
+    for t in timesteps:
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(t))
+        a = alphas[t]
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        inp = torch.cat([zt, m_lat, zm], dim=1)
+        err = {}
+        for k, c in cond.items():
+            pred = pipe.unet(inp, torch.full((n,), t), c).sample
+            err[k] = float((((pred - z0) ** 2) * obj).sum() / (obj.sum() * z0.shape[1]))
+        out["x0_error_on_object_cells"][str(t)] = {**{k: round(v, 5) for k, v in err.items()},
+                                                   "gap": round(err["other"] - err["true"], 5)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spuraug.toyworld.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -201,10 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variance", action="store_true",
                         help="instead: how much of the object box's variance the digit, colour and "
                              "background explain on the world (why colour words are in the captions)")
+    parser.add_argument("--text-gap", action="store_true",
+                        help="instead: the UNet's object-cell x0 error with the true vs another digit word")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.variance:
         report = variance_report(seed=args.seed)
+    elif args.text_gap:
+        report = text_usage_gap()
     else:
         report = measure(args.n, args.seed, args.dilation, args.guidance_scale, args.grid)
     text = json.dumps(report, indent=2)

@@ -273,7 +273,8 @@ def build_clipseg_processor(tokenizer):
 
 def to_model_range(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (the VAE's range)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # np.array copies: world arrays are read-only, and torch warns on non-writable memory.
+    return torch.from_numpy(np.array(images, dtype=np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def sample_training_masks(masks: np.ndarray, rng: np.random.Generator, mix: tuple[float, ...]) -> np.ndarray:
