@@ -46,6 +46,33 @@ def _read(paths: list[str], target_class, source_class, source_a, cfg) -> dict[s
     return {"digit": ok_digit, "background": ok_bg, "source_digit": src_digit}
 
 
+def object_colour(image_path: str, mask_path: str) -> str:
+    """The colour word of the edited object: the mean of the most saturated third of the
+    pixels in the mask's bounding box (the object is saturated; the toy backgrounds are
+    mostly not), named by :func:`spuraug.toyworld.render.color_index`."""
+    from spuraug.toyworld.render import COLOR_WORDS, color_index
+
+    g = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float64) / 255.0
+    with Image.open(mask_path) as im:
+        m = np.asarray(im.convert("L").resize(g.shape[1::-1], Image.Resampling.NEAREST)) > 127
+    ys, xs = np.nonzero(m)
+    if len(ys) == 0:
+        return "none"
+    box = g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].reshape(-1, 3)
+    sat = box.max(axis=1) - box.min(axis=1)
+    return COLOR_WORDS[color_index(box[sat >= np.quantile(sat, 2 / 3)].mean(axis=0))]
+
+
+def _colours_by_target(paths, masks, target_class) -> dict:
+    """Per target class: the most frequent object colour word and its share."""
+    words = pd.Series([object_colour(p, m) for p, m in zip(paths, masks)])
+    out = {}
+    for c in sorted(set(int(v) for v in target_class)):
+        counts = words[np.asarray(target_class) == c].value_counts()
+        out[str(c)] = {"top": counts.index[0], "share": round(float(counts.iloc[0] / counts.sum()), 3)}
+    return out
+
+
 def _rates(r: dict[str, np.ndarray], sel: np.ndarray) -> dict:
     if not sel.any():
         return {"n": 0, "target_digit": None, "background_kept": None, "both": None}
@@ -103,13 +130,19 @@ def main(argv: list[str] | None = None) -> dict:
            "oracle_reads_source_digit": float(r["source_digit"].mean())}
     for name, sel in (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep)):
         out[name] = _rates(r, sel)
+    # Does the learned token carry its class's spurious context (the toy: the majority
+    # background's colour) into the object? The edited object's colour per target class.
+    out["object_colour_by_target_class"] = _colours_by_target(list(t.generated_path), list(t.mask_path),
+                                                              t.target_class)
     if args.initializer:
         stage = _newest(f"{base}/inpaint-*/samples.csv").parent
         probe, folder = initializer_probe(stage, args.initializer_word, train, train.n_classes)
         probe = probe.set_index("sample_id").loc[t.sample_id]
         ri = _read([str(folder / f) for f in probe.file], probe.target_class, probe.source_class, src_a, cfg)
         out["initializer"] = {"word": args.initializer_word, "folder": str(folder),
-                              "all": _rates(ri, np.ones(len(t), bool))}
+                              "all": _rates(ri, np.ones(len(t), bool)),
+                              "object_colour_by_target_class": _colours_by_target(
+                                  [str(folder / f) for f in probe.file], list(probe["mask"]), probe.target_class)}
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,27 @@
+"""bench.ddb_toy_oracle's object-colour reading on constructed images."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def test_object_colour_reads_the_saturated_object_in_the_mask_box(tmp_path):
+    from bench.ddb_toy_oracle import _colours_by_target, object_colour
+
+    paths, masks = [], []
+    for i, rgb in enumerate(((230, 40, 30), (40, 60, 220))):
+        img = np.full((64, 64, 3), 128, np.uint8)  # grey, unsaturated background
+        img[20:40, 24:32] = rgb  # a saturated stroke inside the box
+        img[0:5, 0:5] = (0, 255, 0)  # a saturated patch outside the box: ignored
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:44, 20:36] = 255
+        paths.append(str(tmp_path / f"g{i}.png"))
+        masks.append(str(tmp_path / f"m{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+        Image.fromarray(mask).save(masks[-1])
+    assert [object_colour(p, m) for p, m in zip(paths, masks)] == ["red", "blue"]
+    rep = _colours_by_target(paths + paths[:1], masks + masks[:1], [0, 1, 0])
+    assert rep == {"0": {"top": "red", "share": 1.0}, "1": {"top": "blue", "share": 1.0}}
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "empty.png")
+    assert object_colour(paths[0], str(tmp_path / "empty.png")) == "none"
