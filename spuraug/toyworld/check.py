@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS
+from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, object_box
 
 
 def load_inpainter(model_id: str = "spuraug/toy-sd-inpainting"):
@@ -75,9 +75,8 @@ def box_masks(masks: np.ndarray, grow: int = 0) -> np.ndarray:
     """Each object's bounding box (grown by ``grow`` px) as a bool mask."""
     out = np.zeros(masks.shape, dtype=bool)
     for i, m in enumerate(masks):
-        ys, xs = np.nonzero(m)
-        if len(ys):
-            out[i, max(ys.min() - grow, 0) : ys.max() + 1 + grow, max(xs.min() - grow, 0) : xs.max() + 1 + grow] = True
+        if (box := object_box(m, grow)) is not None:
+            out[i][box] = True
     return out
 
 
@@ -215,7 +214,14 @@ def text_usage_gap(n: int = 192, seed: int = 1000, timesteps: tuple[int, ...] = 
     model ignores gives equal errors; a used word gives a larger error when wrong."""
     import torch.nn.functional as F
 
-    from spuraug.toyworld.recipe import build_training_scheduler, encode_latents, to_model_range, tokenize
+    from spuraug.toyworld.recipe import (
+        build_training_scheduler,
+        encode_latents,
+        object_cells,
+        to_model_range,
+        tokenize,
+        unet_input,
+    )
     from spuraug.toyworld.world import WorldConfig, generate_world
 
     pipe = load_inpainter()
@@ -226,7 +232,7 @@ def text_usage_gap(n: int = 192, seed: int = 1000, timesteps: tuple[int, ...] = 
     z0 = encode_latents(pipe.vae, x, gen)
     zm = encode_latents(pipe.vae, x * torch.from_numpy(~masks)[:, None], gen)
     m_lat = F.interpolate(torch.from_numpy(masks)[:, None].float(), size=z0.shape[-2:])
-    obj = F.max_pool2d(torch.from_numpy(world.masks)[:, None].float(), x.shape[-1] // z0.shape[-1]) > 0
+    obj = object_cells(world.masks)[:, None]
     alphas = build_training_scheduler().alphas_cumprod
     words = {"true": world.digits, "other": (world.digits + 5) % 10}
     cond = {k: pipe.text_encoder(tokenize(pipe.tokenizer, [f"a photo of a {DIGIT_WORDS[d]} digit" for d in v]))[0]
@@ -234,9 +240,7 @@ def text_usage_gap(n: int = 192, seed: int = 1000, timesteps: tuple[int, ...] = 
     out: dict = {"n": n, "world_seed": seed, "mask": "object box grown by 2 px", "x0_error_on_object_cells": {}}
     for t in timesteps:
         noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(t))
-        a = alphas[t]
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        inp = torch.cat([zt, m_lat, zm], dim=1)
+        inp = unet_input(z0, noise, alphas[t], m_lat, zm)
         err = {}
         for k, c in cond.items():
             pred = pipe.unet(inp, torch.full((n,), t), c).sample

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS
+from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, object_box
 
 
 def _as_masks(masks, name: str) -> np.ndarray:
@@ -121,10 +121,11 @@ def box_crops(arrays: np.ndarray, masks: np.ndarray, size: int = 8) -> np.ndarra
     scale = masks.shape[1] // arrays.shape[2]
     out = np.empty((len(arrays), arrays.shape[1], size, size), dtype=np.float32)
     for i, (a, m) in enumerate(zip(arrays, masks)):
-        ys, xs = np.nonzero(m)
-        if len(ys) == 0:
+        box = object_box(m)
+        if box is None:
             raise ValueError(f"mask {i} is empty: no object box to crop")
-        crop = a[:, ys.min() // scale : ys.max() // scale + 1, xs.min() // scale : xs.max() // scale + 1]
+        ys, xs = box
+        crop = a[:, ys.start // scale : (ys.stop - 1) // scale + 1, xs.start // scale : (xs.stop - 1) // scale + 1]
         t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None]
         out[i] = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
     return out

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, IMAGE_SIZE
+from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, IMAGE_SIZE, object_box
 from spuraug.toyworld.world import (
     SEGMENTER_OBJECT_PROMPT,
     World,
@@ -297,12 +297,13 @@ def sample_training_masks(masks: np.ndarray, rng: np.random.Generator, mix: tupl
             r = int(rng.integers(2, 9)) if k == 1 else int(rng.integers(0, 2))
             out[i] = ndimage.binary_dilation(m, iterations=r) if r else m
         elif k == 2:
-            ys, xs = np.nonzero(m)
-            if len(ys) == 0:
+            box = object_box(m)
+            if box is None:
                 out[i] = 1.0
                 continue
             g = rng.integers(0, 7, size=4)
-            out[i, max(ys.min() - g[0], 0) : ys.max() + 1 + g[1], max(xs.min() - g[2], 0) : xs.max() + 1 + g[3]] = 1
+            ys, xs = box
+            out[i, max(ys.start - g[0], 0) : ys.stop + g[1], max(xs.start - g[2], 0) : xs.stop + g[3]] = 1
         else:
             h, w = rng.integers(size // 4, size * 3 // 4 + 1, size=2)
             y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
@@ -460,6 +461,21 @@ def precompute_inpainting_latents(world: World, vae, recipe: ZooRecipe, work: Pa
     return pre
 
 
+def object_cells(masks: np.ndarray) -> torch.Tensor:
+    """Bool (N, 16, 16): the latent cells each (N, 64, 64) object mask touches (any pixel
+    of the cell's 4x4 patch)."""
+    m = torch.from_numpy(np.asarray(masks)).float()[:, None]
+    return F.max_pool2d(m, IMAGE_SIZE // LATENT_SIZE)[:, 0] > 0
+
+
+def unet_input(z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, m_lat: torch.Tensor,
+               zm: torch.Tensor) -> torch.Tensor:
+    """The 9-channel inpainting UNet input for clean latents ``z0`` noised to cumulative alpha
+    ``alpha_bar`` (scalar or per sample): noisy latents, latent mask, masked-image latents."""
+    a = torch.as_tensor(alpha_bar).reshape(-1, 1, 1, 1)
+    return torch.cat([a.sqrt() * z0 + (1 - a).sqrt() * noise, m_lat, zm], dim=1)
+
+
 def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, progress: bool = True):
     """Train the 9-channel inpainting UNet jointly with the text encoder; returns (unet, text_encoder)
     holding the EMA weights."""
@@ -481,8 +497,9 @@ def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, prog
     alphas = sched.alphas_cumprod
     vae.eval()
     pre = precompute_inpainting_latents(world, vae, recipe, work, progress)
-    # Latent cells the object covers (any pixel of its 4x4 patch).
-    pre["obj"] = F.max_pool2d(torch.from_numpy(world.masks).float()[:, None], IMAGE_SIZE // LATENT_SIZE)[:, 0] > 0
+    pre["obj"] = object_cells(world.masks)
+    if recipe.prediction_type not in ("sample", "epsilon"):
+        raise ValueError(f"prediction_type must be 'sample' or 'epsilon', got {recipe.prediction_type!r}")
     full_share = recipe.mask_mix[0] / sum(recipe.mask_mix)
     bar = tqdm(range(start, recipe.unet_steps), desc="unet+text", disable=not progress, initial=start,
                total=recipe.unet_steps)
@@ -502,13 +519,10 @@ def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, prog
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         ids = tokenize(tokenizer, _captions_for(world, idx, rng, recipe))
         cond = text_encoder(ids).last_hidden_state
-        pred = unet(torch.cat([zt, m_lat, zm], dim=1), t, cond).sample
+        pred = unet(unet_input(z0, noise, a, m_lat, zm), t, cond).sample
         target = z0 if recipe.prediction_type == "sample" else noise
-        if recipe.prediction_type not in ("sample", "epsilon"):
-            raise ValueError(f"prediction_type must be 'sample' or 'epsilon', got {recipe.prediction_type!r}")
         weight = torch.ones(len(idx))
         if recipe.min_snr_gamma > 0 and recipe.prediction_type == "epsilon":
             snr = (a / (1 - a)).view(-1)

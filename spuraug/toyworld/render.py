@@ -176,6 +176,16 @@ def compose(background: np.ndarray, alpha: np.ndarray, color: tuple[float, float
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def object_box(mask: np.ndarray, grow: int = 0) -> tuple[slice, slice] | None:
+    """The (rows, cols) slices of ``mask``'s bounding box grown by ``grow`` px (clipped at
+    the top/left; slicing clips the bottom/right), or None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    return (slice(max(int(ys.min()) - grow, 0), int(ys.max()) + 1 + grow),
+            slice(max(int(xs.min()) - grow, 0), int(xs.max()) + 1 + grow))
+
+
 def render_scene_with_pose(
     digit: int,
     background: str,
