@@ -35,37 +35,45 @@ def _newest(pattern: str) -> Path:
     return Path(max(found, key=os.path.getmtime))
 
 
-def _read(paths: list[str], target_class, source_class, source_a, cfg) -> dict[str, np.ndarray]:
+def _load(paths) -> list[Image.Image]:
+    """Each generated image, read once (the oracle and the colour reading share it)."""
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def _read(images: list[Image.Image], target_class, source_class, source_a, cfg) -> dict[str, np.ndarray]:
     from spuraug.toyworld.oracle import load_oracle, predict
     from spuraug.toyworld.render import BACKGROUNDS
 
-    d, b = predict(load_oracle(), [Image.open(p).convert("RGB") for p in paths])
+    d, b = predict(load_oracle(), images)
     ok_digit = d == np.array([cfg.digits[c] for c in target_class])
     ok_bg = np.array([BACKGROUNDS[k] for k in b]) == np.array([cfg.backgrounds[a] for a in source_a])
     src_digit = d == np.array([cfg.digits[c] for c in source_class])
     return {"digit": ok_digit, "background": ok_bg, "source_digit": src_digit}
 
 
-def object_colour(image_path: str, mask_path: str) -> str:
+def object_colour(image: Image.Image, mask_path: str) -> str:
     """The colour word of the edited object: the mean of the most saturated third of the
     pixels in the mask's bounding box (the object is saturated; the toy backgrounds are
     mostly not), named by :func:`spuraug.toyworld.render.color_index`."""
-    from spuraug.toyworld.render import COLOR_WORDS, color_index
+    from spuraug.toyworld.render import COLOR_WORDS, color_index, object_box
 
-    g = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float64) / 255.0
+    g = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     with Image.open(mask_path) as im:
         m = np.asarray(im.convert("L").resize(g.shape[1::-1], Image.Resampling.NEAREST)) > 127
-    ys, xs = np.nonzero(m)
-    if len(ys) == 0:
+    if (region := object_box(m)) is None:
         return "none"
-    box = g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].reshape(-1, 3)
+    box = g[region].reshape(-1, 3)
     sat = box.max(axis=1) - box.min(axis=1)
     return COLOR_WORDS[color_index(box[sat >= np.quantile(sat, 2 / 3)].mean(axis=0))]
 
 
-def _colours_by_target(paths, masks, target_class) -> dict:
+def _colours_by_target(images, masks, target_class) -> dict:
     """Per target class: the most frequent object colour word and its share."""
-    words = pd.Series([object_colour(p, m) for p, m in zip(paths, masks)])
+    words = pd.Series([object_colour(im, m) for im, m in zip(images, masks)])
     out = {}
     for c in sorted(set(int(v) for v in target_class)):
         counts = words[np.asarray(target_class) == c].value_counts()
@@ -124,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ToyConfig()
     train = ToyDataset("train", cfg)
     src_a = np.array([train.a[int(s)] for s in t.source_id])
-    r = _read(list(t.generated_path), t.target_class, t.source_class, src_a, cfg)
+    images = _load(t.generated_path)
+    r = _read(images, t.target_class, t.source_class, src_a, cfg)
     keep = t.keep.to_numpy(bool)
     out = {"prune_table": str(table), "sources_majority_share": float((src_a == t.source_class).mean()),
            "oracle_reads_source_digit": float(r["source_digit"].mean())}
@@ -132,17 +141,18 @@ def main(argv: list[str] | None = None) -> dict:
         out[name] = _rates(r, sel)
     # Does the learned token carry its class's spurious context (the toy: the majority
     # background's colour) into the object? The edited object's colour per target class.
-    out["object_colour_by_target_class"] = _colours_by_target(list(t.generated_path), list(t.mask_path),
+    out["object_colour_by_target_class"] = _colours_by_target(images, list(t.mask_path),
                                                               t.target_class)
     if args.initializer:
         stage = _newest(f"{base}/inpaint-*/samples.csv").parent
         probe, folder = initializer_probe(stage, args.initializer_word, train, train.n_classes)
         probe = probe.set_index("sample_id").loc[t.sample_id]
-        ri = _read([str(folder / f) for f in probe.file], probe.target_class, probe.source_class, src_a, cfg)
+        probe_images = _load(folder / f for f in probe.file)
+        ri = _read(probe_images, probe.target_class, probe.source_class, src_a, cfg)
         out["initializer"] = {"word": args.initializer_word, "folder": str(folder),
                               "all": _rates(ri, np.ones(len(t), bool)),
                               "object_colour_by_target_class": _colours_by_target(
-                                  [str(folder / f) for f in probe.file], list(probe["mask"]), probe.target_class)}
+                                  probe_images, list(probe["mask"]), probe.target_class)}
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

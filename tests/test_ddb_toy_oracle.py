@@ -20,8 +20,9 @@ def test_object_colour_reads_the_saturated_object_in_the_mask_box(tmp_path):
         masks.append(str(tmp_path / f"m{i}.png"))
         Image.fromarray(img).save(paths[-1])
         Image.fromarray(mask).save(masks[-1])
-    assert [object_colour(p, m) for p, m in zip(paths, masks)] == ["red", "blue"]
-    rep = _colours_by_target(paths + paths[:1], masks + masks[:1], [0, 1, 0])
+    images = [Image.open(p) for p in paths]
+    assert [object_colour(im, m) for im, m in zip(images, masks)] == ["red", "blue"]
+    rep = _colours_by_target(images + images[:1], masks + masks[:1], [0, 1, 0])
     assert rep == {"0": {"top": "red", "share": 1.0}, "1": {"top": "blue", "share": 1.0}}
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "empty.png")
-    assert object_colour(paths[0], str(tmp_path / "empty.png")) == "none"
+    assert object_colour(images[0], str(tmp_path / "empty.png")) == "none"
