@@ -110,8 +110,8 @@ def fingerprint(model_id: str) -> str:
     path = Path(resolve(model_id))
     if not path.is_dir():
         return revision_of(model_id)
-    listing = tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                    for p in sorted(path.rglob("*")) if p.is_file())
+    files = [p for p in sorted(path.rglob("*")) if p.is_file()]
+    listing = tuple((str(p.relative_to(path)), st.st_size, st.st_mtime_ns) for p in files for st in (p.stat(),))
     return _folder_digest(str(path), listing)
 
 
