@@ -192,3 +192,46 @@ def test_variance_explained_and_box_crops_on_constructed_cases():
     assert crop.shape == (1, 1, 4, 4) and np.allclose(crop, 7.0)
     with pytest.raises(ValueError, match="mask 0 is empty"):
         box_crops(arr, np.zeros((1, 16, 16), bool))
+
+
+def test_training_timesteps_are_uniform_at_power_one_and_tilted_to_high_noise_below():
+    from spuraug.toyworld.recipe import sample_timesteps
+
+    def draw(power):
+        return sample_timesteps(20000, power, torch.Generator().manual_seed(0))
+
+    uniform, tilted = draw(1.0), draw(0.4)
+    for t in (uniform, tilted):
+        assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    assert abs(float(uniform.float().mean()) - 499.5) < 10
+    assert abs(float((uniform >= 700).float().mean()) - 0.3) < 0.02
+    # P(999 u^0.4 >= 700) = 1 - 0.7^2.5 ~ 0.59: more than half the steps at high noise.
+    assert abs(float((tilted >= 700).float().mean()) - (1 - 0.7 ** 2.5)) < 0.02
+    assert torch.equal(draw(0.4), tilted)  # same generator seed, same timesteps
+
+
+def test_unet_loss_weights_object_cells_and_fully_masked_samples():
+    from dataclasses import replace
+
+    from spuraug.toyworld.recipe import ZooRecipe, unet_loss
+
+    rec = replace(ZooRecipe(), object_loss_weight=0.0, full_mask_loss_weight=1.0)
+    target = torch.zeros(2, 4, 16, 16)
+    pred = torch.zeros(2, 4, 16, 16)
+    pred[0] = 1.0  # sample 0 is off by 1 everywhere, sample 1 is exact
+    obj = torch.zeros(2, 16, 16, dtype=torch.bool)
+    a = torch.full((2, 1, 1, 1), 0.5)
+    partial, full0 = torch.tensor([False, False]), torch.tensor([True, False])
+    assert float(unet_loss(pred, target, a, obj, partial, rec)) == pytest.approx(0.5)
+    # Sample 0 fully masked at weight 0.1: its share of the batch loss shrinks tenfold.
+    assert float(unet_loss(pred, target, a, obj, full0, replace(rec, full_mask_loss_weight=0.1))) == pytest.approx(0.05)
+    assert float(unet_loss(pred, target, a, obj, partial, replace(rec, full_mask_loss_weight=0.1))) == pytest.approx(0.5)
+    # Object weighting: an error only on object cells counts (1 + w) / mean(cell weight) times.
+    pred2 = torch.zeros(2, 4, 16, 16)
+    obj2 = torch.zeros(2, 16, 16, dtype=torch.bool)
+    obj2[:, :4, :4] = True  # 16 of 256 cells
+    pred2[:, :, :4, :4] = 1.0
+    plain = float(unet_loss(pred2, target, a, obj2, partial, rec))
+    weighted = float(unet_loss(pred2, target, a, obj2, partial, replace(rec, object_loss_weight=4.0)))
+    assert plain == pytest.approx(16 / 256)
+    assert weighted == pytest.approx(16 / 256 * 5 / (1 + 4 * 16 / 256))

@@ -75,7 +75,7 @@ class ZooRecipe:
     oracle_lr: float = 1.5e-3
     # UNet + text encoder.
     unet_channels: tuple[int, ...] = (32, 48, 64)
-    unet_steps: int = 1800
+    unet_steps: int = 2400
     unet_batch: int = 48
     unet_lr: float = 1.5e-3
     #: Partial masks pre-drawn (and their masked-image latents pre-encoded) per world image.
@@ -89,19 +89,30 @@ class ZooRecipe:
     caption_dropout: float = 0.1
     short_caption_share: float = 0.4
     #: Share of (non-empty) captions that name the object's colour ("a photo of a red three
-    #: digit"). Object colours are random, so without the colour word the digit word
-    #: explains almost none of the object region's variance (0.4% of its latents, inside
-    #: the object's box): the x0 loss gives the digit word no gradient until the colour is
-    #: known. Naming the colour makes text useful from the first steps, and the digit word
-    #: then steers the shape (see docs/toyworld.md).
-    color_caption_share: float = 0.6
+    #: digit"). Off: naming the colour (recipe dec614d54763, 0.6) taught the UNet to paint
+    #: the named colour but not the digit, and textual inversion then learned a colour (the
+    #: class's majority background's) instead of a digit. What made the digit word steer was
+    #: ``timestep_power`` and ``full_mask_loss_weight`` (docs/toyworld.md).
+    color_caption_share: float = 0.0
     #: Share of each training-mask kind (full, dilated object, object box, random box,
     #: tight object); the rest of the probability mass is renormalised.
-    mask_mix: tuple[float, ...] = (0.25, 0.15, 0.4, 0.1, 0.1)
+    mask_mix: tuple[float, ...] = (0.25, 0.05, 0.55, 0.05, 0.1)
     #: Extra loss weight on the latent cells the object covers (the loss is renormalised per
     #: image): the object is ~12% of an image and the background, easy to copy, would
     #: otherwise dominate the gradient.
     object_loss_weight: float = 4.0
+    #: Training timesteps are drawn as ``999 * u ** timestep_power`` (u uniform): below 1,
+    #: high noise levels are drawn more often. Which digit a box holds is decided at high
+    #: noise (at low noise the noisy latents already show it), so this is where the digit
+    #: word can lower the loss; uniform timesteps (1.0) spend most steps where text does not
+    #: matter. In the spirit of P2 weighting (Choi et al. 2022). See docs/toyworld.md.
+    timestep_power: float = 0.4
+    #: Loss weight of the fully masked (text-to-image) samples relative to the partially
+    #: masked ones. A fully masked sample must draw the whole image from text and noise; its
+    #: error is several times a box sample's, and at full weight those gradients kept the
+    #: UNet from ever starting to use the digit word (docs/toyworld.md, "what made the digit
+    #: word steer").
+    full_mask_loss_weight: float = 0.1
     # CLIPSeg.
     seg_steps: int = 300
     seg_batch: int = 32
@@ -476,6 +487,32 @@ def unet_input(z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, m
     return torch.cat([a.sqrt() * z0 + (1 - a).sqrt() * noise, m_lat, zm], dim=1)
 
 
+def sample_timesteps(n: int, power: float, generator: torch.Generator, num_train_timesteps: int = 1000):
+    """``n`` training timesteps ``floor((T - 1) * u ** power + 0.5)`` for u ~ U[0, 1): uniform
+    for ``power`` 1, tilted towards high noise (large t) for ``power`` < 1."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return ((num_train_timesteps - 1) * u ** power + 0.5).floor().long()
+
+
+def unet_loss(pred: torch.Tensor, target: torch.Tensor, alpha_bar: torch.Tensor, obj: torch.Tensor,
+              full: torch.Tensor, recipe: ZooRecipe) -> torch.Tensor:
+    """The UNet's training loss: per-element MSE, the object's latent cells ``obj`` (N, 16, 16)
+    weighted ``1 + object_loss_weight`` (renormalised per image), then per sample Min-SNR
+    weights (epsilon prediction only) and ``full_mask_loss_weight`` on the fully masked
+    samples ``full`` (N,) bool; the batch mean."""
+    weight = torch.ones(len(pred))
+    if recipe.min_snr_gamma > 0 and recipe.prediction_type == "epsilon":
+        snr = (alpha_bar / (1 - alpha_bar)).view(-1)
+        weight = snr.clamp(max=recipe.min_snr_gamma) / snr
+    err = F.mse_loss(pred, target, reduction="none")
+    if recipe.object_loss_weight > 0:
+        cell = 1.0 + recipe.object_loss_weight * obj[:, None].float()
+        err = err * cell / cell.mean(dim=(1, 2, 3), keepdim=True)
+    if recipe.full_mask_loss_weight != 1.0:
+        weight = weight * torch.where(full, recipe.full_mask_loss_weight, 1.0)
+    return (err.mean(dim=(1, 2, 3)) * weight).mean()
+
+
 def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, progress: bool = True):
     """Train the 9-channel inpainting UNet jointly with the text encoder; returns (unet, text_encoder)
     holding the EMA weights."""
@@ -516,22 +553,14 @@ def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, prog
         m = torch.where(full.view(-1, 1, 1, 1), 1.0, pre["masks"][ti, k][:, None].float())
         zm = torch.where(full.view(-1, 1, 1, 1), pre["z_blank"], pre["zm"][ti, k])
         m_lat = F.interpolate(m, size=(LATENT_SIZE, LATENT_SIZE))
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        t = sample_timesteps(len(idx), recipe.timestep_power, gen, sched.config.num_train_timesteps)
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         ids = tokenize(tokenizer, _captions_for(world, idx, rng, recipe))
         cond = text_encoder(ids).last_hidden_state
         pred = unet(unet_input(z0, noise, a, m_lat, zm), t, cond).sample
         target = z0 if recipe.prediction_type == "sample" else noise
-        weight = torch.ones(len(idx))
-        if recipe.min_snr_gamma > 0 and recipe.prediction_type == "epsilon":
-            snr = (a / (1 - a)).view(-1)
-            weight = snr.clamp(max=recipe.min_snr_gamma) / snr
-        err = F.mse_loss(pred, target, reduction="none")
-        if recipe.object_loss_weight > 0:
-            cell = 1.0 + recipe.object_loss_weight * pre["obj"][ti][:, None].float()
-            err = err * cell / cell.mean(dim=(1, 2, 3), keepdim=True)
-        loss = (err.mean(dim=(1, 2, 3)) * weight).mean()
+        loss = unet_loss(pred, target, a, pre["obj"][ti], full, recipe)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, recipe.unet_steps, recipe.unet_lr)
         opt.zero_grad(set_to_none=True)
