@@ -165,3 +165,13 @@ def test_text_usage_probe_errors_grow_with_noise():
     low, high = rep["100"], rep["900"]
     assert 0 < low["true"] < high["true"] and 0 < low["other"] < high["other"]
     assert high["gap"] == pytest.approx(high["other"] - high["true"], abs=1e-4)
+
+
+@committed
+def test_committed_inpainter_uses_the_digit_word():
+    """A wrong digit word must cost x0 error on the object's cells at high noise (the zoo of
+    recipe dec614d54763 failed this: its gap was -0.0008 at t = 900 on 192 images)."""
+    from spuraug.toyworld.check import text_usage_gap
+
+    gap = text_usage_gap(n=96, timesteps=(900,))["x0_error_on_object_cells"]["900"]
+    assert gap["gap"] > 0.005 and gap["gap"] / gap["true"] > 0.01

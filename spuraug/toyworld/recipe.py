@@ -105,7 +105,8 @@ class ZooRecipe:
     #: high noise levels are drawn more often. Which digit a box holds is decided at high
     #: noise (at low noise the noisy latents already show it), so this is where the digit
     #: word can lower the loss; uniform timesteps (1.0) spend most steps where text does not
-    #: matter. In the spirit of P2 weighting (Choi et al. 2022). See docs/toyworld.md.
+    #: matter. In the spirit of P2 weighting (Choi et al. 2022). Its share in the committed
+    #: recipe's gain is not isolated (docs/toyworld.md).
     timestep_power: float = 0.4
     #: Loss weight of the fully masked (text-to-image) samples relative to the partially
     #: masked ones. A fully masked sample must draw the whole image from text and noise; its
