@@ -32,41 +32,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
-
-def _prepare(world, vae, grow: int = 2, seed: int = 0):
-    from spuraug.toyworld import recipe as R
-    from spuraug.toyworld.check import box_masks
-
-    m = box_masks(world.masks, grow)
-    x = R.to_model_range(world.images)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        z0 = torch.cat([R.encode_latents(vae, x[j : j + 256], g) for j in range(0, len(x), 256)])
-        xm = x * torch.from_numpy(~m)[:, None]
-        zm = torch.cat([R.encode_latents(vae, xm[j : j + 256], g) for j in range(0, len(x), 256)])
-    ml = F.interpolate(torch.from_numpy(m)[:, None].float(), size=z0.shape[-2:])
-    return z0, zm, ml, R.object_cells(world.masks)
 
 
 def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_weight: float,
         threads: int = 2, every: int = 200) -> dict:
     from spuraug.toyworld import recipe as R
-    from spuraug.toyworld.check import load_inpainter
+    from spuraug.toyworld.check import box_inpainting_latents, load_inpainter, object_x0_gap
     from spuraug.toyworld.render import DIGIT_WORDS
     from spuraug.toyworld.world import WorldConfig, generate_world
 
     torch.set_num_threads(threads)
-    rec = replace(R.ZooRecipe(), color_caption_share=0.0, object_loss_weight=4.0,
-                  full_mask_loss_weight=full_weight)
+    rec = replace(R.ZooRecipe(), full_mask_loss_weight=full_weight)
     pipe = load_inpainter()
     vae, tok = pipe.vae, pipe.tokenizer
     world = generate_world(WorldConfig(n_per_kind=60, seed=0))
-    z0, zm, ml, obj = _prepare(world, vae)
+    z0, zm, ml = box_inpainting_latents(vae, world, grow=2, seed=0)
+    obj = R.object_cells(world.masks)
     held = generate_world(WorldConfig(n_per_kind=4, seed=1000)).subset(np.arange(192))
-    hz0, hzm, hml, hobj = _prepare(held, vae, seed=1)
-    hobj = hobj[:, None]
+    held_latents = box_inpainting_latents(vae, held, grow=2, seed=1)
     with torch.no_grad():
         z_blank = R.encode_latents(vae, torch.zeros(1, 3, 64, 64), torch.Generator().manual_seed(0))[0]
     torch.manual_seed(rec.seed + 3)
@@ -77,21 +60,13 @@ def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_
     rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)
 
-    @torch.no_grad()
     def gap() -> dict:
-        unet.eval(), te.eval()
-        out = {}
-        for t in (500, 900):
-            noise = torch.randn(hz0.shape, generator=torch.Generator().manual_seed(t))
-            inp = R.unet_input(hz0, noise, alphas[t], hml, hzm)
-            err = {}
-            for k, d in (("true", held.digits), ("other", (held.digits + 5) % 10)):
-                c = te(R.tokenize(tok, [f"a photo of a {DIGIT_WORDS[x]} digit" for x in d]))[0]
-                p = unet(inp, torch.full((len(d),), t), c).sample
-                err[k] = float((((p - hz0) ** 2) * hobj).sum() / (hobj.sum() * 4))
-            out[str(t)] = {"x0_error": round(err["true"], 5), "gap": round(err["other"] - err["true"], 5)}
-        unet.train(), te.train()
-        return out
+        unet.eval()
+        te.eval()
+        rep = object_x0_gap(unet, te, tok, held, *held_latents, timesteps=(500, 900))
+        unet.train()
+        te.train()
+        return {t: {"x0_error": r["true"], "gap": r["gap"]} for t, r in rep.items()}
 
     log, t0 = [], time.time()
     for step in range(steps):
@@ -106,9 +81,10 @@ def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_
         zmi = torch.where(full.view(-1, 1, 1, 1), z_blank, zm[ti])
         t = R.sample_timesteps(len(idx), tilt, gen)
         a = alphas[t].view(-1, 1, 1, 1)
-        noise = torch.randn(z0[ti].shape, generator=gen)
-        pred = unet(R.unet_input(z0[ti], noise, a, m, zmi), t, te(R.tokenize(tok, caps))[0]).sample
-        loss = R.unet_loss(pred, z0[ti], a, obj[ti], full, rec)
+        z = z0[ti]
+        noise = torch.randn(z.shape, generator=gen)
+        pred = unet(R.unet_input(z, noise, a, m, zmi), t, te(R.tokenize(tok, caps))[0]).sample
+        loss = R.unet_loss(pred, z, a, obj[ti], full, rec)
         for g in opt.param_groups:
             g["lr"] = R._lr_at(step, steps, rec.unet_lr)
         opt.zero_grad(set_to_none=True)
