@@ -125,6 +125,106 @@ def test_initializer_must_be_one_token(models):
         invert.add_tokens(comps, ["<x>"], "zebraphone")
 
 
+def _capture_unet_inputs(comps) -> list[torch.Tensor]:
+    """Record the UNet's input of every forward pass."""
+    seen: list[torch.Tensor] = []
+    real = comps.unet.forward
+
+    def forward(sample, *a, **k):
+        seen.append(sample.detach().clone())
+        return real(sample, *a, **k)
+
+    comps.unet.forward = forward
+    return seen
+
+
+def test_object_loss_region_masks_the_region_like_the_inpainting_pipeline(models, tmp_path):
+    """loss_region=object: the UNet sees the region as its mask channel and the image with
+    the region blanked (image * (mask < 0.5), VAE-encoded) as its masked-image latents."""
+    comps = invert.load_sd_components(str(models["sd9"]))
+    tid = invert.add_tokens(comps, ["<c0>"], "digit")[0]
+    images = _images(2, size=(16, 16))
+    region = np.zeros((16, 16), bool)
+    region[4:12, 0:8] = True  # a block of the left half
+    cfg = InvertConfig(resolution=16, max_train_steps=2, gradient_accumulation_steps=1, initializer_token="digit",
+                       noun="digit", loss_region="object", learning_rate=5e-2)
+    seen = _capture_unet_inputs(comps)
+    invert.train_token(comps, images, "<c0>", tid, cfg, tmp_path, regions=[region, region])
+    scale = comps.vae.config.scaling_factor
+    with torch.no_grad():
+        pix = torch.stack([invert.preprocess(im, 16) for im in images])
+        blank = comps.vae.encode(pix * torch.from_numpy(~region).float()).latent_dist.mean * scale
+    mask_lat = torch.nn.functional.interpolate(torch.from_numpy(region).float()[None, None], size=seen[0].shape[-2:])
+    for x in seen:
+        assert torch.equal(x[:, 4:5], mask_lat.expand(len(x), -1, -1, -1))
+        assert any(torch.allclose(x[0, 5:], blank[k], atol=1e-5) for k in range(2))
+
+
+def test_object_loss_region_ignores_the_prediction_outside_the_region(models, tmp_path):
+    """Only the region's cells enter the loss: a UNet whose output is changed outside the
+    region learns the same token; changed inside, a different one."""
+    cfg = InvertConfig(resolution=16, max_train_steps=2, gradient_accumulation_steps=1, initializer_token="digit",
+                       noun="digit", loss_region="object", learning_rate=5e-2)
+    region = np.zeros((16, 16), bool)
+    region[0:8, 0:8] = True  # the top-left quarter: latent cells [0:h/2, 0:w/2]
+
+    def learn(shift_where: str | None) -> torch.Tensor:
+        comps = invert.load_sd_components(str(models["sd9"]))
+        tid = invert.add_tokens(comps, ["<c0>"], "digit")[0]
+        real = comps.unet.forward
+
+        def forward(sample, *a, **k):
+            out = real(sample, *a, **k)
+            if shift_where is not None:
+                bump = torch.zeros_like(out.sample)
+                h, w = out.sample.shape[-2:]
+                sl = (slice(None), slice(None), slice(0, h // 2), slice(0, w // 2))
+                if shift_where == "outside":
+                    bump += 3.0 * out.sample.detach().sign()  # a large, grad-free change ...
+                    bump[sl] = 0.0  # ... everywhere but the region
+                else:
+                    bump[sl] = 3.0
+                out.sample = out.sample + bump
+            return out
+
+        comps.unet.forward = forward
+        return invert.train_token(comps, _images(2, size=(16, 16)), "<c0>", tid, cfg,
+                                  tmp_path / str(shift_where), regions=[region, region])
+
+    plain = learn(None)
+    assert torch.allclose(learn("outside"), plain, atol=1e-6)
+    assert not torch.allclose(learn("inside"), plain, atol=1e-4)
+
+
+def test_object_loss_region_without_a_found_object_is_whole_image_inversion(models, tmp_path):
+    kw = dict(resolution=16, max_train_steps=2, gradient_accumulation_steps=1, initializer_token="digit",
+              noun="digit", learning_rate=5e-2)
+
+    def learn(cfg, regions, name):
+        comps = invert.load_sd_components(str(models["sd9"]))
+        tid = invert.add_tokens(comps, ["<c0>"], "digit")[0]
+        return invert.train_token(comps, _images(2), "<c0>", tid, cfg, tmp_path / name, regions=regions)
+
+    whole = learn(InvertConfig(**kw), None, "image")
+    none_found = learn(InvertConfig(**kw, loss_region="object"), [None, np.zeros((20, 24), bool)], "object")
+    assert torch.allclose(whole, none_found, atol=1e-6)
+
+
+def test_object_loss_region_errors_name_the_option(models, tmp_path):
+    cfg = InvertConfig(resolution=16, max_train_steps=1, gradient_accumulation_steps=1, initializer_token="digit",
+                       noun="digit", loss_region="object")
+    comps = invert.load_sd_components(str(models["sd4"]))
+    tid = invert.add_tokens(comps, ["<c0>"], "digit")[0]
+    with pytest.raises(ValueError, match="loss_region.*9-channel"):
+        invert.train_token(comps, _images(2), "<c0>", tid, cfg, tmp_path / "a", regions=[None, None])
+    comps = invert.load_sd_components(str(models["sd9"]))
+    tid = invert.add_tokens(comps, ["<c0>"], "digit")[0]
+    with pytest.raises(ValueError, match="one region per image"):
+        invert.train_token(comps, _images(2), "<c0>", tid, cfg, tmp_path / "b", regions=[None])
+    with pytest.raises(ValueError, match="ddb.invert.loss_region"):
+        ddb_config({"invert": {"loss_region": "background"}})
+
+
 # ------------------------------------------------------------------ segmentation
 @pytest.mark.parametrize("backend", ["grounded_sam", "clipseg"])
 def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, backend):

@@ -169,3 +169,33 @@ def test_stage_keys_change_when_the_weights_behind_a_model_id_change(config_file
     after = keys()
     assert after[0] != before[0] and after[1] != before[1]
     assert hub.fingerprint(str(sd)).startswith("sha256:")
+
+
+def test_object_region_inversion_segments_its_images_and_keys_on_the_segmenter(config_file, tmp_path):
+    """invert.loss_region=object: the inversion images are segmented with the segment
+    stage's backend, shaped like the inpainting mask, saved for inspection, and the
+    inversion's cache key follows the segmenter and the mask shape (the paper's "image"
+    key does not)."""
+    from spuraug.ddb.method import config_from_hparams
+    from spuraug.ddb.pipeline import Stages
+
+    raw = yaml.safe_load(config_file.read_text())
+
+    def stages(region: str, **inpaint) -> Stages:
+        ddb = {**raw["ddb"], "invert": {**raw["ddb"]["invert"], "loss_region": region},
+               "inpaint": {**raw["ddb"]["inpaint"], **inpaint}}
+        return Stages("toy", 0, config_from_hparams(ddb), runs_dir=tmp_path, device="cpu",
+                      dataset_options=raw["dataset_options"])
+
+    image, obj = stages("image"), stages("object")
+    assert image.invert_artifact().key != obj.invert_artifact().key
+    assert image.invert_artifact().key == stages("image", mask_mode="box").invert_artifact().key
+    assert obj.invert_artifact().key != stages("object", mask_mode="box").invert_artifact().key
+    art = obj.invert()
+    m = json.loads((art.path / "manifest.json").read_text())
+    for c in (0, 1):
+        # clipseg_threshold 0 in this config: every image's mask is the whole image
+        assert m["classes"][str(c)]["regions_found"] == 3
+        regions = sorted((art.path / f"class{c}" / "regions").glob("*.png"))
+        assert [p.stem for p in regions] == sorted(str(i) for i in m["classes"][str(c)]["image_ids"])
+        assert (art.path / f"class{c}" / "learned_embeds.safetensors").is_file()

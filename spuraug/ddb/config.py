@@ -73,6 +73,14 @@ class InvertConfig:
     #: all zeros, encoded by the VAE ("encode", what the inpainting pipeline does for a
     #: full mask) or zero latents ("zeros").
     full_mask_latents: str = "encode"
+    #: Where the denoising loss is taken. "image": the whole image, text-to-image (the
+    #: paper; diffusers' textual_inversion.py). "object": through the inpainting model, on
+    #: the region the inpainting stage will repaint: each image's object is found by the
+    #: segment stage (its backend and prompt), shaped by ``inpaint.mask_mode`` and
+    #: ``inpaint.mask_dilation``, masked, and the loss is taken inside it only, so the token
+    #: has to explain the object, not the background (needs a 9-channel inpainting UNet;
+    #: an image where no object is found is used whole). Not in the paper: docs/ddb.md.
+    loss_region: str = "image"
     mixed_precision: str = "auto"  # auto: bf16 on CUDA for the frozen UNet/VAE, fp32 on CPU
     seed: int = 0
     checkpoint_every: int = 500  # diffusers --checkpointing_steps default
@@ -205,6 +213,7 @@ _CHOICES = {
     ("prune", "engine"): ("local", "ray"),
     ("prune", "ig_target"): ("new", "source"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
+    ("invert", "loss_region"): ("image", "object"),
 }
 
 

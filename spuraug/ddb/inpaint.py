@@ -112,7 +112,16 @@ def make_plan(sources: Sequence[Source], n_classes: int, base_seed: int) -> list
 
 def _read_mask(path: Path, size: tuple[int, int], dilation: int, mode: str = "mask") -> Image.Image:
     with Image.open(path) as im:
-        m = im.convert("L")
+        return region_from_mask(im.convert("L"), size, dilation, mode)
+
+
+def region_from_mask(mask: Image.Image | np.ndarray, size: tuple[int, int], dilation: int = 0,
+                     mode: str = "mask") -> Image.Image:
+    """The region inpainting repaints for an object ``mask`` (bool array or L image), at
+    ``size`` (W, H): the mask itself or its bounding box (``mode``), grown by ``dilation`` px;
+    an L image of 0/255."""
+    m = (Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255) if isinstance(mask, np.ndarray)
+         else mask.convert("L"))
     if m.size != size:
         m = m.resize(size, Image.Resampling.NEAREST)
     if mode == "box":

@@ -10,7 +10,8 @@ construction). Each class's embedding is saved as ``learned_embeds.safetensors``
 
 Works with a 4-channel text-to-image UNet (Stable Diffusion 2 base, the paper) and
 with a 9-channel inpainting UNet used fully masked (mask = 1, masked image = 0; the toy
-zoo's single pipeline).
+zoo's single pipeline). ``loss_region: object`` (not in the paper) instead masks only
+each image's object region and takes the loss there (docs/ddb.md).
 """
 
 from __future__ import annotations
@@ -98,6 +99,19 @@ def preprocess(image: Image.Image, resolution: int, center_crop: bool = False) -
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
+def preprocess_mask(mask: Image.Image | np.ndarray, resolution: int, center_crop: bool = False) -> torch.Tensor:
+    """A region mask (bool array or L image at the image's size) as a ``[1, R, R]`` 0/1
+    tensor, cropped and resized the way :func:`preprocess` treats its image."""
+    m = (Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255) if isinstance(mask, np.ndarray)
+         else mask.convert("L"))
+    if center_crop:
+        w, h = m.size
+        s = min(w, h)
+        m = m.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2))
+    m = m.resize((resolution, resolution), resample=Image.Resampling.NEAREST)
+    return torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
+
+
 def add_tokens(components: SDComponents, tokens: Sequence[str], initializer_token: str) -> list[int]:
     """Add the placeholder tokens, grow the embedding matrix, initialise the new rows from the initializer."""
     tok = components.tokenizer
@@ -170,8 +184,14 @@ def train_token(
     out_dir: Path,
     device: torch.device | str = "cpu",
     desc: str = "invert",
+    regions: Sequence[Image.Image | np.ndarray | None] | None = None,
 ) -> torch.Tensor:
     """Learn the embedding of ``token`` from ``images``; returns the learned row.
+
+    With ``cfg.loss_region == "object"``, ``regions`` gives each image's region to
+    repaint (a mask at the image's size; ``None``: no object found, the image is used
+    whole): the 9-channel UNet sees that region masked and the rest of the image as the
+    masked image, as at inpainting time, and the loss is the mean over the region only.
 
     Resumes from ``out_dir/checkpoint.pt`` (written every ``cfg.checkpoint_every``
     optimizer steps) and writes ``out_dir/learned_embeds.safetensors`` at the end. Does
@@ -230,6 +250,29 @@ def train_token(
                 masked_lat = torch.zeros_like(mean[:1])
         elif unet.config.in_channels != 4:
             raise ValueError(f"UNet with {unet.config.in_channels} input channels: expected 4 or 9")
+        # Per image: the mask channel and masked-image latents the UNet sees; in "object"
+        # mode the mask is also the loss weight of each latent cell. "image": fully masked.
+        lat_hw = mean.shape[-2:]
+        mask_lat = torch.ones(len(images), 1, *lat_hw, device=device)
+        masked = masked_lat.expand(len(images), -1, -1, -1).clone() if nine else None
+        if cfg.loss_region == "object":
+            if not nine:
+                raise ValueError("ddb.invert.loss_region: 'object' needs a 9-channel inpainting UNet "
+                                 f"(this one takes {unet.config.in_channels}); use 'image'")
+            if regions is None or len(regions) != len(images):
+                raise ValueError(f"ddb.invert.loss_region 'object': need one region per image "
+                                 f"({len(images)} images, {0 if regions is None else len(regions)} regions)")
+            for k, region in enumerate(regions):
+                if region is None or not np.asarray(region).any():
+                    continue  # no object found: this image stays fully masked, whole-image loss
+                m = preprocess_mask(region, cfg.resolution, cfg.center_crop).to(device)[None]
+                # The pipeline's own preparation: masked image = image * (mask < 0.5),
+                # mask resized to the latents (nearest).
+                enc = vae.encode((pix[k : k + 1].to(device) * (m < 0.5)).to(wdtype)).latent_dist.mean.float()
+                masked[k : k + 1] = enc * scaling
+                mask_lat[k : k + 1] = F.interpolate(m, size=tuple(lat_hw))
+        elif cfg.loss_region != "image":
+            raise ValueError(f"ddb.invert.loss_region: {cfg.loss_region!r} is not one of ('image', 'object')")
     n_img = len(images)
     tok = components.tokenizer
     templates = list(cfg.templates)
@@ -250,8 +293,7 @@ def train_token(
                 t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
                 noisy = sched.add_noise(latents, noise, t)
                 if nine:
-                    b, _, h, w = noisy.shape
-                    noisy = torch.cat([noisy, torch.ones(b, 1, h, w, device=device), masked_lat.expand(b, -1, -1, -1)], 1)
+                    noisy = torch.cat([noisy, mask_lat[idx.to(device)], masked[idx.to(device)]], 1)
                 hidden = te(ids)[0].to(wdtype)
                 pred = unet(noisy.to(wdtype), t, hidden).sample.float()
                 if sched.config.prediction_type == "epsilon":
@@ -262,7 +304,12 @@ def train_token(
                     target = latents
                 else:
                     raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
-                loss = F.mse_loss(pred, target.float()) / cfg.gradient_accumulation_steps
+                if cfg.loss_region == "object":  # mean squared error over the region's cells
+                    w = mask_lat[idx.to(device)]
+                    loss = ((pred - target.float()) ** 2 * w).sum() / (w.sum() * pred.shape[1])
+                else:
+                    loss = F.mse_loss(pred, target.float())
+                loss = loss / cfg.gradient_accumulation_steps
                 loss.backward()
             opt.step()
             lr_sched.step()

@@ -118,10 +118,18 @@ class Stages:
         return {"dataset": self.dataset, "dataset_options": self.dataset_options}
 
     # ------------------------------------------------------------------ artifacts
+    def _segmenter_models(self) -> tuple[str, ...]:
+        s = self.cfg.segment
+        return (s.clipseg,) if s.backend == "clipseg" else (s.detector, s.sam)
+
     def invert_artifact(self) -> Artifact:
-        return Artifact(self.root(), "invert", {**self._base_key(), "invert": _key_cfg(self.cfg.invert),
-                                                "n_classes": self.n_classes,
-                                                "weights": hub.fingerprint(self.cfg.invert.model)})
+        key = {**self._base_key(), "invert": _key_cfg(self.cfg.invert), "n_classes": self.n_classes,
+               "weights": hub.fingerprint(self.cfg.invert.model)}
+        if self.cfg.invert.loss_region == "object":  # the regions come from the segmenter and inpaint's mask shape
+            key["regions"] = {"segment": _key_cfg(self.cfg.segment),
+                              "mask_mode": self.cfg.inpaint.mask_mode, "mask_dilation": self.cfg.inpaint.mask_dilation,
+                              "weights": [hub.fingerprint(m) for m in self._segmenter_models()]}
+        return Artifact(self.root(), "invert", key)
 
     def sources_artifact(self) -> Artifact:
         _, erm_key = self.erm()
@@ -129,11 +137,9 @@ class Stages:
                                                       "sources": _key_cfg(self.cfg.sources)})
 
     def segment_artifact(self) -> Artifact:
-        s = self.cfg.segment
-        models = (s.clipseg,) if s.backend == "clipseg" else (s.detector, s.sam)
         return Artifact(self.seed_root(), "segment", {"sources": self.sources_artifact().key,
-                                                      "segment": _key_cfg(s),
-                                                      "weights": [hub.fingerprint(m) for m in models]})
+                                                      "segment": _key_cfg(self.cfg.segment),
+                                                      "weights": [hub.fingerprint(m) for m in self._segmenter_models()]})
 
     def inpaint_artifact(self) -> Artifact:
         from spuraug.ddb.inpaint import resolve_dtype
@@ -171,18 +177,28 @@ class Stages:
             tokens = self.tokens()
             ids = inv.add_tokens(comps, tokens, cfg.initializer_token)
             per_class = {}
+            segmenter = None
             for c in range(self.n_classes):
                 out = art.path / f"class{c}"
                 chosen = inv.select_images(train.y, c, cfg.n_images, cfg.image_seed)
                 if not (out / EMBEDS_FILE).is_file():
                     images = [train.load_image(int(i)) for i in chosen]
+                    regions = None
+                    if cfg.loss_region == "object":
+                        if segmenter is None:
+                            from spuraug.ddb.segment import build_segmenter
+
+                            segmenter = build_segmenter(self.cfg.segment, self.device)
+                        regions = self._inversion_regions(segmenter, images, [train.ids[int(i)] for i in chosen],
+                                                          out / "regions")
+                        per_class[str(c)] = {"regions_found": sum(r is not None for r in regions)}
                     t0 = time.perf_counter()
                     inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
-                                    desc=f"invert class {c} {tokens[c]}")
+                                    desc=f"invert class {c} {tokens[c]}", regions=regions)
                     dt = time.perf_counter() - t0
-                    per_class[str(c)] = {"wall_time_s": dt, "steps_per_s": cfg.max_train_steps / max(dt, 1e-9),
+                    per_class.setdefault(str(c), {}).update({"wall_time_s": dt, "steps_per_s": cfg.max_train_steps / max(dt, 1e-9),
                                          "images_per_s": cfg.max_train_steps * cfg.train_batch_size
-                                         * cfg.gradient_accumulation_steps / max(dt, 1e-9)}
+                                         * cfg.gradient_accumulation_steps / max(dt, 1e-9)})
                 per_class.setdefault(str(c), {})
                 per_class[str(c)].update({"token": tokens[c], "n_images": int(len(chosen)),
                                           "image_ids": [train.ids[int(i)] for i in chosen],
@@ -192,6 +208,23 @@ class Stages:
                     "seeds": {"training": cfg.seed, "image_choice": cfg.image_seed},
                     "classes": per_class, "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
         return art
+
+    def _inversion_regions(self, segmenter, images: list[Image.Image], ids: list[str],
+                           folder: Path) -> list[Image.Image | None]:
+        """``loss_region: object``: each inversion image's object, found by the segment
+        stage's backend and prompt and shaped as the inpainting stage shapes its mask
+        (``None`` where nothing is found); saved as ``regions/<id>.png`` for inspection."""
+        from spuraug.ddb.inpaint import region_from_mask
+
+        bs = max(1, self.cfg.segment.batch_size)
+        found = [m for k in range(0, len(images), bs) for m, _ in segmenter(images[k : k + bs], self.cfg.segment.prompt)]
+        regions = [None if m is None else region_from_mask(m, im.size, self.cfg.inpaint.mask_dilation,
+                                                           self.cfg.inpaint.mask_mode)
+                   for m, im in zip(found, images)]
+        for sid, r in zip(ids, regions):
+            if r is not None:
+                atomic_save_image(folder / f"{safe_name(str(sid))}.png", r)
+        return regions
 
     def embeddings(self) -> dict[str, Path]:
         art = self.invert()
