@@ -160,13 +160,16 @@ def test_object_loss_region_masks_the_region_like_the_inpainting_pipeline(models
         assert any(torch.allclose(x[0, 5:], blank[k], atol=1e-5) for k in range(2))
 
 
-def test_object_loss_region_ignores_the_prediction_outside_the_region(models, tmp_path):
-    """Only the region's cells enter the loss: a UNet whose output is changed outside the
-    region learns the same token; changed inside, a different one."""
+def test_object_loss_region_ignores_the_prediction_off_the_object(models, tmp_path):
+    """Only the object's cells enter the loss: a UNet whose output is changed off the
+    object (even inside the repainted region) learns the same token; changed on it, a
+    different one."""
     cfg = InvertConfig(resolution=16, max_train_steps=2, gradient_accumulation_steps=1, initializer_token="digit",
                        noun="digit", loss_region="object", learning_rate=5e-2)
+    obj = np.zeros((16, 16), bool)
+    obj[0:8, 0:8] = True  # the top-left quarter: latent cells [0:h/2, 0:w/2]
     region = np.zeros((16, 16), bool)
-    region[0:8, 0:8] = True  # the top-left quarter: latent cells [0:h/2, 0:w/2]
+    region[:, 0:8] = True  # the left half is repainted
 
     def learn(shift_where: str | None) -> torch.Tensor:
         comps = invert.load_sd_components(str(models["sd9"]))
@@ -189,7 +192,7 @@ def test_object_loss_region_ignores_the_prediction_outside_the_region(models, tm
 
         comps.unet.forward = forward
         return invert.train_token(comps, _images(2, size=(16, 16)), "<c0>", tid, cfg,
-                                  tmp_path / str(shift_where), regions=[region, region])
+                                  tmp_path / str(shift_where), regions=[region, region], objects=[obj, obj])
 
     plain = learn(None)
     assert torch.allclose(learn("outside"), plain, atol=1e-6)

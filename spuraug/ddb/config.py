@@ -74,12 +74,13 @@ class InvertConfig:
     #: full mask) or zero latents ("zeros").
     full_mask_latents: str = "encode"
     #: Where the denoising loss is taken. "image": the whole image, text-to-image (the
-    #: paper; diffusers' textual_inversion.py). "object": through the inpainting model, on
-    #: the region the inpainting stage will repaint: each image's object is found by the
-    #: segment stage (its backend and prompt), shaped by ``inpaint.mask_mode`` and
-    #: ``inpaint.mask_dilation``, masked, and the loss is taken inside it only, so the token
-    #: has to explain the object, not the background (needs a 9-channel inpainting UNet;
-    #: an image where no object is found is used whole). Not in the paper: docs/ddb.md.
+    #: paper; diffusers' textual_inversion.py). "object": through the inpainting model, as
+    #: the inpainting stage will use the token: each image's object is found by the segment
+    #: stage (its backend and prompt), the region inpainting would repaint
+    #: (``inpaint.mask_mode``, ``inpaint.mask_dilation``) is masked, and the loss is taken
+    #: on the object's latent cells only, so the token has to explain the object, not the
+    #: background (needs a 9-channel inpainting UNet; an image where no object is found
+    #: is used whole). Not in the paper: docs/ddb.md.
     loss_region: str = "image"
     mixed_precision: str = "auto"  # auto: bf16 on CUDA for the frozen UNet/VAE, fp32 on CPU
     seed: int = 0

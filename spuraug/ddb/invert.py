@@ -185,13 +185,16 @@ def train_token(
     device: torch.device | str = "cpu",
     desc: str = "invert",
     regions: Sequence[Image.Image | np.ndarray | None] | None = None,
+    objects: Sequence[Image.Image | np.ndarray | None] | None = None,
 ) -> torch.Tensor:
     """Learn the embedding of ``token`` from ``images``; returns the learned row.
 
     With ``cfg.loss_region == "object"``, ``regions`` gives each image's region to
-    repaint (a mask at the image's size; ``None``: no object found, the image is used
-    whole): the 9-channel UNet sees that region masked and the rest of the image as the
-    masked image, as at inpainting time, and the loss is the mean over the region only.
+    repaint and ``objects`` its object mask (masks at the image's size; ``None``: no
+    object found, the image is used whole; ``objects`` defaults to ``regions``): the
+    9-channel UNet sees the region masked and the rest of the image as the masked image,
+    as at inpainting time, and the loss is the mean over the object, each latent cell
+    weighted by the share of its pixels the object covers.
 
     Resumes from ``out_dir/checkpoint.pt`` (written every ``cfg.checkpoint_every``
     optimizer steps) and writes ``out_dir/learned_embeds.safetensors`` at the end. Does
@@ -250,20 +253,23 @@ def train_token(
                 masked_lat = torch.zeros_like(mean[:1])
         elif unet.config.in_channels != 4:
             raise ValueError(f"UNet with {unet.config.in_channels} input channels: expected 4 or 9")
-        # Per image: the mask channel and masked-image latents the UNet sees; in "object"
-        # mode the mask is also the loss weight of each latent cell. "image": fully masked.
+        # Per image: the mask channel and masked-image latents the UNet sees, and the loss
+        # weight of each latent cell. "image": fully masked, weight 1 everywhere.
         lat_hw = mean.shape[-2:]
         mask_lat = torch.ones(len(images), 1, *lat_hw, device=device)
         masked = masked_lat.expand(len(images), -1, -1, -1).clone() if nine else None
+        weight = torch.ones(len(images), 1, *lat_hw, device=device)
         if cfg.loss_region == "object":
             if not nine:
                 raise ValueError("ddb.invert.loss_region: 'object' needs a 9-channel inpainting UNet "
                                  f"(this one takes {unet.config.in_channels}); use 'image'")
-            if regions is None or len(regions) != len(images):
-                raise ValueError(f"ddb.invert.loss_region 'object': need one region per image "
-                                 f"({len(images)} images, {0 if regions is None else len(regions)} regions)")
-            for k, region in enumerate(regions):
-                if region is None or not np.asarray(region).any():
+            objects = regions if objects is None else objects
+            for name, given in (("regions", regions), ("objects", objects)):
+                if given is None or len(given) != len(images):
+                    raise ValueError(f"ddb.invert.loss_region 'object': need one region per image "
+                                     f"({len(images)} images, {0 if given is None else len(given)} {name})")
+            for k, (region, obj) in enumerate(zip(regions, objects)):
+                if region is None or obj is None or not np.asarray(region).any() or not np.asarray(obj).any():
                     continue  # no object found: this image stays fully masked, whole-image loss
                 m = preprocess_mask(region, cfg.resolution, cfg.center_crop).to(device)[None]
                 # The pipeline's own preparation: masked image = image * (mask < 0.5),
@@ -271,6 +277,8 @@ def train_token(
                 enc = vae.encode((pix[k : k + 1].to(device) * (m < 0.5)).to(wdtype)).latent_dist.mean.float()
                 masked[k : k + 1] = enc * scaling
                 mask_lat[k : k + 1] = F.interpolate(m, size=tuple(lat_hw))
+                o = preprocess_mask(obj, cfg.resolution, cfg.center_crop).to(device)[None]
+                weight[k : k + 1] = F.interpolate(o, size=tuple(lat_hw), mode="area")
         elif cfg.loss_region != "image":
             raise ValueError(f"ddb.invert.loss_region: {cfg.loss_region!r} is not one of ('image', 'object')")
     n_img = len(images)
@@ -304,8 +312,8 @@ def train_token(
                     target = latents
                 else:
                     raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
-                if cfg.loss_region == "object":  # mean squared error over the region's cells
-                    w = mask_lat[idx.to(device)]
+                if cfg.loss_region == "object":  # mean squared error over the object's cells
+                    w = weight[idx.to(device)]
                     loss = ((pred - target.float()) ** 2 * w).sum() / (w.sum() * pred.shape[1])
                 else:
                     loss = F.mse_loss(pred, target.float())

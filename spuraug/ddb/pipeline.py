@@ -183,18 +183,18 @@ class Stages:
                 chosen = inv.select_images(train.y, c, cfg.n_images, cfg.image_seed)
                 if not (out / EMBEDS_FILE).is_file():
                     images = [train.load_image(int(i)) for i in chosen]
-                    regions = None
+                    regions = objects = None
                     if cfg.loss_region == "object":
                         if segmenter is None:
                             from spuraug.ddb.segment import build_segmenter
 
                             segmenter = build_segmenter(self.cfg.segment, self.device)
-                        regions = self._inversion_regions(segmenter, images, [train.ids[int(i)] for i in chosen],
-                                                          out / "regions")
+                        objects, regions = self._inversion_regions(
+                            segmenter, images, [train.ids[int(i)] for i in chosen], out / "regions")
                         per_class[str(c)] = {"regions_found": sum(r is not None for r in regions)}
                     t0 = time.perf_counter()
                     inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
-                                    desc=f"invert class {c} {tokens[c]}", regions=regions)
+                                    desc=f"invert class {c} {tokens[c]}", regions=regions, objects=objects)
                     dt = time.perf_counter() - t0
                     per_class.setdefault(str(c), {}).update({"wall_time_s": dt, "steps_per_s": cfg.max_train_steps / max(dt, 1e-9),
                                          "images_per_s": cfg.max_train_steps * cfg.train_batch_size
@@ -210,21 +210,25 @@ class Stages:
         return art
 
     def _inversion_regions(self, segmenter, images: list[Image.Image], ids: list[str],
-                           folder: Path) -> list[Image.Image | None]:
-        """``loss_region: object``: each inversion image's object, found by the segment
-        stage's backend and prompt and shaped as the inpainting stage shapes its mask
-        (``None`` where nothing is found); saved as ``regions/<id>.png`` for inspection."""
+                           folder: Path) -> tuple[list[np.ndarray | None], list[Image.Image | None]]:
+        """``loss_region: object``: each inversion image's object mask, found by the segment
+        stage's backend and prompt, and the region the inpainting stage would repaint for
+        it (``None`` where nothing is found); saved as ``regions/<id>.png`` (region) and
+        ``regions/<id>.object.png`` for inspection."""
         from spuraug.ddb.inpaint import region_from_mask
 
         bs = max(1, self.cfg.segment.batch_size)
-        found = [m for k in range(0, len(images), bs) for m, _ in segmenter(images[k : k + bs], self.cfg.segment.prompt)]
+        objects = [m for k in range(0, len(images), bs)
+                   for m, _ in segmenter(images[k : k + bs], self.cfg.segment.prompt)]
         regions = [None if m is None else region_from_mask(m, im.size, self.cfg.inpaint.mask_dilation,
                                                            self.cfg.inpaint.mask_mode)
-                   for m, im in zip(found, images)]
-        for sid, r in zip(ids, regions):
+                   for m, im in zip(objects, images)]
+        for sid, o, r in zip(ids, objects, regions):
             if r is not None:
                 atomic_save_image(folder / f"{safe_name(str(sid))}.png", r)
-        return regions
+                atomic_save_image(folder / f"{safe_name(str(sid))}.object.png",
+                                  Image.fromarray(np.asarray(o, dtype=np.uint8) * 255))
+        return objects, regions
 
     def embeddings(self) -> dict[str, Path]:
         art = self.invert()
