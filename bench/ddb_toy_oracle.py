@@ -71,9 +71,10 @@ def object_colour(image: Image.Image, mask_path: str) -> str:
     return COLOR_WORDS[color_index(box[sat >= np.quantile(sat, 2 / 3)].mean(axis=0))]
 
 
-def _colours_by_target(images, masks, target_class) -> dict:
-    """Per target class: the most frequent object colour word and its share."""
-    words = pd.Series([object_colour(im, m) for im, m in zip(images, masks)])
+def _colours_by_target(images, masks, target_class, words=None) -> dict:
+    """Per target class: the most frequent object colour word and its share (``words``:
+    the colour words, when already read)."""
+    words = pd.Series(words if words is not None else [object_colour(im, m) for im, m in zip(images, masks)])
     out = {}
     for c in sorted(set(int(v) for v in target_class)):
         counts = words[np.asarray(target_class) == c].value_counts()
@@ -139,10 +140,24 @@ def main(argv: list[str] | None = None) -> dict:
            "oracle_reads_source_digit": float(r["source_digit"].mean())}
     for name, sel in (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep)):
         out[name] = _rates(r, sel)
+    # Which pruning condition keeps which edits, per target class.
+    target = t.target_class.to_numpy()
+    out["by_target_class"] = {
+        str(c): {name: _rates(r, (target == c) & sel) for name, sel in
+                 (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep))}
+        for c in sorted(set(int(v) for v in target))}
+    out["by_condition"] = {
+        cond: {"passed": _rates(r, t[cond].to_numpy(bool)), "failed": _rates(r, ~t[cond].to_numpy(bool))}
+        for cond in ("cond1_keep", "cond2_keep") if cond in t}
     # Does the learned token carry its class's spurious context (the toy: the majority
-    # background's colour) into the object? The edited object's colour per target class.
+    # background's colour) into the object? The edited object's colour per target class,
+    # and among kept and pruned edits.
+    colours = [object_colour(im, m) for im, m in zip(images, t.mask_path)]
     out["object_colour_by_target_class"] = _colours_by_target(images, list(t.mask_path),
-                                                              t.target_class)
+                                                              t.target_class, words=colours)
+    out["object_colour_kept_vs_pruned"] = {
+        name: _colours_by_target(None, None, target[sel], words=[w for w, k in zip(colours, sel) if k])
+        for name, sel in (("kept", keep), ("pruned", ~keep)) if sel.any()}
     if args.initializer:
         stage = _newest(f"{base}/inpaint-*/samples.csv").parent
         probe, folder = initializer_probe(stage, args.initializer_word, train, train.n_classes)
