@@ -104,6 +104,43 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_machine_runs(reference: dict) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """The calibration runs stored in a reference: ``{machine: {method: {metric: [values]}}}``
+    (``_meta.calibration.per_machine``; an older reference's ``per_seed`` is filed under
+    its ``_meta.machine``)."""
+    meta = reference.get("_meta", {})
+    cal = meta.get("calibration") or {}
+    if "per_machine" in cal:
+        return {k: {m: {x: list(v) for x, v in d.items()} for m, d in ms.items()} for k, ms in cal["per_machine"].items()}
+    if "per_seed" in cal:
+        return {str(meta.get("machine", "unknown")): cal["per_seed"]}
+    return {}
+
+
+def pooled_entries(per_machine: dict[str, dict[str, dict[str, list[float]]]], methods: Sequence[str],
+                   min_tolerance: float) -> dict[str, dict]:
+    """Reference entries from calibration runs pooled over machines and seeds.
+
+    On one machine a seed's run is bit-reproducible, but across CPU types floating-point
+    kernels differ and a run's result moves as much as a new seed's would. So the CI
+    run (one seed, any machine) is treated as one draw: ``expected`` = the mean over all
+    pooled runs, ``tolerance`` = max(``min_tolerance``, 2 x their sample std), per method
+    (the wider of its metrics).
+    """
+    out: dict[str, dict] = {}
+    for m in methods:
+        pooled: dict[str, list[float]] = {}
+        for runs in per_machine.values():
+            for metric, values in runs.get(m, {}).items():
+                pooled.setdefault(metric, []).extend(float(v) for v in values)
+        if not all(pooled.get(metric) for metric in CHECK_METRICS):
+            raise SystemExit(f"bench.check: error: no calibration runs of {m} to pool")
+        tol = max([min_tolerance, *(round(2 * statistics.stdev(v) + 0.05, 1) for v in pooled.values() if len(v) > 1)])
+        out[m] = {**{k: round(statistics.fmean(pooled[k]), 2) for k in CHECK_METRICS}, "tolerance": tol,
+                  "runs": len(pooled[CHECK_METRICS[0]])}
+    return out
+
+
 def load_reference(path: str | Path) -> dict:
     """Read and validate a reference file; errors name the file and the field."""
     path = Path(path)
@@ -174,7 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-seeds", nargs="+", type=int, default=[],
                    help="with --write-reference: also run these seeds; a method's tolerance becomes "
                         "max(--tolerance, 2 x the sample std of its metrics over all seeds run)")
+    p.add_argument("--pool-machines", action="store_true",
+                   help="with --write-reference and --calibration-seeds: add this machine's calibration runs "
+                        "to those of the machines already in the reference (this machine's replaced); "
+                        "expected = their mean, tolerance = max(--tolerance, 2 x their sample std)")
     args = p.parse_args(argv)
+    if args.pool_machines and not (args.write_reference and args.calibration_seeds):
+        p.error("--pool-machines needs --write-reference and --calibration-seeds")
+    previous = load_reference(args.reference) if args.pool_machines else None
 
     reference = None if args.write_reference else load_reference(args.reference)
     if reference is not None and reference.get("_meta", {}).get("overrides") not in (None, CI_OVERRIDES):
@@ -222,7 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                 spread = [statistics.stdev(v) for v in calibration["per_seed"].get(m, {}).values() if len(v) > 1]
                 tol = max([tol, *(round(2 * sd + 0.05, 1) for sd in spread)])
             ref[m] = {**{k: round(v, 2) for k, v in metrics.items()}, "tolerance": tol}
-        if calibration is not None:
+        if calibration is not None and previous is not None:
+            machines = per_machine_runs(previous)
+            machines[ref["_meta"]["machine"]] = calibration["per_seed"]
+            ref.update(pooled_entries(machines, list(got), args.tolerance))
+            ref["_meta"]["calibration"] = {
+                "seeds": sorted(set(args.seeds) | set(args.calibration_seeds)),
+                "per_machine": machines,
+                "rule": "expected = mean, tolerance = max(--tolerance, 2 x sample std), per method, over the "
+                        "runs of every machine and seed in per_machine (the CI run is one draw of them)",
+                "previous": {k: previous["_meta"].get(k) for k in ("command", "machine", "git")},
+            }
+        elif calibration is not None:
             ref["_meta"]["calibration"] = {
                 "seeds": sorted(set(args.seeds) | set(args.calibration_seeds)),
                 "per_seed": calibration["per_seed"],

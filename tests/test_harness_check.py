@@ -51,6 +51,51 @@ def test_reference_file_is_valid_and_names_its_command():
         assert ref[m]["tolerance"] > 0
 
 
+def test_pooled_reference_takes_mean_and_spread_over_machines_and_seeds():
+    amd = {"dfr": {"worst_group_acc": [41.0, 47.0, 55.0], "avg_acc": [53.0, 59.0, 57.0]}}
+    intel = {"dfr": {"worst_group_acc": [23.0, 30.0, 36.0], "avg_acc": [49.0, 50.0, 52.0]}}
+    one = check.pooled_entries({"amd": amd}, ["dfr"], 5.0)["dfr"]
+    both = check.pooled_entries({"amd": amd, "intel": intel}, ["dfr"], 5.0)["dfr"]
+    assert one["worst_group_acc"] == pytest.approx(47.67, abs=0.01) and one["runs"] == 3
+    wga = [41.0, 47.0, 55.0, 23.0, 30.0, 36.0]
+    assert both["worst_group_acc"] == pytest.approx(sum(wga) / 6, abs=0.01) and both["runs"] == 6
+    import statistics
+    assert both["tolerance"] == round(2 * statistics.stdev(wga) + 0.05, 1) > one["tolerance"]
+    # the other machine's seed-0 run, a regression against the single-machine reference, is
+    # one draw of the pooled one
+    ref1 = {"dfr": one}
+    ref2 = {"dfr": both}
+    got = {"dfr": {"worst_group_acc": 23.0, "avg_acc": 49.0}}
+    assert not compare(ref1, got)[1] and compare(ref2, got)[1]
+    assert check.pooled_entries({"a": {"erm": {"worst_group_acc": [0.0, 0.0], "avg_acc": [50.0, 50.0]}}},
+                                ["erm"], 5.0)["erm"]["tolerance"] == 5.0
+    with pytest.raises(SystemExit, match="no calibration runs of jtt"):
+        check.pooled_entries({"amd": amd}, ["jtt"], 5.0)
+
+
+def test_per_machine_runs_reads_old_and_new_references():
+    old = {"_meta": {"machine": "AMD EPYC", "calibration": {"per_seed": {"erm": {"avg_acc": [50.0]}}}}}
+    assert check.per_machine_runs(old) == {"AMD EPYC": {"erm": {"avg_acc": [50.0]}}}
+    new = {"_meta": {"machine": "x", "calibration": {"per_machine": {"a": {"erm": {"avg_acc": [1.0]}},
+                                                                      "b": {"erm": {"avg_acc": [2.0]}}}}}}
+    assert set(check.per_machine_runs(new)) == {"a", "b"}
+    assert check.per_machine_runs({"_meta": {}}) == {}
+
+
+def test_committed_reference_pools_every_calibrated_machine():
+    """Each machine's calibration runs are in the reference and the expected values are
+    their pooled means (a reference written by --pool-machines)."""
+    ref = load_reference(Path(__file__).resolve().parents[1] / check.DEFAULT_REFERENCE)
+    machines = check.per_machine_runs(ref)
+    methods = [m for m in ref if not m.startswith("_")]
+    assert len(machines) >= 2, "calibrated on one CPU type only: results move across CPU types (docs/harness.md)"
+    pooled = check.pooled_entries(machines, methods, 5.0)
+    for m in methods:
+        for metric in check.CHECK_METRICS:
+            assert ref[m][metric] == pytest.approx(pooled[m][metric], abs=0.01)
+        assert ref[m]["tolerance"] >= pooled[m]["tolerance"] - 1e-9
+
+
 def test_bad_reference_names_the_field(tmp_path):
     p = tmp_path / "ref.json"
     p.write_text(json.dumps({"erm": {"worst_group_acc": "high", "avg_acc": 1, "tolerance": 1}}))
