@@ -213,6 +213,31 @@ def test_object_loss_region_without_a_found_object_is_whole_image_inversion(mode
     assert torch.allclose(whole, none_found, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss_region", ["image", "object"])
+def test_fused_accumulation_learns_the_same_token(models, tmp_path, loss_region):
+    """fuse_accumulation runs the 4 micro-batches as one pass with the same random draws
+    and per-micro-batch losses: the token differs by rounding only."""
+    region = np.zeros((16, 16), bool)
+    region[2:10, 3:12] = True
+
+    def learn(fuse: bool) -> torch.Tensor:
+        comps = invert.load_sd_components(str(models["sd9"]))
+        tid = invert.add_tokens(comps, ["<c0>"], "digit")[0]
+        cfg = InvertConfig(resolution=16, max_train_steps=5, gradient_accumulation_steps=4, initializer_token="digit",
+                           noun="digit", learning_rate=5e-2, loss_region=loss_region, fuse_accumulation=fuse)
+        passes = _capture_unet_inputs(comps)
+        vec = invert.train_token(comps, _images(3, size=(16, 16)), "<c0>", tid, cfg, tmp_path / str(fuse),
+                                 regions=[region] * 3)
+        assert [len(x) for x in passes] == ([4] * 5 if fuse else [1] * 20)
+        return vec
+
+    unfused, fused = learn(False), learn(True)
+    assert torch.allclose(unfused, fused, atol=1e-4)
+    comps = invert.load_sd_components(str(models["sd9"]))
+    init = comps.text_encoder.get_input_embeddings().weight[comps.tokenizer.encode("digit", add_special_tokens=False)[0]]
+    assert (unfused - init).abs().max() > 100 * (unfused - fused).abs().max()  # the token did move
+
+
 def test_object_loss_region_errors_name_the_option(models, tmp_path):
     cfg = InvertConfig(resolution=16, max_train_steps=1, gradient_accumulation_steps=1, initializer_token="digit",
                        noun="digit", loss_region="object")

@@ -82,6 +82,10 @@ class InvertConfig:
     #: background (needs a 9-channel inpainting UNet; an image where no object is found
     #: is used whole). Not in the paper: docs/ddb.md.
     loss_region: str = "image"
+    #: Run the ``gradient_accumulation_steps`` micro-batches of an optimizer step as one
+    #: forward/backward pass (same random draws and per-micro-batch losses: only rounding
+    #: differs; more memory, fewer passes). Off: one pass per micro-batch, as diffusers.
+    fuse_accumulation: bool = False
     mixed_precision: str = "auto"  # auto: bf16 on CUDA for the frozen UNet/VAE, fp32 on CPU
     seed: int = 0
     checkpoint_every: int = 500  # diffusers --checkpointing_steps default

@@ -288,20 +288,30 @@ def train_token(
         raise ValueError("ddb.invert.templates: every template needs a {token} placeholder")
     pbar = tqdm(total=cfg.max_train_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
     try:
+        accum, bs = cfg.gradient_accumulation_steps, cfg.train_batch_size
+        group = accum if cfg.fuse_accumulation else 1  # micro-batches per forward pass
         while step < cfg.max_train_steps:
-            for _ in range(cfg.gradient_accumulation_steps):
-                idx = torch.randint(0, n_img, (cfg.train_batch_size,), generator=gen)
-                tpl = torch.randint(0, len(templates), (cfg.train_batch_size,), generator=gen)
-                texts = [templates[int(t)].format(token=token, noun=cfg.noun) for t in tpl]
+            # Every micro-batch's randomness is drawn first, in the same order either way,
+            # so fusing the micro-batches into one forward pass changes only rounding.
+            draws = []
+            for _ in range(accum):
+                idx = torch.randint(0, n_img, (bs,), generator=gen)
+                tpl = torch.randint(0, len(templates), (bs,), generator=gen)
+                eps_lat = torch.randn(mean[idx].shape, generator=gen)
+                noise = torch.randn(eps_lat.shape, generator=gen)
+                t = torch.randint(0, sched.config.num_train_timesteps, (bs,), generator=gen)
+                draws.append((idx, tpl, eps_lat, noise, t))
+            step_loss = 0.0
+            for g in range(0, accum, group):
+                idx, tpl, eps_lat, noise, t = (torch.cat(parts) for parts in zip(*draws[g : g + group]))
+                texts = [templates[int(k)].format(token=token, noun=cfg.noun) for k in tpl]
                 ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
                           return_tensors="pt").input_ids.to(device)
-                eps_lat = torch.randn(mean[idx].shape, generator=gen).to(device)
-                latents = (mean[idx] + std[idx] * eps_lat) * scaling
-                noise = torch.randn(latents.shape, generator=gen).to(device)
-                t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
+                idx_d, noise, t = idx.to(device), noise.to(device), t.to(device)
+                latents = (mean[idx_d] + std[idx_d] * eps_lat.to(device)) * scaling
                 noisy = sched.add_noise(latents, noise, t)
                 if nine:
-                    noisy = torch.cat([noisy, mask_lat[idx.to(device)], masked[idx.to(device)]], 1)
+                    noisy = torch.cat([noisy, mask_lat[idx_d], masked[idx_d]], 1)
                 hidden = te(ids)[0].to(wdtype)
                 pred = unet(noisy.to(wdtype), t, hidden).sample.float()
                 if sched.config.prediction_type == "epsilon":
@@ -312,21 +322,25 @@ def train_token(
                     target = latents
                 else:
                     raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
-                if cfg.loss_region == "object":  # mean squared error over the object's cells
-                    w = weight[idx.to(device)]
-                    loss = ((pred - target.float()) ** 2 * w).sum() / (w.sum() * pred.shape[1])
-                else:
-                    loss = F.mse_loss(pred, target.float())
-                loss = loss / cfg.gradient_accumulation_steps
+                losses = []
+                for k in range(0, len(idx_d), bs):  # each micro-batch's own loss, as unfused
+                    sl = slice(k, k + bs)
+                    if cfg.loss_region == "object":  # mean squared error over the object's cells
+                        w = weight[idx_d[sl]]
+                        losses.append(((pred[sl] - target[sl].float()) ** 2 * w).sum() / (w.sum() * pred.shape[1]))
+                    else:
+                        losses.append(F.mse_loss(pred[sl], target[sl].float()))
+                loss = torch.stack(losses).sum() / accum
                 loss.backward()
+                step_loss += loss.item()
             opt.step()
             lr_sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             pbar.update(1)
-            pbar.set_postfix(loss=f"{loss.item() * cfg.gradient_accumulation_steps:.4f}")
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"textual inversion of {token}: loss is {loss.item()} at step {step}")
+            pbar.set_postfix(loss=f"{step_loss:.4f}")
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"textual inversion of {token}: loss is {step_loss} at step {step}")
             if step % cfg.checkpoint_every == 0 and step < cfg.max_train_steps:
                 _save_checkpoint(ckpt, sub, opt, lr_sched, gen, step)
     finally:

@@ -36,7 +36,8 @@ from spuraug.ddb.config import DDBConfig
 from spuraug.ddb.invert import EMBEDS_FILE, class_tokens, resolve_device
 
 #: Options that change speed or memory but not results: left out of artifact keys.
-RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size", "engine", "workers")
+RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size", "engine", "workers",
+                  "fuse_accumulation")
 
 
 def _key_cfg(obj: Any) -> dict:
