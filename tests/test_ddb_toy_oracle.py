@@ -26,3 +26,19 @@ def test_object_colour_reads_the_saturated_object_in_the_mask_box(tmp_path):
     assert rep == {"0": {"top": "red", "share": 1.0}, "1": {"top": "blue", "share": 1.0}}
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "empty.png")
     assert object_colour(images[0], str(tmp_path / "empty.png")) == "none"
+
+
+def test_inversion_probe_runs_the_real_inversion_on_the_zoo(tmp_path):
+    """bench.toy_inversion_probe end to end at a few steps: tokens learned through
+    train_token from the true masks, repaints read by the oracle, report written."""
+    import json
+
+    from bench.toy_inversion_probe import main
+
+    out = tmp_path / "probe.json"
+    rep = main(["--loss-region", "object", "--steps", "2", "--n-eval", "4", "--out", str(out)])
+    assert json.loads(out.read_text())["token"] == rep["token"]
+    tok = rep["token"]
+    assert tok["n"] == 4 and set(tok["target_digit_by_target_class"]) == {"0", "1"}
+    assert 0.0 <= tok["target_digit"] <= 1.0 and tok["background_kept"] >= 0.5
+    assert "true_word" not in rep and rep["args"]["loss_region"] == "object"
