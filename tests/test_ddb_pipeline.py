@@ -196,7 +196,7 @@ def test_object_region_inversion_segments_its_images_and_keys_on_the_segmenter(c
     for c in (0, 1):
         # clipseg_threshold 0 in this config: every image's mask is the whole image
         assert m["classes"][str(c)]["regions_found"] == 3
-        regions = sorted((art.path / f"class{c}" / "regions").glob("*[0-9].png"))
-        assert len(list((art.path / f"class{c}" / "regions").glob("*.object.png"))) == 3
-        assert [p.stem for p in regions] == sorted(str(i) for i in m["classes"][str(c)]["image_ids"])
+        masks = sorted((art.path / f"class{c}" / "masks").glob("*.png"))
+        assert len(list((art.path / f"class{c}" / "masks").glob("*.json"))) == 3
+        assert [p.stem for p in masks] == sorted(str(i) for i in m["classes"][str(c)]["image_ids"])
         assert (art.path / f"class{c}" / "learned_embeds.safetensors").is_file()

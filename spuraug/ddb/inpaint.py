@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from spuraug.ddb import hub
 from spuraug.ddb.artifacts import atomic_save_image, atomic_write_json, read_json, safe_name
 from spuraug.ddb.config import InpaintConfig
-from spuraug.ddb.invert import resolve_device
+from spuraug.ddb.invert import mask_image, resolve_device
 
 _SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -120,8 +120,7 @@ def region_from_mask(mask: Image.Image | np.ndarray, size: tuple[int, int], dila
     """The region inpainting repaints for an object ``mask`` (bool array or L image), at
     ``size`` (W, H): the mask itself or its bounding box (``mode``), grown by ``dilation`` px;
     an L image of 0/255."""
-    m = (Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255) if isinstance(mask, np.ndarray)
-         else mask.convert("L"))
+    m = mask_image(mask)
     if m.size != size:
         m = m.resize(size, Image.Resampling.NEAREST)
     if mode == "box":

@@ -99,11 +99,17 @@ def preprocess(image: Image.Image, resolution: int, center_crop: bool = False) -
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
+def mask_image(mask: Image.Image | np.ndarray) -> Image.Image:
+    """A mask (bool / 0-1 / 0-255 array, or any PIL image) as an L image."""
+    if isinstance(mask, np.ndarray):
+        return Image.fromarray((mask > 0).astype(np.uint8) * 255)
+    return mask.convert("L")
+
+
 def preprocess_mask(mask: Image.Image | np.ndarray, resolution: int, center_crop: bool = False) -> torch.Tensor:
     """A region mask (bool array or L image at the image's size) as a ``[1, R, R]`` 0/1
     tensor, cropped and resized the way :func:`preprocess` treats its image."""
-    m = (Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255) if isinstance(mask, np.ndarray)
-         else mask.convert("L"))
+    m = mask_image(mask)
     if center_crop:
         w, h = m.size
         s = min(w, h)

@@ -182,28 +182,27 @@ class Stages:
             for c in range(self.n_classes):
                 out = art.path / f"class{c}"
                 chosen = inv.select_images(train.y, c, cfg.n_images, cfg.image_seed)
-                if not (out / EMBEDS_FILE).is_file():
-                    images = [train.load_image(int(i)) for i in chosen]
-                    regions = objects = None
-                    if cfg.loss_region == "object":
-                        if segmenter is None:
-                            from spuraug.ddb.segment import build_segmenter
+                image_ids = [train.ids[int(i)] for i in chosen]
+                info = per_class[str(c)] = {"token": tokens[c], "n_images": int(len(chosen)), "image_ids": image_ids,
+                                            "file": f"class{c}/{EMBEDS_FILE}"}
+                if (out / EMBEDS_FILE).is_file():
+                    continue
+                images = [train.load_image(int(i)) for i in chosen]
+                regions = objects = None
+                if cfg.loss_region == "object":
+                    if segmenter is None:
+                        from spuraug.ddb.segment import build_segmenter
 
-                            segmenter = build_segmenter(self.cfg.segment, self.device)
-                        objects, regions = self._inversion_regions(
-                            segmenter, images, [train.ids[int(i)] for i in chosen], out / "regions")
-                        per_class[str(c)] = {"regions_found": sum(r is not None for r in regions)}
-                    t0 = time.perf_counter()
-                    inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
-                                    desc=f"invert class {c} {tokens[c]}", regions=regions, objects=objects)
-                    dt = time.perf_counter() - t0
-                    per_class.setdefault(str(c), {}).update({"wall_time_s": dt, "steps_per_s": cfg.max_train_steps / max(dt, 1e-9),
-                                         "images_per_s": cfg.max_train_steps * cfg.train_batch_size
-                                         * cfg.gradient_accumulation_steps / max(dt, 1e-9)})
-                per_class.setdefault(str(c), {})
-                per_class[str(c)].update({"token": tokens[c], "n_images": int(len(chosen)),
-                                          "image_ids": [train.ids[int(i)] for i in chosen],
-                                          "file": f"class{c}/{EMBEDS_FILE}"})
+                        segmenter = build_segmenter(self.cfg.segment, self.device)
+                    objects, regions = self._inversion_regions(segmenter, images, image_ids, out / "masks")
+                    info["regions_found"] = sum(r is not None for r in regions)
+                t0 = time.perf_counter()
+                inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
+                                desc=f"invert class {c} {tokens[c]}", regions=regions, objects=objects)
+                dt = time.perf_counter() - t0
+                n_seen = cfg.max_train_steps * cfg.train_batch_size * cfg.gradient_accumulation_steps
+                info.update({"wall_time_s": dt, "steps_per_s": cfg.max_train_steps / max(dt, 1e-9),
+                             "images_per_s": n_seen / max(dt, 1e-9)})
         art.finish({"counts": {"classes": self.n_classes, "images_per_class": cfg.n_images},
                     "models": {"text_to_image": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
                     "seeds": {"training": cfg.seed, "image_choice": cfg.image_seed},
@@ -211,24 +210,19 @@ class Stages:
         return art
 
     def _inversion_regions(self, segmenter, images: list[Image.Image], ids: list[str],
-                           folder: Path) -> tuple[list[np.ndarray | None], list[Image.Image | None]]:
+                           mask_dir: Path) -> tuple[list[np.ndarray | None], list[Image.Image | None]]:
         """``loss_region: object``: each inversion image's object mask, found by the segment
-        stage's backend and prompt, and the region the inpainting stage would repaint for
-        it (``None`` where nothing is found); saved as ``regions/<id>.png`` (region) and
-        ``regions/<id>.object.png`` for inspection."""
+        stage's code, backend and prompt (saved as ``masks/<id>.png|json``, resumable), and
+        the region the inpainting stage would repaint for it (``None`` where nothing is found)."""
         from spuraug.ddb.inpaint import region_from_mask
+        from spuraug.ddb.segment import load_mask, segment_sources
 
-        bs = max(1, self.cfg.segment.batch_size)
-        objects = [m for k in range(0, len(images), bs)
-                   for m, _ in segmenter(images[k : k + bs], self.cfg.segment.prompt)]
+        segment_sources([(sid, (lambda im=im: im)) for sid, im in zip(ids, images)], segmenter,
+                        self.cfg.segment.prompt, mask_dir, self.cfg.segment.batch_size)
+        objects = [load_mask(mask_dir, sid) for sid in ids]
         regions = [None if m is None else region_from_mask(m, im.size, self.cfg.inpaint.mask_dilation,
                                                            self.cfg.inpaint.mask_mode)
                    for m, im in zip(objects, images)]
-        for sid, o, r in zip(ids, objects, regions):
-            if r is not None:
-                atomic_save_image(folder / f"{safe_name(str(sid))}.png", r)
-                atomic_save_image(folder / f"{safe_name(str(sid))}.object.png",
-                                  Image.fromarray(np.asarray(o, dtype=np.uint8) * 255))
         return objects, regions
 
     def embeddings(self) -> dict[str, Path]:
