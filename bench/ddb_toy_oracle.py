@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bench.provenance import write_json
+
 
 def _newest(pattern: str) -> Path:
     found = glob.glob(pattern)
@@ -170,8 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   probe_images, list(probe["mask"]), probe.target_class)}
     print(json.dumps(out, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(Path(args.out), out)
     return out
 
 

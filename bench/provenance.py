@@ -139,6 +139,8 @@ def write_json(path: Path, obj: dict) -> None:
             return [clean(v) for v in o]
         return o
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(clean(obj), indent=2, default=str) + "\n")
     os.replace(tmp, path)

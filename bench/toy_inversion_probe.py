@@ -31,8 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.provenance import write_json
 
-def learn_tokens(loss_region: str, steps: int, seed: int = 0) -> dict[int, torch.Tensor]:
+TOKENS = ("<class-0>", "<class-1>")
+
+
+def learn_tokens(loss_region: str, steps: int, out: Path, seed: int = 0) -> dict[str, Path]:
+    """Each class's learned embedding file (``out/class<c>/learned_embeds.safetensors``)."""
     from spuraug.data.toy import ToyConfig, ToyDataset
     from spuraug.ddb import invert as inv
     from spuraug.ddb.config import InvertConfig
@@ -42,24 +47,23 @@ def learn_tokens(loss_region: str, steps: int, seed: int = 0) -> dict[int, torch
     model = resolve_model_id("spuraug/toy-sd-inpainting")
     train = ToyDataset("train", ToyConfig())
     comps = inv.load_sd_components(model)
-    tokens = ["<class-0>", "<class-1>"]
-    ids = inv.add_tokens(comps, tokens, "digit")
+    ids = inv.add_tokens(comps, list(TOKENS), "digit")
     cfg = InvertConfig(model=model, initializer_token="digit", noun="digit", resolution=64, max_train_steps=steps,
                        loss_region="image" if loss_region == "image" else "object", fuse_accumulation=True,
                        seed=seed)
-    vectors = {}
+    files = {}
     for c in (0, 1):
         pos = inv.select_images(train.y, c, cfg.n_images, cfg.image_seed)
         masks = np.stack([train.mask(int(p)) for p in pos])
         boxes = box_masks(masks, 2)
         objects = list(boxes) if loss_region == "box" else list(masks)
-        with tempfile.TemporaryDirectory() as out:
-            vectors[c] = inv.train_token(comps, [train.load_image(int(p)) for p in pos], tokens[c], ids[c], cfg,
-                                         Path(out), desc=f"invert class {c}", regions=list(boxes), objects=objects)
-    return vectors
+        inv.train_token(comps, [train.load_image(int(p)) for p in pos], TOKENS[c], ids[c], cfg, out / f"class{c}",
+                        desc=f"invert class {c}", regions=list(boxes), objects=objects)
+        files[TOKENS[c]] = out / f"class{c}" / inv.EMBEDS_FILE
+    return files
 
 
-def evaluate(vectors: dict[int, torch.Tensor], n_eval: int, words: bool) -> dict:
+def evaluate(embeddings: dict[str, Path], n_eval: int, words: bool) -> dict:
     from spuraug.data.toy import ToyConfig, ToyDataset
     from spuraug.toyworld.check import box_masks, inpaint, load_inpainter
     from spuraug.toyworld.oracle import load_oracle
@@ -69,16 +73,12 @@ def evaluate(vectors: dict[int, torch.Tensor], n_eval: int, words: bool) -> dict
     cfg = ToyConfig()
     test = ToyDataset("test", cfg)
     pipe = load_inpainter()
-    tokens = ["<class-0>", "<class-1>"]
-    pipe.tokenizer.add_tokens(tokens)
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        for c, vec in vectors.items():
-            pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids(tokens[c])] = vec
+    for token, path in embeddings.items():  # as DDB's inpainting stage loads them
+        pipe.load_textual_inversion(str(path), token=token)
     rng = np.random.default_rng(1)
     sel = np.concatenate([rng.choice(np.flatnonzero(test.y == s), n_eval // 2, replace=False) for s in (0, 1)])
     target = 1 - test.y[sel]
-    probes = {"token": [f"a photo of a {tokens[j]} digit" for j in target]}
+    probes = {"token": [f"a photo of a {TOKENS[j]} digit" for j in target]}
     if words:
         probes["initializer_word"] = ["a photo of a digit digit"] * len(sel)
         probes["true_word"] = [f"a photo of a {DIGIT_WORDS[cfg.digits[j]]} digit" for j in target]
@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    report = {"args": vars(args), **evaluate(learn_tokens(args.loss_region, args.steps, args.seed), args.n_eval,
-                                             args.words)}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = learn_tokens(args.loss_region, args.steps, Path(tmp), args.seed)
+        report = {"args": vars(args), **evaluate(files, args.n_eval, args.words)}
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(Path(args.out), report)
     return report
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.provenance import write_json
+
 
 def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_weight: float,
         threads: int = 2, every: int = 200) -> dict:
@@ -113,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     report = run(a.steps, a.tilt, a.recipe_captions, a.full_share, a.full_weight, a.threads, a.every)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(Path(a.out), report)
     return 0
 
 
