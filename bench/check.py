@@ -117,6 +117,11 @@ def per_machine_runs(reference: dict) -> dict[str, dict[str, dict[str, list[floa
     return {}
 
 
+def spread_tolerance(value_lists, minimum: float) -> float:
+    """max(``minimum``, 2 x the sample std (+0.05, to one decimal) of each list of values)."""
+    return max([minimum, *(round(2 * statistics.stdev(v) + 0.05, 1) for v in value_lists if len(v) > 1)])
+
+
 def pooled_entries(per_machine: dict[str, dict[str, dict[str, list[float]]]], methods: Sequence[str],
                    min_tolerance: float) -> dict[str, dict]:
     """Reference entries from calibration runs pooled over machines and seeds.
@@ -135,8 +140,8 @@ def pooled_entries(per_machine: dict[str, dict[str, dict[str, list[float]]]], me
                 pooled.setdefault(metric, []).extend(float(v) for v in values)
         if not all(pooled.get(metric) for metric in CHECK_METRICS):
             raise SystemExit(f"bench.check: error: no calibration runs of {m} to pool")
-        tol = max([min_tolerance, *(round(2 * statistics.stdev(v) + 0.05, 1) for v in pooled.values() if len(v) > 1)])
-        out[m] = {**{k: round(statistics.fmean(pooled[k]), 2) for k in CHECK_METRICS}, "tolerance": tol,
+        out[m] = {**{k: round(statistics.fmean(pooled[k]), 2) for k in CHECK_METRICS},
+                  "tolerance": spread_tolerance(pooled.values(), min_tolerance),
                   "runs": len(pooled[CHECK_METRICS[0]])}
     return out
 
@@ -260,30 +265,28 @@ def main(argv: list[str] | None = None) -> int:
             "run_wall_time_s": info["wall_time_s"],
             "config_hashes": info["config_hashes"],
         }}
-        for m, metrics in got.items():
-            tol = args.tolerance
-            if calibration is not None:
-                spread = [statistics.stdev(v) for v in calibration["per_seed"].get(m, {}).values() if len(v) > 1]
-                tol = max([tol, *(round(2 * sd + 0.05, 1) for sd in spread)])
-            ref[m] = {**{k: round(v, 2) for k, v in metrics.items()}, "tolerance": tol}
-        if calibration is not None and previous is not None:
+        seeds_run = sorted(set(args.seeds) | set(args.calibration_seeds))
+        if previous is not None:  # --pool-machines (calibration runs are then required)
             machines = per_machine_runs(previous)
             machines[ref["_meta"]["machine"]] = calibration["per_seed"]
             ref.update(pooled_entries(machines, list(got), args.tolerance))
             ref["_meta"]["calibration"] = {
-                "seeds": sorted(set(args.seeds) | set(args.calibration_seeds)),
-                "per_machine": machines,
+                "seeds": seeds_run, "per_machine": machines,
                 "rule": "expected = mean, tolerance = max(--tolerance, 2 x sample std), per method, over the "
                         "runs of every machine and seed in per_machine (the CI run is one draw of them)",
                 "previous": {k: previous["_meta"].get(k) for k in ("command", "machine", "git")},
             }
-        elif calibration is not None:
-            ref["_meta"]["calibration"] = {
-                "seeds": sorted(set(args.seeds) | set(args.calibration_seeds)),
-                "per_seed": calibration["per_seed"],
-                "rule": "tolerance = max(--tolerance, 2 x sample std over these seeds), per method",
-            }
-        Path(args.reference).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            for m, metrics in got.items():
+                tol = args.tolerance
+                if calibration is not None:
+                    tol = spread_tolerance(calibration["per_seed"].get(m, {}).values(), tol)
+                ref[m] = {**{k: round(v, 2) for k, v in metrics.items()}, "tolerance": tol}
+            if calibration is not None:
+                ref["_meta"]["calibration"] = {
+                    "seeds": seeds_run, "per_seed": calibration["per_seed"],
+                    "rule": "tolerance = max(--tolerance, 2 x sample std over these seeds), per method",
+                }
         write_json(Path(args.reference), ref)
         print(format_rows(compare(ref, got)[0]))
         print(f"wrote {args.reference}")

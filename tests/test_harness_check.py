@@ -149,3 +149,28 @@ def test_subprocess_launcher_passes_the_same_config():
     flat = _parse_set(args.set)
     assert flat["dataset_options.n_train"] == 200 and flat["erm.keep_epochs"] == []
     assert load_config("toy", "erm", None, flat)["config_hash"] == load_config("toy", "erm", None, TINY)["config_hash"]
+
+
+def test_write_reference_pools_this_machine_with_the_reference_machines(tmp_path, monkeypatch, capsys):
+    """--pool-machines on a real tiny sweep: another machine's runs stay, this machine's
+    runs are added (and replace an older entry of the same machine), expected = pooled mean."""
+    from bench.provenance import hardware
+
+    monkeypatch.setattr(check, "CI_OVERRIDES", TINY)
+    here = hardware()["cpu_model"]
+    other = {"erm": {"worst_group_acc": [10.0, 30.0], "avg_acc": [60.0, 70.0]}}
+    stale = {"erm": {"worst_group_acc": [99.0], "avg_acc": [99.0]}}
+    ref_path = tmp_path / "ref.json"
+    ref_path.write_text(json.dumps({"_meta": {"machine": "other", "overrides": TINY,
+                                              "calibration": {"per_machine": {"other": other, here: stale}}},
+                                    "erm": {"worst_group_acc": 20.0, "avg_acc": 65.0, "tolerance": 5.0}}))
+    argv = ["--write-reference", "--methods", "erm", "--runs-dir", str(tmp_path / "runs"), "--calibration-seeds", "1",
+            "--pool-machines", "--reference", str(ref_path)]
+    assert check.main(argv) == 0
+    ref = load_reference(ref_path)
+    machines = ref["_meta"]["calibration"]["per_machine"]
+    assert machines["other"] == other and len(machines[here]["erm"]["worst_group_acc"]) == 2
+    pooled = other["erm"]["worst_group_acc"] + machines[here]["erm"]["worst_group_acc"]
+    assert ref["erm"]["worst_group_acc"] == pytest.approx(sum(pooled) / 4, abs=0.01)
+    with pytest.raises(SystemExit):
+        check.main(["--pool-machines", "--reference", str(ref_path)])  # needs --write-reference
