@@ -141,9 +141,32 @@ class SpuriousDataset(torch.utils.data.Dataset):
         x = self.transform(img) if self.transform is not None else img
         return x, int(self.y[i]), int(self.a[i]), int(i)
 
+    def image_batch(self, indices) -> np.ndarray | None:
+        """uint8 (N, H, W, 3) of these examples when the images are held in memory, else None."""
+        return None
+
+    def __getitems__(self, indices) -> list:
+        # The DataLoader's batched fetch: one transform call for the whole batch where the
+        # transform can (``transform.batch``), else example by example. Same result.
+        x = batch_transform(self.transform, self, indices)
+        if x is None:
+            return [self[i] for i in indices]
+        return [(x[k], int(self.y[i]), int(self.a[i]), int(i)) for k, i in enumerate(indices)]
+
     def subset(self, indices: np.ndarray) -> SpuriousDataset:
         """A view on some examples; positions are renumbered from 0."""
         return _Subset(self, np.asarray(indices, dtype=np.int64))
+
+
+def batch_transform(transform: Callable | None, dataset, indices) -> torch.Tensor | None:
+    """``transform.batch(dataset.image_batch(indices))`` when the transform has a batched form
+    (:class:`spuraug.data.transforms.ToyTransform`) and the dataset holds its images in
+    memory; None otherwise (the caller then transforms example by example)."""
+    fn = getattr(transform, "batch", None)
+    if fn is None or len(indices) == 0:
+        return None
+    images = dataset.image_batch(indices)
+    return None if images is None else fn(images)
 
 
 class _Subset(SpuriousDataset):
@@ -161,6 +184,9 @@ class _Subset(SpuriousDataset):
 
     def load_image(self, i: int) -> Image.Image:
         return self.parent.load_image(int(self.indices[i]))
+
+    def image_batch(self, indices) -> np.ndarray | None:
+        return self.parent.image_batch(self.indices[np.asarray(indices, dtype=np.int64)])
 
     def image_path(self, i: int) -> Path | None:
         return self.parent.image_path(int(self.indices[i]))

@@ -95,6 +95,9 @@ class ToyDataset(SpuriousDataset):
     def load_image(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[i])
 
+    def image_batch(self, indices) -> np.ndarray:
+        return self.images[np.asarray(indices, dtype=np.int64)]
+
     def has_masks(self) -> bool:
         return True
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from spuraug.data.base import open_rgb
+from spuraug.data.base import batch_transform, open_rgb
 from spuraug.engine import Batch, Objective
 
 
@@ -36,6 +36,7 @@ class GeneratedDataset(torch.utils.data.Dataset):
         self.files = [Path(f) for f in files]
         self.y = np.asarray(labels, dtype=np.int64)
         self.transform = transform
+        self._arrays: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -46,6 +47,24 @@ class GeneratedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         img = self.load_image(i)
         return (self.transform(img) if self.transform else img), int(self.y[i]), -1, int(i)
+
+    def image_batch(self, indices) -> np.ndarray | None:
+        """The decoded images (kept in memory after the first read) when the transform has a
+        batched form and they share one size; None otherwise."""
+        if getattr(self.transform, "batch", None) is None:
+            return None
+        if self._arrays is None:
+            arrays = [np.asarray(self.load_image(i)) for i in range(len(self))]
+            if len({a.shape for a in arrays}) > 1:
+                return None
+            self._arrays = np.stack(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)
+        return self._arrays[np.asarray(indices, dtype=np.int64)]
+
+    def __getitems__(self, indices) -> list:
+        x = batch_transform(self.transform, self, indices)
+        if x is None:
+            return [self[i] for i in indices]
+        return [(x[k], int(self.y[i]), -1, int(i)) for k, i in enumerate(indices)]
 
 
 class AugmentedTrainSet(torch.utils.data.Dataset):
@@ -66,6 +85,31 @@ class AugmentedTrainSet(torch.utils.data.Dataset):
             return x, y, a, i
         x, y, a, _ = self.generated[i - self.n_train]
         return x, y, a, i
+
+    def __getitems__(self, indices) -> list:
+        # One batched transform over both parts, in the batch's order (so the random crops
+        # are drawn as example-by-example would draw them), when both parts can.
+        t, g = getattr(self.train, "transform", None), self.generated.transform
+        same = getattr(t, "batch", None) is not None and repr(t) == repr(g)
+        idx = np.asarray(indices, dtype=np.int64)
+        is_gen = idx >= self.n_train
+        images = None
+        if same and hasattr(self.train, "image_batch"):
+            a_img = self.train.image_batch(idx[~is_gen])
+            b_img = self.generated.image_batch(idx[is_gen] - self.n_train)
+            if a_img is not None and b_img is not None and (not len(b_img) or a_img.shape[1:] == b_img.shape[1:]):
+                images = np.empty((len(idx), *a_img.shape[1:]), np.uint8)
+                images[~is_gen], images[is_gen] = a_img, b_img
+        if images is None:
+            return [self[int(i)] for i in idx]
+        x = t.batch(images)
+        out = []
+        for k, i in enumerate(idx):
+            if is_gen[k]:
+                out.append((x[k], int(self.generated.y[i - self.n_train]), -1, int(i)))
+            else:
+                out.append((x[k], int(self.train.y[i]), int(self.train.a[i]), int(i)))
+        return out
 
 
 class DDBObjective(Objective):
