@@ -12,6 +12,11 @@ used here for measurement only, never by DDB).
 textual-inversion *initializer* word in place of each learned token (through the same
 inpainting code, into ``initializer-probe-<inpaint key>/`` beside the stage, resumable), and
 reads those: does the learned token do better than the word it started from?
+
+``pruning_separability`` asks whether any threshold of the pruning rules could raise
+composition success: per target class, the ROC AUC of each per-sample statistic the rules
+threshold (``p``, and ``rho_raw``, plus ``p_target`` and ``logit_delta``) for telling the edits
+the oracle reads as the target digit from the others (0.5 = no information).
 """
 
 from __future__ import annotations
@@ -93,6 +98,45 @@ def _rates(r: dict[str, np.ndarray], sel: np.ndarray) -> dict:
             "source_digit": float(r["source_digit"][sel].mean())}
 
 
+#: The prune table's per-sample statistics, and the direction in which each one should
+#: mark a good edit if pruning is to work: a low ``p`` (the ERM is less sure of the source
+#: class) and a high ``p_target``, ``rho_raw`` and ``logit_delta`` (the ERM moved toward the
+#: new class, on the object).
+PRUNING_STATISTICS: dict[str, int] = {"p": -1, "p_target": 1, "rho_raw": 1, "logit_delta": 1}
+
+
+def roc_auc(good: np.ndarray, score: np.ndarray) -> float | None:
+    """P(score of a good sample > score of a bad one), ties counting half (the ROC AUC);
+    None when one side is empty."""
+    good = np.asarray(good, bool)
+    score = np.asarray(score, float)
+    n1, n0 = int(good.sum()), int((~good).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    ranks = pd.Series(score).rank(method="average").to_numpy()
+    return float((ranks[good].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def pruning_separability(table: pd.DataFrame, good: np.ndarray) -> dict:
+    """Can the pruning rules tell a good edit (the oracle reads the target digit) from a bad
+    one at all? Per target class, the ROC AUC of each statistic of
+    :data:`PRUNING_STATISTICS`, oriented so that 1.0 = every good edit ranks above every bad
+    one in the direction the rule keeps, 0.5 = no information, below 0.5 = the rule's
+    direction prefers the bad edits. Any threshold of a rule can only do as well as its AUC
+    allows."""
+    out = {}
+    target = table.target_class.to_numpy()
+    for c in sorted(set(int(v) for v in target)):
+        sel = target == c
+        row = {"n": int(sel.sum()), "good": int(good[sel].sum())}
+        for col, sign in PRUNING_STATISTICS.items():
+            if col in table:
+                auc = roc_auc(good[sel], sign * table[col].to_numpy(float)[sel])
+                row[f"auc_{col}"] = None if auc is None else round(auc, 3)
+        out[str(c)] = row
+    return out
+
+
 def initializer_probe(stage: Path, initializer: str, train, n_classes: int) -> tuple[pd.DataFrame, Path]:
     """Repaint the inpaint ``stage``'s samples with ``initializer`` instead of the learned
     tokens (same sources, masks, seeds, settings); returns the probe's samples table and folder."""
@@ -126,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also repaint every sample with the initializer word instead of the learned token")
     ap.add_argument("--initializer-word", default="digit", help="the toy config's initializer_token")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
+    ap.add_argument("--quiet", action="store_true", help="do not print the report")
     args = ap.parse_args(argv)
     base = f"{args.runs_dir}/toy/ddb_artifacts/seed{args.seed}"
     if not glob.glob(f"{base}/prune-*/table.csv"):
@@ -148,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         str(c): {name: _rates(r, (target == c) & sel) for name, sel in
                  (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep))}
         for c in sorted(set(int(v) for v in target))}
+    out["pruning_separability"] = pruning_separability(t, r["digit"])
     out["by_condition"] = {
         cond: {"passed": _rates(r, t[cond].to_numpy(bool)), "failed": _rates(r, ~t[cond].to_numpy(bool))}
         for cond in ("cond1_keep", "cond2_keep") if cond in t}
@@ -170,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                               "all": _rates(ri, np.ones(len(t), bool)),
                               "object_colour_by_target_class": _colours_by_target(
                                   probe_images, list(probe["mask"]), probe.target_class)}
-    print(json.dumps(out, indent=2))
+    if not args.quiet:
+        print(json.dumps(out, indent=2))
     if args.out:
         write_json(Path(args.out), out)
     return out

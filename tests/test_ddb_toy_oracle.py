@@ -42,3 +42,25 @@ def test_inversion_probe_runs_the_real_inversion_on_the_zoo(tmp_path):
     assert tok["n"] == 4 and set(tok["target_digit_by_target_class"]) == {"0", "1"}
     assert 0.0 <= tok["target_digit"] <= 1.0 and tok["background_kept"] >= 0.5
     assert "true_word" not in rep and rep["args"]["loss_region"] == "object"
+
+
+def test_roc_auc_and_pruning_separability_on_constructed_tables():
+    import numpy as np
+    import pandas as pd
+
+    from bench.ddb_toy_oracle import pruning_separability, roc_auc
+
+    good = np.array([True, True, False, False])
+    assert roc_auc(good, np.array([4.0, 3.0, 2.0, 1.0])) == 1.0
+    assert roc_auc(good, np.array([1.0, 2.0, 3.0, 4.0])) == 0.0
+    assert roc_auc(good, np.array([1.0, 1.0, 1.0, 1.0])) == 0.5  # ties count half
+    assert roc_auc(good, np.array([3.0, 1.0, 2.0, 0.0])) == 0.75
+    assert roc_auc(np.array([True, True]), np.array([1.0, 2.0])) is None
+    # class 0: a low p marks the good edits (the rule keeps p < Psi); class 1: rho does not separate
+    t = pd.DataFrame({"target_class": [0, 0, 0, 0, 1, 1, 1, 1],
+                      "p": [0.1, 0.2, 0.9, 0.8, 0.5, 0.5, 0.5, 0.5],
+                      "rho_raw": [1.0, 1.0, 1.0, 1.0, 0.1, 5.0, 5.0, 0.1]})
+    sep = pruning_separability(t, np.array([1, 1, 0, 0, 1, 0, 1, 0], bool))
+    assert sep["0"] == {"n": 4, "good": 2, "auc_p": 1.0, "auc_rho_raw": 0.5}
+    assert sep["1"]["auc_p"] == 0.5 and sep["1"]["auc_rho_raw"] == 0.5
+    assert "auc_p_target" not in sep["0"]  # a statistic the table lacks is left out
