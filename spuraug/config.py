@@ -33,7 +33,8 @@ MODEL_PARAMS: dict[str, Param] = {
     "name": param("resnet50", choices=MODEL_NAMES),
     "width": param(32, int, help="toy_cnn only: channels of the second block"),
     "pretrained": param(True, bool),
-    "weights": param(None, str, type(None), help="a ResNet-50 ImageNet state-dict file"),
+    "weights": param(None, str, type(None),
+                     help="resnet50: an ImageNet state-dict file; toy_cnn: a pretrained toy backbone folder or file"),
 }
 EVAL_PARAMS: dict[str, Param] = {
     "batch_size": param(256, int),
@@ -191,11 +192,25 @@ def validate(data: dict, dataset: str, where: str) -> dict:
     return out
 
 
+def _file_sha256(path: str) -> str | None:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        return None
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+
+
 def config_hash(config: dict) -> str:
     """A short hash of everything in a resolved config that can change results."""
     material = {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
     if isinstance(material.get("model"), dict):
-        material["model"] = {k: v for k, v in material["model"].items() if k != "weights"}
+        model = material["model"]
+        material["model"] = {k: v for k, v in model.items() if k != "weights"}
+        # A ResNet-50 weights path only says where the one ImageNet file lies; a toy backbone's
+        # file is a choice that changes results, so its content is part of the hash.
+        if model.get("name") == "toy_cnn" and model.get("pretrained") and model.get("weights"):
+            material["model"]["weights_sha256"] = _file_sha256(model["weights"])
     return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

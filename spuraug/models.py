@@ -6,6 +6,7 @@ linear head ``fc`` (re-initialised by DDB's retraining stage).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -100,6 +101,50 @@ def load_imagenet_resnet50_state(weights_path: str | os.PathLike | None = None) 
             "or pass --weights PATH."
         )
     return weights.get_state_dict(progress=True)
+
+
+def load_toy_backbone_state(weights: str | os.PathLike | None, width: int) -> dict:
+    """The pretrained body of a :class:`ToyCNN` (every parameter but the head ``fc``).
+
+    ``weights`` is a folder written by :func:`spuraug.toyworld.backbone.save_backbone`
+    (``config.json`` + ``model.safetensors``, e.g. by ``python -m bench.toy_pretrained_erm``,
+    which pretrains one on the world corpus: the toy's stand-in for ImageNet weights) or a
+    ``.safetensors``/``.pt`` state-dict file. The error names what is missing or which
+    width does not match.
+    """
+    if weights is None:
+        raise WeightsMissingError(
+            "model.pretrained is true for toy_cnn but model.weights is not set: give a pretrained toy "
+            "backbone folder (python -m bench.toy_pretrained_erm writes one) or set model.pretrained: false"
+        )
+    path = Path(weights)
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise WeightsMissingError(f"{path}: no config.json (expected a toy backbone folder with model.safetensors)")
+        cfg = json.loads(cfg_file.read_text())
+        if cfg.get("architecture") != "ToyCNN" or int(cfg.get("width", -1)) != width:
+            raise WeightsMissingError(
+                f"{cfg_file}: architecture {cfg.get('architecture')!r} width {cfg.get('width')!r} "
+                f"does not fit model toy_cnn width {width}"
+            )
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise WeightsMissingError(f"model.weights {weights}: no such file {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    expected = {k: v.shape for k, v in ToyCNN(2, width).state_dict().items() if not k.startswith("fc.")}
+    if {k: v.shape for k, v in state.items()} != expected:
+        raise WeightsMissingError(
+            f"{path}: not the body of a toy_cnn of width {width} (missing {sorted(set(expected) - set(state))[:3]}, "
+            f"unexpected {sorted(set(state) - set(expected))[:3]}, or other shapes)"
+        )
+    return state
 
 
 def build_model(name: str, n_classes: int, pretrained: bool = True, weights_path: str | None = None) -> nn.Module:

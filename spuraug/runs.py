@@ -35,7 +35,7 @@ from spuraug.config import ConfigError, load_config
 from spuraug.data.base import SpuriousDataset
 from spuraug.data.registry import get_dataset
 from spuraug.methods import get_method
-from spuraug.models import ToyCNN, build_model
+from spuraug.models import ToyCNN, build_model, load_toy_backbone_state
 
 __all__ = [
     "ConfigError",
@@ -69,9 +69,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 def build_model_from_config(model_config: dict, n_classes: int, pretrained: bool | None = None) -> nn.Module:
     """The backbone a config's ``model`` section describes (``pretrained`` overrides it)."""
     name = model_config["name"]
-    if name == "toy_cnn":
-        return ToyCNN(n_classes, width=int(model_config.get("width", 32)))
     use_pretrained = model_config.get("pretrained", True) if pretrained is None else pretrained
+    if name == "toy_cnn":
+        width = int(model_config.get("width", 32))
+        model = ToyCNN(n_classes, width=width)
+        if use_pretrained:
+            model.load_state_dict(load_toy_backbone_state(model_config.get("weights"), width), strict=False)
+        return model
     return build_model(name, n_classes, pretrained=use_pretrained, weights_path=model_config.get("weights"))
 
 

@@ -1,0 +1,125 @@
+"""A pretrained toy backbone: the toy's stand-in for ImageNet weights (used by an ablation).
+
+The paper's ERM model starts from an ImageNet-pretrained ResNet-50, which already knows
+what birds look like. The toy config trains its :class:`~spuraug.models.ToyCNN` from
+scratch and ends on the background shortcut (worst-group accuracy 0). :func:`pretrain_backbone`
+trains the same ToyCNN to name the digit kind (0-9) of world-corpus images (every digit on
+every background, balanced, drawn from handwriting instances disjoint from the benchmark's),
+so that an ERM model can start from digit features, as ResNet-50 starts from object features.
+``python -m bench.toy_pretrained_erm`` measures what that changes (docs/toyworld.md).
+
+The training is deterministic (one generator per step) and checkpoints every
+``checkpoint_every`` steps, so an interrupted run resumes and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spuraug.models import ToyCNN
+from spuraug.toyworld.world import World, WorldConfig, generate_world
+
+
+@dataclass(frozen=True)
+class BackboneRecipe:
+    """How the toy backbone is pretrained (all values tuned here, none from a paper)."""
+
+    width: int = 16  # the toy config's model.width
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 0.05  # SGD momentum 0.9, cosine decay: the toy ERM's optimiser
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    #: The oracle's draw of the world (150 per digit x background, 9000 images).
+    world: WorldConfig = WorldConfig(n_per_kind=150, seed=0)
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("checkpoint_every")  # resumability only, no effect on the weights
+        return json.loads(json.dumps(d))
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _batch(world: World, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """World images in [-1, 1] (the toy transform's range), shifted by up to 4 px as the
+    toy benchmark's training transform does (reflect padding, one random crop per batch)."""
+    x = torch.from_numpy(np.ascontiguousarray(world.images[idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy, dx = (int(v) for v in rng.integers(0, 9, size=2))
+    return x[:, :, dy : dy + 64, dx : dx + 64]
+
+
+def pretrain_backbone(recipe: BackboneRecipe = BackboneRecipe(), work: str | Path | None = None,
+                      progress: bool = True, cache_dir: str | None = None) -> ToyCNN:
+    """A ToyCNN with a 10-way digit head trained on the world corpus (checkpoints in ``work``)."""
+    world = generate_world(recipe.world, cache_dir=cache_dir)
+    torch.manual_seed(recipe.seed)
+    model = ToyCNN(10, width=recipe.width)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    start = 0
+    ckpt = Path(work) / "checkpoint.pt" if work is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("recipe") == recipe.to_json():
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            start = int(state["step"])
+    model.train()
+    bar = tqdm(range(start, recipe.steps), desc="toy backbone: pretrain on the world's digits",
+               initial=start, total=recipe.steps, disable=not progress)
+    for step in bar:
+        rng = np.random.default_rng([recipe.seed, 11, step])
+        idx = rng.integers(0, len(world), size=recipe.batch)
+        loss = F.cross_entropy(model(_batch(world, idx, rng)), torch.from_numpy(world.digits[idx]))
+        for g in opt.param_groups:
+            g["lr"] = recipe.lr * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1
+        if ckpt is not None and (done % recipe.checkpoint_every == 0 or done == recipe.steps):
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"recipe": recipe.to_json(), "step": done, "model": model.state_dict(),
+                        "opt": opt.state_dict()}, tmp)
+            tmp.replace(ckpt)
+    return model.eval()
+
+
+@torch.no_grad()
+def digit_accuracy(model: ToyCNN, world: World, batch: int = 512) -> float:
+    """Share of ``world``'s images whose digit kind the backbone's 10-way head names."""
+    model.eval()
+    correct = 0
+    for j in range(0, len(world), batch):
+        x = torch.from_numpy(np.ascontiguousarray(world.images[j : j + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        correct += int((model(x).argmax(1).numpy() == world.digits[j : j + batch]).sum())
+    return correct / max(len(world), 1)
+
+
+def save_backbone(model: ToyCNN, folder: str | Path, recipe: BackboneRecipe, **facts) -> Path:
+    """``config.json`` + ``model.safetensors`` (the format ``model.weights`` of a toy_cnn
+    config loads, :func:`spuraug.models.load_toy_backbone_state`)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(
+        {"architecture": "ToyCNN", "width": recipe.width, "n_classes": 10, "classes": list(range(10)),
+         "input_range": [-1, 1], "recipe": recipe.to_json(), "recipe_key": recipe.key(), **facts}, indent=2) + "\n")
+    return folder

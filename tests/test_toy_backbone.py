@@ -1,0 +1,84 @@
+"""The pretrained toy backbone (spuraug.toyworld.backbone) and how a toy_cnn config loads it."""
+
+import pytest
+import torch
+
+from spuraug.models import WeightsMissingError
+from spuraug.runs import build_model_from_config
+from spuraug.toyworld.backbone import BackboneRecipe, pretrain_backbone, save_backbone
+from spuraug.toyworld.world import WorldConfig
+
+TINY = BackboneRecipe(width=8, steps=4, batch=8, world=WorldConfig(n_per_kind=2, seed=0), checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bb") / "backbone"
+    model = pretrain_backbone(TINY, work=folder.parent / "work", progress=False)
+    save_backbone(model, folder, TINY, heldout_digit_accuracy=0.0)
+    return folder, model
+
+
+def test_a_toy_cnn_config_loads_the_pretrained_body_and_a_new_head(tiny_backbone):
+    folder, model = tiny_backbone
+    net = build_model_from_config({"name": "toy_cnn", "width": 8, "pretrained": True, "weights": str(folder)}, 2)
+    saved = model.state_dict()
+    for k, v in net.state_dict().items():
+        if k.startswith("fc."):
+            assert v.shape[0] == 2  # the benchmark's 2-way head, not the 10 digit kinds
+        else:
+            assert torch.equal(v, saved[k]), k
+    scratch = build_model_from_config({"name": "toy_cnn", "width": 8, "pretrained": False, "weights": str(folder)}, 2)
+    assert not torch.equal(scratch.body[0][0].weight, saved["body.0.0.weight"])
+
+
+def test_pretraining_resumes_after_a_crash_to_the_same_weights(tmp_path, monkeypatch):
+    straight = pretrain_backbone(TINY, work=tmp_path / "a", progress=False)
+    calls = {"n": 0}
+    real_step = torch.optim.SGD.step
+
+    def crashing_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_backbone(TINY, work=tmp_path / "b", progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 2
+    resumed = pretrain_backbone(TINY, work=tmp_path / "b", progress=False)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_missing_or_unfit_backbones_are_named(tiny_backbone, tmp_path):
+    folder, _ = tiny_backbone
+    with pytest.raises(WeightsMissingError, match="model.weights is not set"):
+        build_model_from_config({"name": "toy_cnn", "width": 8, "pretrained": True, "weights": None}, 2)
+    with pytest.raises(WeightsMissingError, match="does not fit model toy_cnn width 16"):
+        build_model_from_config({"name": "toy_cnn", "width": 16, "pretrained": True, "weights": str(folder)}, 2)
+    with pytest.raises(WeightsMissingError, match="no such file"):
+        build_model_from_config({"name": "toy_cnn", "width": 8, "pretrained": True,
+                                 "weights": str(tmp_path / "nothing.safetensors")}, 2)
+    bad = tmp_path / "other.pt"
+    torch.save({"body.0.0.weight": torch.zeros(1)}, bad)
+    with pytest.raises(WeightsMissingError, match="not the body of a toy_cnn of width 8"):
+        build_model_from_config({"name": "toy_cnn", "width": 8, "pretrained": True, "weights": str(bad)}, 2)
+
+
+def test_the_config_hash_follows_the_toy_backbone_file(tiny_backbone, tmp_path):
+    from spuraug.config import load_config
+
+    folder, model = tiny_backbone
+    over = {"model.pretrained": True, "model.weights": str(folder), "model.width": 8}
+    h1 = load_config("toy", "erm", overrides=over)["config_hash"]
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    save_backbone(type(model)(10, width=8), other, TINY)
+    h2 = load_config("toy", "erm", overrides={**over, "model.weights": str(other)})["config_hash"]
+    assert h1 != h2  # another backbone file: another run
+    copy = tmp_path / "copy"
+    save_backbone(model, copy, TINY, heldout_digit_accuracy=0.0)
+    assert load_config("toy", "erm", overrides={**over, "model.weights": str(copy)})["config_hash"] == h1
