@@ -57,13 +57,43 @@ class Version:
     provenance: dict = field(default_factory=dict, repr=False)
 
     @property
+    def ablation(self) -> list[str]:
+        """The config changes this version was run with (``--set`` overrides, ``--config``),
+        and ``results/<folder>/`` when it is kept outside its dataset's folder (where ablations
+        run at an older commit's config are filed); empty for a benchmark version. A version
+        with any is an ablation: listed, never ranked."""
+        changes = version_changes(self.provenance)
+        if self.path.parent.name != self.dataset:
+            changes.append(f"kept in results/{self.path.parent.name}/")
+        return changes
+
+    @property
     def created(self) -> str:
         return str(self.provenance.get("created") or time.strftime(
             "%Y-%m-%dT%H:%M:%S", time.localtime((self.path / "summary.csv").stat().st_mtime)))
 
 
+def version_changes(provenance: dict) -> list[str]:
+    """``KEY=VALUE`` overrides and ``--config FILE`` of a sweep, from its provenance (the
+    ``overrides``/``config_file`` fields, or the recorded command line of older folders)."""
+    if "overrides" in provenance or "config_file" in provenance:
+        out = [f"{k}={v}" for k, v in sorted((provenance.get("overrides") or {}).items())]
+        if provenance.get("config_file"):
+            out.append(f"--config {provenance['config_file']}")
+        return out
+    words = str(provenance.get("command") or "").split()
+    out = []
+    for i, w in enumerate(words[:-1]):
+        if w == "--set":
+            out.append(words[i + 1])
+        elif w == "--config":
+            out.append(f"--config {words[i + 1]}")
+    return out
+
+
 def find_versions(results_dir: str | Path) -> list[Version]:
-    """Every ``results/<dataset>/<version>/`` with a summary.csv, oldest first."""
+    """Every ``results/<folder>/<version>/`` with a summary.csv, oldest first; the dataset is
+    the one its provenance names (else the folder's name)."""
     out = []
     for csv_path in sorted(Path(results_dir).glob("*/*/summary.csv")):
         vdir = csv_path.parent
@@ -83,7 +113,7 @@ def find_versions(results_dir: str | Path) -> list[Version]:
                 prov = json.loads((vdir / "provenance.json").read_text())
             except json.JSONDecodeError as e:
                 raise LeaderboardError(f"{vdir / 'provenance.json'}: not valid JSON ({e})") from None
-        out.append(Version(dataset, vdir.name, vdir, df, prov))
+        out.append(Version(str(prov.get("dataset") or dataset), vdir.name, vdir, df, prov))
     return sorted(out, key=lambda v: (v.created, v.name))
 
 
@@ -131,15 +161,22 @@ def load_submissions(results_dir: str | Path) -> list[dict]:
 
 
 def latest_rows(versions: list[Version]) -> dict[str, list[dict]]:
-    """Per dataset, each method's row from the newest version folder that has it."""
+    """Per dataset, each method's row from the newest version folder that has it (ablations,
+    versions run with config changes, are never ranked)."""
     best: dict[tuple[str, str], dict] = {}
     for v in versions:  # oldest first: newer overwrite
+        if v.ablation:
+            continue
         for _, row in v.summary.iterrows():
             best[(v.dataset, str(row["method"]))] = {**row.to_dict(), "version": v}
     per: dict[str, list[dict]] = {}
     for (dataset, _), row in best.items():
         per.setdefault(dataset, []).append(row)
     return per
+
+
+def _ablation_note(v: Version) -> str:
+    return f"; ablation, not ranked: {', '.join(v.ablation)}" if v.ablation else ""
 
 
 def ordered_datasets(names) -> list[str]:
@@ -430,12 +467,13 @@ def build_leaderboard(results_dir: str | Path = "results", runs_dir: str | Path 
         if ds_versions:
             md += ["### All version folders", ""]
             md += [f"- [{v.name}]({_rel(v.path / 'summary.md', results_dir)}) ({v.created}, methods: "
-                   f"{', '.join(map(str, v.summary['method']))})" for v in reversed(ds_versions)]
+                   f"{', '.join(map(str, v.summary['method']))}){_ablation_note(v)}" for v in reversed(ds_versions)]
             md.append("")
             body.append("<details><summary>All version folders</summary><ul>")
             body += [f'<li><a href="{html.escape(_rel(v.path / "summary.md", page_dir))}">{html.escape(v.name)}'
                      f"</a> ({html.escape(v.created)}; methods: "
-                     f"{html.escape(', '.join(map(str, v.summary['method'])))})</li>" for v in reversed(ds_versions)]
+                     f"{html.escape(', '.join(map(str, v.summary['method'])))}){html.escape(_ablation_note(v))}</li>"
+                     for v in reversed(ds_versions)]
             body.append("</ul></details>")
     md_path.write_text("\n".join(md) + "\n")
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

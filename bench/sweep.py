@@ -160,7 +160,8 @@ def throughput_markdown(rows: list[dict]) -> str:
 
 def build_provenance(command: str, dataset: str, methods: Sequence[str], seeds: Sequence[int],
                      records: list[RunRecord], outcomes: list[RunOutcome], problems: list[str],
-                     git: dict, sweep_wall_time_s: float, ddb_throughput: list[dict]) -> dict:
+                     git: dict, sweep_wall_time_s: float, ddb_throughput: list[dict],
+                     overrides: dict | None = None, config_file: str | None = None) -> dict:
     """The provenance record of a version folder (keys listed in docs/harness.md)."""
     annotation: dict = {}
     selection: dict = {}
@@ -177,6 +178,9 @@ def build_provenance(command: str, dataset: str, methods: Sequence[str], seeds: 
         "dataset": dataset,
         "methods": list(methods),
         "seeds": list(seeds),
+        # Config changes (--set, --config): a version with any is an ablation, not ranked.
+        "overrides": dict(overrides or {}),
+        "config_file": config_file,
         "git": git,
         "software": software(),
         "hardware": hardware(),
@@ -230,7 +234,8 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
     write_summary(df, out, title=f"{dataset}: {out.name}", extra_md=throughput_markdown(ddb))
     copy_runs(records, out)
     provenance = build_provenance(command, dataset, methods, seeds, records, outcomes, problems, git,
-                                  sweep_time, ddb)
+                                  sweep_time, ddb, overrides=overrides,
+                                  config_file=str(config_file) if config_file else None)
     write_json(out / "provenance.json", provenance)
     log("")
     log(f"{dataset}: test accuracy (%) at the selected checkpoint, mean ± sample std over seeds")

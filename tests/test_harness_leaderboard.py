@@ -74,6 +74,32 @@ def test_leaderboard_files_and_labels(results):
     assert "ddb_toy" in built["images"] and "DDB examples" in md
 
 
+def test_ablations_are_listed_but_never_ranked(results):
+    import shutil
+
+    from bench.leaderboard import version_changes
+
+    res, runs = results
+    # the newest ERM version is an ablation (a --set override), filed under another folder
+    for seed in range(3):
+        make_run(runs, "toy", "erm", seed, 99.0, 99.0, 99.0)
+    run_sweep("toy", ["erm"], [0, 1, 2], runs_dir=str(runs), results_dir=str(res), run=False,
+              overrides={"erm.lr": 0.5}, log=lambda *a: None)
+    newest = sorted((res / "toy").iterdir())[-1]
+    assert json.loads((newest / "provenance.json").read_text())["overrides"] == {"erm.lr": 0.5}
+    (res / "toyworld_ablations").mkdir()
+    shutil.move(str(newest), res / "toyworld_ablations" / "lr05")
+    md = build_leaderboard(res, runs)["markdown"].read_text()
+    assert "## toyworld_ablations" not in md  # filed by its provenance's dataset, not its folder
+    toy = md.split("## toy")[1].split("## waterbirds")[0]
+    assert "| ERM | 60.0 ± 0.0 |" in toy and "99.0" not in toy.split("### All version folders")[0]
+    assert "lr05" in toy and "ablation, not ranked: erm.lr=0.5, kept in results/toyworld_ablations/" in toy
+    # older folders without the field: read from the recorded command line
+    assert version_changes({"command": "python -m bench.sweep --dataset toy --set a.b=1 --config x.yaml"}) == [
+        "a.b=1", "--config x.yaml"]
+    assert version_changes({"command": "python -m bench.sweep --dataset toy", "overrides": {}}) == []
+
+
 def test_bad_submission_names_file_and_field(tmp_path):
     d = tmp_path / "submissions" / "celeba"
     d.mkdir(parents=True)
