@@ -1,18 +1,21 @@
 """Ablation: DDB on the toy when the ERM model starts from a pretrained backbone.
 
     python -m bench.toy_pretrained_erm [--runs-dir runs-pretrained] [--seeds 0 1 2]
-        [--steps 3000] [--invert-from runs] [--out results/toyworld/pretrained_erm.json]
+        [--steps 3000] [--world-per-kind 150] [--invert-from runs] [--set KEY=VALUE ...]
+        [--out results/toyworld/pretrained_erm.json]
 
 The paper's ERM model is an ImageNet-pretrained ResNet-50; the toy config's ToyCNN is
-trained from scratch and reads only the background (worst-group accuracy 0), so DDB's two
-ERM-based pruning conditions cannot judge digits. Here the ToyCNN is first pretrained to
-name the digit kind of world-corpus images (:mod:`spuraug.toyworld.backbone`, ~3 min on
-2 cores), then ERM and DDB run unchanged with ``model.pretrained: true`` and
-``model.weights: <that backbone>`` (every other value from bench/configs/toy.yaml), and the
-world oracle reads DDB's edits (:mod:`bench.ddb_toy_oracle`), with the pruning statistics'
-separability. Everything lands in ``--runs-dir`` (resumable: finished steps are skipped);
-``--invert-from`` copies the class tokens of an earlier toy run (the inversion does not
-depend on the ERM model) instead of learning them again. About 3 minutes per seed.
+trained from scratch and reads only the background (worst-group accuracy 0). Here the
+ToyCNN is first pretrained to name the digit kind of world-corpus images
+(:mod:`spuraug.toyworld.backbone`, ~3 min on 2 cores; its width is the config's
+``model.width``), then ERM and DDB run unchanged with ``model.pretrained: true`` and
+``model.weights: <that backbone>`` (every other value from bench/configs/toy.yaml and
+``--set``), and the world oracle reads DDB's edits (:mod:`bench.ddb_toy_oracle`), with the
+pruning statistics' separability: does an ERM model with digit features let the pruning
+rules judge the edits? (Measured: no; docs/toyworld.md.) Everything lands in
+``--runs-dir`` (resumable: finished steps are skipped); ``--invert-from`` copies the class
+tokens of an earlier toy run (the inversion does not depend on the ERM model) instead of
+learning them again. About 3 minutes per seed.
 """
 
 from __future__ import annotations
@@ -26,14 +29,13 @@ from pathlib import Path
 from bench.provenance import write_json
 
 
-def backbone_folder(runs_dir: Path, steps: int, progress: bool = True) -> tuple[Path, dict]:
-    """The pretrained backbone (trained once per recipe, resumable) and its facts."""
+def backbone_folder(runs_dir: Path, recipe, progress: bool = True) -> tuple[Path, dict]:
+    """The pretrained backbone of ``recipe`` (trained once per recipe, resumable) and its facts."""
     import json
 
-    from spuraug.toyworld.backbone import BackboneRecipe, digit_accuracy, pretrain_backbone, save_backbone
+    from spuraug.toyworld.backbone import digit_accuracy, pretrain_backbone, save_backbone
     from spuraug.toyworld.world import WorldConfig, generate_world
 
-    recipe = BackboneRecipe(steps=steps)
     folder = runs_dir / "toy" / f"backbone-{recipe.key()}"
     if not (folder / "model.safetensors").is_file():
         t = time.time()
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs-dir", default="runs-pretrained")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=3000, help="pretraining steps of the backbone")
+    ap.add_argument("--world-per-kind", type=int, default=150,
+                    help="pretraining corpus: world images per digit x background (seed 0)")
     ap.add_argument("--invert-from", default=None,
                     help="a runs folder whose toy/ddb_artifacts/invert-* tokens to reuse (same inversion config)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -72,10 +76,17 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     command = "python -m bench.toy_pretrained_erm " + " ".join(argv if argv is not None else sys.argv[1:])
 
+    from spuraug.config import load_config
+    from spuraug.toyworld.backbone import BackboneRecipe
+    from spuraug.toyworld.world import WorldConfig
+
     runs = Path(args.runs_dir)
     progress = not args.no_progress
-    folder, facts = backbone_folder(runs, args.steps, progress)
-    overrides = {"model.pretrained": True, "model.weights": str(folder), **parse_overrides(args.set)}
+    extra = parse_overrides(args.set)
+    width = int(load_config("toy", "erm", overrides=extra or None)["model"]["width"])
+    recipe = BackboneRecipe(width=width, steps=args.steps, world=WorldConfig(n_per_kind=args.world_per_kind, seed=0))
+    folder, facts = backbone_folder(runs, recipe, progress)
+    overrides = {**extra, "model.pretrained": True, "model.weights": str(folder)}
     if args.invert_from:
         for src in sorted(Path(args.invert_from, "toy", "ddb_artifacts").glob("invert-*")):
             dst = runs / "toy" / "ddb_artifacts" / src.name

@@ -82,3 +82,30 @@ def test_the_config_hash_follows_the_toy_backbone_file(tiny_backbone, tmp_path):
     copy = tmp_path / "copy"
     save_backbone(model, copy, TINY, heldout_digit_accuracy=0.0)
     assert load_config("toy", "erm", overrides={**over, "model.weights": str(copy)})["config_hash"] == h1
+
+
+def test_the_ablation_script_end_to_end_on_tiny_models(tmp_path):
+    """bench.toy_pretrained_erm: backbone, ERM and DDB from it, oracle report (tiny DDB models)."""
+    import json
+
+    from bench.toy_pretrained_erm import main
+    from spuraug.ddb import tiny
+
+    sd = tiny.save_stable_diffusion(tmp_path / "sd9", in_channels=9, image_size=16)
+    cs = tiny.save_clipseg(tmp_path / "clipseg")
+    out = tmp_path / "report.json"
+    sets = ["model.width=8", "erm.epochs=1", f"ddb.invert.model={sd}", "ddb.invert.resolution=16",
+            "ddb.invert.max_train_steps=2", "ddb.invert.n_images=3", "ddb.sources.k=[3,2]",
+            f"ddb.segment.clipseg={cs}", "ddb.segment.clipseg_threshold=0.0", f"ddb.inpaint.model={sd}",
+            "ddb.inpaint.resolution=16", "ddb.inpaint.num_inference_steps=2", "ddb.inpaint.batch_size=2",
+            "ddb.prune.n_steps=4", "ddb.retrain.epochs=1"]
+    rep = main(["--runs-dir", str(tmp_path / "runs"), "--seeds", "0", "--steps", "2", "--world-per-kind", "1",
+                "--no-progress", "--out", str(out), "--set", *sets])
+    assert json.loads(out.read_text())["seeds"]["0"] == rep["seeds"]["0"]
+    bb = rep["backbone"]
+    assert 0.0 <= bb["heldout_digit_accuracy"] <= 1.0 and rep["overrides"]["model.pretrained"] is True
+    erm_cfg = json.loads((tmp_path / "runs" / "toy" / "erm" / "seed0" / "config.json").read_text())
+    assert erm_cfg["model"]["weights"] == bb["folder"] and erm_cfg["model"]["pretrained"] is True
+    r = rep["seeds"]["0"]
+    assert r["edits"]["all"]["n"] == 5 and set(r["pruning_separability"]) <= {"0", "1"}
+    assert 0 <= r["ddb"]["test_worst_group_acc"] <= 100 and 0 <= r["erm"]["test_worst_group_acc"] <= 100

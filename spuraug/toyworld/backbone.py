@@ -106,7 +106,7 @@ def digit_accuracy(model: ToyCNN, world: World, batch: int = 512) -> float:
     model.eval()
     correct = 0
     for j in range(0, len(world), batch):
-        x = torch.from_numpy(np.ascontiguousarray(world.images[j : j + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = torch.from_numpy(world.images[j : j + batch].copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
         correct += int((model(x).argmax(1).numpy() == world.digits[j : j + batch]).sum())
     return correct / max(len(world), 1)
 
