@@ -88,9 +88,9 @@ class AugmentedTrainSet(torch.utils.data.Dataset):
 
     def __getitems__(self, indices) -> list:
         # One batched transform over both parts, in the batch's order (so the random crops
-        # are drawn as example-by-example would draw them), when both parts can.
+        # are drawn as example-by-example would draw them), when both parts share one transform.
         t, g = getattr(self.train, "transform", None), self.generated.transform
-        same = getattr(t, "batch", None) is not None and repr(t) == repr(g)
+        same = getattr(t, "batch", None) is not None and t is g
         idx = np.asarray(indices, dtype=np.int64)
         is_gen = idx >= self.n_train
         images = None
