@@ -64,3 +64,24 @@ def test_roc_auc_and_pruning_separability_on_constructed_tables():
     assert sep["0"] == {"n": 4, "good": 2, "auc_p": 1.0, "auc_rho_raw": 0.5}
     assert sep["1"]["auc_p"] == 0.5 and sep["1"]["auc_rho_raw"] == 0.5
     assert "auc_p_target" not in sep["0"]  # a statistic the table lacks is left out
+
+
+def test_unet_more_steps_probe_continues_the_committed_unet(tmp_path):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from bench.toy_unet_more_steps import main
+    from spuraug.toyworld.zoo import resolve_model_id
+
+    rep = main(["--steps", "2", "--work", str(tmp_path), "--n-eval", "4", "--out", str(tmp_path / "r.json")])
+    assert rep["steps_more"] == 2 and (tmp_path / "r.json").is_file()
+    for which in ("committed", "continued"):
+        assert set(rep[which]) == {"true_word", "initializer_word"}
+        assert all(v["n"] == 4 and 0 <= v["target_digit"] <= 1 for v in rep[which].values())
+    before = UNet2DConditionModel.from_pretrained(f"{resolve_model_id('spuraug/toy-sd-inpainting')}/unet")
+    after = UNet2DConditionModel.from_pretrained(tmp_path / "pipeline" / "unet")
+    b, a = before.state_dict(), after.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in b)  # two more steps moved the (EMA) weights ...
+    change = sum(float((a[k] - b[k]).norm()) for k in b) / sum(float(b[k].norm()) for k in b)
+    assert change < 0.05, change  # ... a little: training resumed from the committed weights
+    assert (tmp_path / "pipeline" / "vae" / "config.json").is_file()  # the rest of the pipeline is copied
