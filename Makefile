@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements/lock.txt pyproject.toml 2>/
 DATASET ?= toy
 METHODS ?=
 SEEDS ?=
+SET ?=
 DATA_DIR ?=
 LAUNCHER ?=
 export HF_HUB_OFFLINE ?= 1
@@ -66,8 +67,8 @@ test: setup ## run the test suite (offline: HF_HUB_OFFLINE=1)
 lint: setup ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [DATA_DIR=..] [LAUNCHER=ray] [DOCKER=1 [GPU=1]]
-	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR))) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [SET="erm.lr=0.01 .."] [DATA_DIR=..] [LAUNCHER=ray] [DOCKER=1 [GPU=1]]
+	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(foreach kv,$(SET),--set $(kv)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR))) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 # ---- the harness (docs/harness.md)
 .PHONY: check leaderboard throughput

@@ -100,6 +100,14 @@ def test_make_bench_docker_runs_the_same_command_line(caches, tmp_path):
     assert f"{tmp_path / 'd'}:/data" in options(argv, "-v")
 
 
+def test_make_bench_passes_config_overrides(caches):
+    (line,) = [ln for ln in make_n("bench", "SET=erm.lr=0.01 ddb.prune.threshold=0.5", env=caches) if "bench.sweep" in ln]
+    argv = shlex.split(line)
+    assert options(argv, "--set") == ["erm.lr=0.01", "ddb.prune.threshold=0.5"]
+    (line,) = [ln for ln in make_n("bench", env=caches) if "bench.sweep" in ln]
+    assert "--set" not in shlex.split(line)
+
+
 def test_make_image_and_weights_commands(caches):
     builds = [shlex.split(line) for line in make_n("image") if line.startswith("docker build")]
     assert sorted((b[b.index("-f") + 1], b[b.index("-t") + 1]) for b in builds) == [
