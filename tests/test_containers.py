@@ -105,7 +105,10 @@ def test_make_bench_passes_config_overrides(caches):
     argv = shlex.split(line)
     assert options(argv, "--set") == ["erm.lr=0.01", "ddb.prune.threshold=0.5"]
     (line,) = [ln for ln in make_n("bench", env=caches) if "bench.sweep" in ln]
-    assert "--set" not in shlex.split(line)
+    assert "--set" not in shlex.split(line) and "--runs-dir" not in shlex.split(line)
+    # an ablation's runs go to their own folder (the default runs/ holds the default config's runs)
+    (line,) = [ln for ln in make_n("bench", "SET=erm.lr=0.01", "RUNS_DIR=runs-lr", env=caches) if "bench.sweep" in ln]
+    assert options(shlex.split(line), "--runs-dir") == ["runs-lr"]
 
 
 def test_make_image_and_weights_commands(caches):

@@ -98,6 +98,9 @@ def test_ablations_are_listed_but_never_ranked(results):
     assert version_changes({"command": "python -m bench.sweep --dataset toy --set a.b=1 --config x.yaml"}) == [
         "a.b=1", "--config x.yaml"]
     assert version_changes({"command": "python -m bench.sweep --dataset toy", "overrides": {}}) == []
+    # the sweep records the parsed overrides (nested): shown dotted
+    assert version_changes({"overrides": {"erm": {"epochs": 1, "lr": 0.5}}, "config_file": None}) == [
+        "erm.epochs=1", "erm.lr=0.5"]
 
 
 def test_bad_submission_names_file_and_field(tmp_path):
