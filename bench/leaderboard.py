@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from bench.launch import flatten_overrides
 from bench.summary import SUMMARY_COLUMNS
 
 #: Folders directly under results/ that are not datasets.
@@ -73,23 +74,11 @@ class Version:
             "%Y-%m-%dT%H:%M:%S", time.localtime((self.path / "summary.csv").stat().st_mtime)))
 
 
-def _dotted(tree: dict, prefix: str = "") -> dict:
-    """``{"erm": {"lr": 0.1}}`` -> ``{"erm.lr": 0.1}`` (keys already dotted stay as they are)."""
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_dotted(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def version_changes(provenance: dict) -> list[str]:
     """``KEY=VALUE`` overrides and ``--config FILE`` of a sweep, from its provenance (the
     ``overrides``/``config_file`` fields, or the recorded command line of older folders)."""
     if "overrides" in provenance or "config_file" in provenance:
-        out = [f"{k}={v}" for k, v in sorted(_dotted(provenance.get("overrides") or {}).items())]
+        out = [f"{k}={v}" for k, v in sorted(flatten_overrides(provenance.get("overrides") or {}).items())]
         if provenance.get("config_file"):
             out.append(f"--config {provenance['config_file']}")
         return out

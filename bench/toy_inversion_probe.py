@@ -63,38 +63,52 @@ def learn_tokens(loss_region: str, steps: int, out: Path, seed: int = 0) -> dict
     return files
 
 
-def evaluate(embeddings: dict[str, Path], n_eval: int, words: bool) -> dict:
+def balanced_test_selection(n_eval: int):
+    """The probes' test images: ``n_eval // 2`` of each class (fixed draw), their target
+    class (the other one), and the test split."""
     from spuraug.data.toy import ToyConfig, ToyDataset
-    from spuraug.toyworld.check import box_masks, inpaint, load_inpainter
-    from spuraug.toyworld.oracle import load_oracle
+
+    test = ToyDataset("test", ToyConfig())
+    rng = np.random.default_rng(1)
+    sel = np.concatenate([rng.choice(np.flatnonzero(test.y == s), n_eval // 2, replace=False) for s in (0, 1)])
+    return test, sel, 1 - test.y[sel]
+
+
+def repaint_rates(pipe, oracle, test, sel: np.ndarray, target: np.ndarray, prompts: list[str]) -> dict:
+    """Repaint the object boxes (grown 2 px) of ``test[sel]`` with ``prompts`` (20 steps,
+    guidance 7.5, seed 0) and read them with the oracle: the share showing the target
+    class's digit (overall and per target class), the source digit, the source background."""
+    from spuraug.toyworld.check import box_masks, inpaint
     from spuraug.toyworld.quality import composition_report
+
+    cfg = test.config
+    images = inpaint(pipe, test.images[sel], box_masks(test.masks[sel], 2), prompts, seed=0, guidance_scale=7.5)
+    rep = composition_report(images, [cfg.digits[j] for j in target],
+                             [cfg.backgrounds[a] for a in test.a[sel]], oracle=oracle)
+    ok = rep["pred_digit"] == np.array([cfg.digits[j] for j in target])
+    source = rep["pred_digit"] == np.array([cfg.digits[s] for s in test.y[sel]])
+    return {"n": int(len(sel)), "target_digit": round(float(ok.mean()), 4),
+            "source_digit": round(float(source.mean()), 4),
+            "background_kept": round(rep["background_rate"], 4),
+            "target_digit_by_target_class": {str(j): round(float(ok[target == j].mean()), 4) for j in (0, 1)}}
+
+
+def evaluate(embeddings: dict[str, Path], n_eval: int, words: bool) -> dict:
+    from spuraug.toyworld.check import load_inpainter
+    from spuraug.toyworld.oracle import load_oracle
     from spuraug.toyworld.render import DIGIT_WORDS
 
-    cfg = ToyConfig()
-    test = ToyDataset("test", cfg)
+    test, sel, target = balanced_test_selection(n_eval)
+    cfg = test.config
     pipe = load_inpainter()
     for token, path in embeddings.items():  # as DDB's inpainting stage loads them
         pipe.load_textual_inversion(str(path), token=token)
-    rng = np.random.default_rng(1)
-    sel = np.concatenate([rng.choice(np.flatnonzero(test.y == s), n_eval // 2, replace=False) for s in (0, 1)])
-    target = 1 - test.y[sel]
     probes = {"token": [f"a photo of a {TOKENS[j]} digit" for j in target]}
     if words:
         probes["initializer_word"] = ["a photo of a digit digit"] * len(sel)
         probes["true_word"] = [f"a photo of a {DIGIT_WORDS[cfg.digits[j]]} digit" for j in target]
     oracle = load_oracle()
-    out = {}
-    for name, prompts in probes.items():
-        images = inpaint(pipe, test.images[sel], box_masks(test.masks[sel], 2), prompts, seed=0, guidance_scale=7.5)
-        rep = composition_report(images, [cfg.digits[j] for j in target],
-                                 [cfg.backgrounds[a] for a in test.a[sel]], oracle=oracle)
-        ok = rep["pred_digit"] == np.array([cfg.digits[j] for j in target])
-        source = rep["pred_digit"] == np.array([cfg.digits[s] for s in test.y[sel]])
-        out[name] = {"n": int(len(sel)), "target_digit": round(float(ok.mean()), 4),
-                     "source_digit": round(float(source.mean()), 4),
-                     "background_kept": round(rep["background_rate"], 4),
-                     "target_digit_by_target_class": {str(j): round(float(ok[target == j].mean()), 4) for j in (0, 1)}}
-    return out
+    return {name: repaint_rates(pipe, oracle, test, sel, target, prompts) for name, prompts in probes.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

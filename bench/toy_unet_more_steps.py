@@ -21,7 +21,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.provenance import write_json
@@ -63,31 +62,16 @@ def continue_unet(steps: int, work: Path) -> Path:
 def word_rates(model: str, n_eval: int = 384) -> dict:
     """Target-digit share with the true digit word and with the initializer word (same test
     images, masks and seed as :mod:`bench.toy_inversion_probe`)."""
-    from spuraug.data.toy import ToyConfig, ToyDataset
-    from spuraug.toyworld.check import box_masks, inpaint, load_inpainter
+    from bench.toy_inversion_probe import balanced_test_selection, repaint_rates
+    from spuraug.toyworld.check import load_inpainter
     from spuraug.toyworld.oracle import load_oracle
-    from spuraug.toyworld.quality import composition_report
     from spuraug.toyworld.render import DIGIT_WORDS
 
-    cfg = ToyConfig()
-    test = ToyDataset("test", cfg)
-    pipe = load_inpainter(model)
-    oracle = load_oracle()
-    rng = np.random.default_rng(1)
-    sel = np.concatenate([rng.choice(np.flatnonzero(test.y == s), n_eval // 2, replace=False) for s in (0, 1)])
-    target = 1 - test.y[sel]
-    out = {}
-    for name, prompts in (("true_word", [f"a photo of a {DIGIT_WORDS[cfg.digits[j]]} digit" for j in target]),
-                          ("initializer_word", ["a photo of a digit digit"] * len(sel))):
-        images = inpaint(pipe, test.images[sel], box_masks(test.masks[sel], 2), prompts, seed=0, guidance_scale=7.5)
-        rep = composition_report(images, [cfg.digits[j] for j in target],
-                                 [cfg.backgrounds[a] for a in test.a[sel]], oracle=oracle)
-        ok = rep["pred_digit"] == np.array([cfg.digits[j] for j in target])
-        src = rep["pred_digit"] == np.array([cfg.digits[s] for s in test.y[sel]])
-        out[name] = {"n": int(len(sel)), "target_digit": round(float(ok.mean()), 4),
-                     "source_digit": round(float(src.mean()), 4),
-                     "target_digit_by_target_class": {str(j): round(float(ok[target == j].mean()), 4) for j in (0, 1)}}
-    return out
+    test, sel, target = balanced_test_selection(n_eval)
+    pipe, oracle = load_inpainter(model), load_oracle()
+    probes = {"true_word": [f"a photo of a {DIGIT_WORDS[test.config.digits[j]]} digit" for j in target],
+              "initializer_word": ["a photo of a digit digit"] * len(sel)}
+    return {name: repaint_rates(pipe, oracle, test, sel, target, prompts) for name, prompts in probes.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
