@@ -13,6 +13,8 @@ textual-inversion *initializer* word in place of each learned token (through the
 inpainting code, into ``initializer-probe-<inpaint key>/`` beside the stage, resumable), and
 reads those: does the learned token do better than the word it started from?
 
+``vae_roundtrip_of_sources`` is the ceiling: the share of the sources the oracle still reads
+as their own digit after a VAE round trip (every generated image is VAE-decoded).
 ``pruning_separability`` asks whether any threshold of the pruning rules could raise
 composition success: per target class, the ROC AUC of each per-sample statistic the rules
 threshold (``p``, and ``rho_raw``, plus ``p_target`` and ``logit_delta``) for telling the edits
@@ -137,6 +139,26 @@ def pruning_separability(table: pd.DataFrame, good: np.ndarray) -> dict:
     return out
 
 
+def roundtrip_reading(table: pd.DataFrame) -> dict:
+    """The ceiling of composition success for these edits: every generated image is decoded
+    by the zoo's VAE, so read each SOURCE image after a VAE round trip (encode, decode,
+    nothing repainted) and report the share the oracle still reads as the source's digit,
+    overall and per source class."""
+    from spuraug.data.toy import ToyConfig
+    from spuraug.toyworld.check import vae_roundtrip
+    from spuraug.toyworld.oracle import as_uint8_batch, load_oracle, predict
+
+    cfg = ToyConfig()
+    src = table.source_class.to_numpy()
+    images = as_uint8_batch(_load(table.source_path))
+    d, _ = predict(load_oracle(), vae_roundtrip(images))
+    ok = d == np.array([cfg.digits[c] for c in src])
+    d0, _ = predict(load_oracle(), images)
+    return {"n": int(len(ok)), "digit_acc": round(float(ok.mean()), 4),
+            "digit_acc_without_roundtrip": round(float((d0 == np.array([cfg.digits[c] for c in src])).mean()), 4),
+            "digit_acc_by_source_class": {str(c): round(float(ok[src == c].mean()), 4) for c in sorted(set(src))}}
+
+
 def initializer_probe(stage: Path, initializer: str, train, n_classes: int) -> tuple[pd.DataFrame, Path]:
     """Repaint the inpaint ``stage``'s samples with ``initializer`` instead of the learned
     tokens (same sources, masks, seeds, settings); returns the probe's samples table and folder."""
@@ -194,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
                  (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep))}
         for c in sorted(set(int(v) for v in target))}
     out["pruning_separability"] = pruning_separability(t, r["digit"])
+    out["vae_roundtrip_of_sources"] = roundtrip_reading(t)
     out["by_condition"] = {
         cond: {"passed": _rates(r, t[cond].to_numpy(bool)), "failed": _rates(r, ~t[cond].to_numpy(bool))}
         for cond in ("cond1_keep", "cond2_keep") if cond in t}

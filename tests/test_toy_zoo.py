@@ -175,3 +175,17 @@ def test_committed_inpainter_uses_the_digit_word():
 
     gap = text_usage_gap(n=96, timesteps=(900,))["x0_error_on_object_cells"]["900"]
     assert gap["gap"] > 0.005 and gap["gap"] / gap["true"] > 0.01
+
+
+def test_vae_roundtrip_keeps_images_close_and_is_what_the_pipeline_decodes():
+    from spuraug.data.toy import ToyConfig, ToyDataset
+    from spuraug.toyworld.check import vae_roundtrip
+
+    imgs = ToyDataset("test", ToyConfig()).images[:6]
+    out = vae_roundtrip(imgs)
+    assert out.shape == imgs.shape and out.dtype == np.uint8
+    mae = np.abs(out.astype(float) - imgs.astype(float)).mean()
+    assert 0.5 < mae < 30, mae  # not the identity, not noise: the committed VAE's error is ~14/255
+    assert np.array_equal(vae_roundtrip(imgs), out)  # deterministic (latent mean, no sampling)
+    # another batch size changes the float kernels' rounding only
+    assert np.abs(vae_roundtrip(imgs[:3]).astype(int) - out[:3].astype(int)).max() <= 2
