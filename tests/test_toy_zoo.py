@@ -189,3 +189,16 @@ def test_vae_roundtrip_keeps_images_close_and_is_what_the_pipeline_decodes():
     assert np.array_equal(vae_roundtrip(imgs), out)  # deterministic (latent mean, no sampling)
     # another batch size changes the float kernels' rounding only
     assert np.abs(vae_roundtrip(imgs[:3]).astype(int) - out[:3].astype(int)).max() <= 2
+
+
+def test_vae_probe_trains_a_variant_and_reads_round_trips(tmp_path):
+    from bench.toy_vae_probe import main
+
+    rep = main(["--variant", "tiny", "vae_steps=2", "vae_channels=[8,16,16]", "--n-eval", "4",
+                "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    v = rep["variants"]["tiny"]
+    assert v["changes"] == {"vae_steps": 2, "vae_channels": [8, 16, 16]} and v["n"] == 4
+    assert (tmp_path / "tiny" / "config.json").is_file() and 0 <= v["digit_acc"] <= 1
+    assert set(rep["committed"]["digit_acc_by_digit"]) == {"3", "8"} and (tmp_path / "r.json").is_file()
+    with pytest.raises(SystemExit, match="not KEY=VALUE"):
+        main(["--variant", "bad", "vae_steps", "--n-eval", "4", "--work", str(tmp_path)])

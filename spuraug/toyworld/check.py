@@ -73,12 +73,14 @@ def _grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
 
 
 def vae_roundtrip(images: np.ndarray, model_id: str = "spuraug/toy-sd-inpainting", batch_size: int = 64) -> np.ndarray:
-    """uint8 (N, 64, 64, 3) images encoded (latent mean) and decoded by the zoo's VAE."""
+    """uint8 (N, 64, 64, 3) images encoded (latent mean) and decoded by a VAE: the one of the
+    pipeline ``model_id`` (an id or a pipeline folder with ``vae/``) or a VAE folder itself."""
     from diffusers import AutoencoderKL
 
     from spuraug.toyworld.zoo import resolve_model_id
 
-    vae = AutoencoderKL.from_pretrained(Path(resolve_model_id(model_id)) / "vae").eval()
+    folder = Path(resolve_model_id(model_id))
+    vae = AutoencoderKL.from_pretrained(folder / "vae" if (folder / "vae").is_dir() else folder).eval()
     out = []
     with torch.no_grad():
         for j in range(0, len(images), batch_size):
