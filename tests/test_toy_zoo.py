@@ -202,3 +202,15 @@ def test_vae_probe_trains_a_variant_and_reads_round_trips(tmp_path):
     assert set(rep["committed"]["digit_acc_by_digit"]) == {"3", "8"} and (tmp_path / "r.json").is_file()
     with pytest.raises(SystemExit, match="not KEY=VALUE"):
         main(["--variant", "bad", "vae_steps", "--n-eval", "4", "--work", str(tmp_path)])
+
+
+def test_zoo_cli_recipe_changes_are_checked_fields():
+    from spuraug.toyworld.zoo.__main__ import with_fields
+
+    r = with_fields(ZooRecipe(), ["vae_steps=2000", "vae_channels=[32,64,64]"])
+    assert r.vae_steps == 2000 and r.vae_channels == (32, 64, 64) and r.unet_steps == ZooRecipe().unet_steps
+    assert r.key() != ZooRecipe().key()  # another recipe: its own work folder and manifest
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        with_fields(ZooRecipe(), ["vae_stepz=1"])
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        with_fields(ZooRecipe(), ["vae_steps"])

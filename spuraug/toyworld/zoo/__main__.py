@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--threads", type=int, default=2,
                     help="torch threads (default 2; use 1 on a busy machine: oversubscription is slower)")
     tr.add_argument("--short", action="store_true", help="the few-step test recipe (quality is not the point)")
+    tr.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="recipe fields to change, e.g. vae_steps=2000 (an experiment: use --out elsewhere)")
     sub.add_parser("check", help="verify every file against the manifest's sha256")
     args = parser.parse_args(argv)
 
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         recipe = ZooRecipe.short() if args.short else ZooRecipe()
+        if args.set:
+            recipe = with_fields(recipe, args.set)
         out = Path(args.out) if args.out else zoo_dir()
         manifest = build_zoo(out, recipe, work_dir=args.work_dir, force=args.force, threads=args.threads)
         print(json.dumps({k: manifest[k] for k in ("recipe_key", "stage_train_s", "this_run_wall_s")}))
@@ -43,6 +47,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mismatch: {k}", file=sys.stderr)
     print("ok" if not bad else f"{len(bad)} file(s) differ from the manifest")
     return 1 if bad else 0
+
+
+def with_fields(recipe, items: list[str]):
+    """``recipe`` with ``FIELD=VALUE`` changes (YAML values; lists become tuples)."""
+    from dataclasses import fields, replace
+
+    import yaml
+
+    known = {f.name for f in fields(recipe)}
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of the recipe's fields "
+                             f"({', '.join(sorted(known))})")
+        parsed = yaml.safe_load(value)
+        changes[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return replace(recipe, **changes)
 
 
 if __name__ == "__main__":
