@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.provenance import write_json
+from bench.provenance import emit_report
 
 
 def _newest(pattern: str) -> Path:
@@ -53,11 +53,11 @@ def _load(paths) -> list[Image.Image]:
     return out
 
 
-def _read(images: list[Image.Image], target_class, source_class, source_a, cfg) -> dict[str, np.ndarray]:
-    from spuraug.toyworld.oracle import load_oracle, predict
+def _read(oracle, images: list[Image.Image], target_class, source_class, source_a, cfg) -> dict[str, np.ndarray]:
+    from spuraug.toyworld.oracle import predict
     from spuraug.toyworld.render import BACKGROUNDS
 
-    d, b = predict(load_oracle(), images)
+    d, b = predict(oracle, images)
     ok_digit = d == np.array([cfg.digits[c] for c in target_class])
     ok_bg = np.array([BACKGROUNDS[k] for k in b]) == np.array([cfg.backgrounds[a] for a in source_a])
     src_digit = d == np.array([cfg.digits[c] for c in source_class])
@@ -139,21 +139,21 @@ def pruning_separability(table: pd.DataFrame, good: np.ndarray) -> dict:
     return out
 
 
-def roundtrip_reading(table: pd.DataFrame) -> dict:
+def roundtrip_reading(oracle, table: pd.DataFrame) -> dict:
     """The ceiling of composition success for these edits: every generated image is decoded
     by the zoo's VAE, so read each SOURCE image after a VAE round trip (encode, decode,
     nothing repainted) and report the share the oracle still reads as the source's digit,
     overall and per source class."""
     from spuraug.data.toy import ToyConfig
     from spuraug.toyworld.check import vae_roundtrip
-    from spuraug.toyworld.oracle import as_uint8_batch, load_oracle, predict
+    from spuraug.toyworld.oracle import as_uint8_batch, predict
 
     cfg = ToyConfig()
     src = table.source_class.to_numpy()
     images = as_uint8_batch(_load(table.source_path))
-    d, _ = predict(load_oracle(), vae_roundtrip(images))
+    d, _ = predict(oracle, vae_roundtrip(images))
     ok = d == np.array([cfg.digits[c] for c in src])
-    d0, _ = predict(load_oracle(), images)
+    d0, _ = predict(oracle, images)
     return {"n": int(len(ok)), "digit_acc": round(float(ok.mean()), 4),
             "digit_acc_without_roundtrip": round(float((d0 == np.array([cfg.digits[c] for c in src])).mean()), 4),
             "digit_acc_by_source_class": {str(c): round(float(ok[src == c].mean()), 4) for c in sorted(set(src))}}
@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     train = ToyDataset("train", cfg)
     src_a = np.array([train.a[int(s)] for s in t.source_id])
     images = _load(t.generated_path)
-    r = _read(images, t.target_class, t.source_class, src_a, cfg)
+    from spuraug.toyworld.oracle import load_oracle
+
+    oracle = load_oracle()  # once, for every reading below
+    r = _read(oracle, images, t.target_class, t.source_class, src_a, cfg)
     keep = t.keep.to_numpy(bool)
     out = {"prune_table": str(table), "sources_majority_share": float((src_a == t.source_class).mean()),
            "oracle_reads_source_digit": float(r["source_digit"].mean())}
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                  (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep))}
         for c in sorted(set(int(v) for v in target))}
     out["pruning_separability"] = pruning_separability(t, r["digit"])
-    out["vae_roundtrip_of_sources"] = roundtrip_reading(t)
+    out["vae_roundtrip_of_sources"] = roundtrip_reading(oracle, t)
     out["by_condition"] = {
         cond: {"passed": _rates(r, t[cond].to_numpy(bool)), "failed": _rates(r, ~t[cond].to_numpy(bool))}
         for cond in ("cond1_keep", "cond2_keep") if cond in t}
@@ -234,16 +237,12 @@ def main(argv: list[str] | None = None) -> dict:
         probe, folder = initializer_probe(stage, args.initializer_word, train, train.n_classes)
         probe = probe.set_index("sample_id").loc[t.sample_id]
         probe_images = _load(folder / f for f in probe.file)
-        ri = _read(probe_images, probe.target_class, probe.source_class, src_a, cfg)
+        ri = _read(oracle, probe_images, probe.target_class, probe.source_class, src_a, cfg)
         out["initializer"] = {"word": args.initializer_word, "folder": str(folder),
                               "all": _rates(ri, np.ones(len(t), bool)),
                               "object_colour_by_target_class": _colours_by_target(
                                   probe_images, list(probe["mask"]), probe.target_class)}
-    if not args.quiet:
-        print(json.dumps(out, indent=2))
-    if args.out:
-        write_json(Path(args.out), out)
-    return out
+    return emit_report(out, args.out, args.quiet)
 
 
 if __name__ == "__main__":

@@ -144,3 +144,14 @@ def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(clean(obj), indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def emit_report(report: dict, out: str | Path | None = None, quiet: bool = False) -> dict:
+    """A probe's ending: print ``report`` as indented JSON (unless ``quiet``), write it to
+    ``out`` (when given) with :func:`write_json`, return it."""
+    if not quiet:
+        print(json.dumps(report, indent=2, default=str))
+    if out:
+        write_json(Path(out), report)
+    return report
+

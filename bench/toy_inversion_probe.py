@@ -23,7 +23,6 @@ other class's true digit word. About 2 minutes per setting on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.provenance import write_json
+from bench.provenance import emit_report
 
 TOKENS = ("<class-0>", "<class-1>")
 
@@ -126,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         files = learn_tokens(args.loss_region, args.steps, Path(tmp), args.seed)
         report = {"args": vars(args), **evaluate(files, args.n_eval, args.words)}
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(report, indent=2))
-    if args.out:
-        write_json(Path(args.out), report)
-    return report
+    return emit_report(report, args.out)
 
 
 if __name__ == "__main__":

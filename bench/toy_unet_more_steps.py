@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.provenance import write_json
+from bench.provenance import emit_report
 
 
 def continue_unet(steps: int, work: Path) -> Path:
@@ -87,10 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"steps_more": args.steps, "train_s": round(train_s, 1),
               "committed": word_rates("spuraug/toy-sd-inpainting", args.n_eval),
               "continued": word_rates(str(continued), args.n_eval)}
-    print(report)
-    if args.out:
-        write_json(Path(args.out), report)
-    return report
+    return emit_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.provenance import write_json
+from bench.provenance import emit_report
 
 
-def read_roundtrip(vae_folder: str, test, sel: np.ndarray) -> dict:
+def read_roundtrip(oracle, vae_folder: str, test, sel: np.ndarray) -> dict:
     """The oracle's digit accuracy on the round trips of ``test[sel]`` (overall, per class)."""
     from spuraug.toyworld.check import vae_roundtrip
-    from spuraug.toyworld.oracle import load_oracle, predict
+    from spuraug.toyworld.oracle import predict
 
     truth = np.array([test.config.digits[y] for y in test.y[sel]])
-    d, _ = predict(load_oracle(), vae_roundtrip(test.images[sel], vae_folder))
+    d, _ = predict(oracle, vae_roundtrip(test.images[sel], vae_folder))
     ok = d == truth
     return {"n": int(len(sel)), "digit_acc": round(float(ok.mean()), 4),
             "digit_acc_by_digit": {str(g): round(float(ok[truth == g].mean()), 4) for g in sorted(set(truth))}}
@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", default="/tmp/spuraug-vae-probe")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
-    test, sel, _ = balanced_test_selection(args.n_eval)
-    report = {"n_eval": args.n_eval, "committed": read_roundtrip("spuraug/toy-sd-inpainting", test, sel),
-              "clean_images": None, "variants": {}}
     from spuraug.toyworld.oracle import load_oracle, predict
 
-    d, _ = predict(load_oracle(), test.images[sel])
-    report["clean_images"] = {"digit_acc": round(float((d == np.array([test.config.digits[y]
-                                                                         for y in test.y[sel]])).mean()), 4)}
+    test, sel, _ = balanced_test_selection(args.n_eval)
+    oracle = load_oracle()
+    d, _ = predict(oracle, test.images[sel])
+    truth = np.array([test.config.digits[y] for y in test.y[sel]])
+    report = {"n_eval": args.n_eval, "committed": read_roundtrip(oracle, "spuraug/toy-sd-inpainting", test, sel),
+              "clean_images": {"digit_acc": round(float((d == truth).mean()), 4)}, "variants": {}}
     for name, *pairs in args.variant:
         changes = {}
         for kv in pairs:
@@ -83,12 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
         folder = Path(args.work) / name
         train_s = train_variant(changes, folder)
         report["variants"][name] = {"changes": {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
-                                    "train_s": round(train_s, 1), **read_roundtrip(str(folder), test, sel)}
+                                    "train_s": round(train_s, 1), **read_roundtrip(oracle, str(folder), test, sel)}
         print(name, report["variants"][name], flush=True)
-    print({k: v for k, v in report.items() if k != "variants"})
-    if args.out:
-        write_json(Path(args.out), report)
-    return report
+    return emit_report(report, args.out)
 
 
 if __name__ == "__main__":
