@@ -54,7 +54,10 @@ class BackboneRecipe:
 
 def _batch(world: World, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     """World images in [-1, 1] (the toy transform's range), shifted by up to 4 px as the
-    toy benchmark's training transform does (reflect padding, one random crop per batch)."""
+    toy benchmark's training transform does (reflect padding, one random crop per batch).
+    Not :meth:`spuraug.data.transforms.ToyTransform.batch`: that one draws from torch's global
+    generator, this one from the step's own ``rng``, so a resumed pretraining draws exactly
+    what an uninterrupted one would."""
     x = torch.from_numpy(np.ascontiguousarray(world.images[idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
     x = F.pad(x, (4, 4, 4, 4), mode="reflect")
     dy, dx = (int(v) for v in rng.integers(0, 9, size=2))
