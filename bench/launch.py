@@ -43,7 +43,15 @@ class RunSpec:
         return Path(self.runs_dir) / self.dataset / self.method / f"seed{self.seed}"
 
     def is_finished(self) -> bool:
-        return (self.run_dir() / "done").exists()
+        """Finished with this spec's config and still current (``spuraug.runs.is_current``):
+        a run made with other settings or, for DDB, other model weights is not skipped."""
+        from spuraug.runs import is_current
+
+        try:
+            return is_current(self.dataset, self.method, self.seed, self.runs_dir, self.data_dir,
+                              self.config_file, self.overrides)
+        except Exception:  # noqa: BLE001 - a bad config fails, with its message, in the run itself
+            return False
 
 
 @dataclass

@@ -102,6 +102,12 @@ class Method:
     def run(self, ctx: Any) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def stale_reason(self, ctx: Any, result: dict) -> str | None:
+        """Why a finished run of this very config no longer matches its inputs (say, the
+        weights behind a model id changed), or None. A stale run is redone; its folder is
+        kept as ``.seed<S>.previous``."""
+        return None
+
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: register a :class:`Method` subclass under ``name``."""

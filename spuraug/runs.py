@@ -206,6 +206,32 @@ def _move_aside(d: Path) -> Path:
     return target
 
 
+def is_current(
+    dataset: str,
+    method: str,
+    seed: int,
+    runs_dir: str | os.PathLike = "runs",
+    data_dir: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: dict | None = None,
+) -> bool:
+    """Whether :func:`run_method` would return a finished run as is: ``done`` present, the
+    same config hash, and the method finds it not stale (``Method.stale_reason``)."""
+    d = run_dir(runs_dir, dataset, method, seed)
+    if not (d / "done").is_file():
+        return False
+    config = load_config(dataset, method, config_file, overrides)
+    old, result = _read_json(d / "config.json"), _read_json(d / "result.json")
+    if old is None or result is None or old.get("config_hash") != config["config_hash"]:
+        return False
+    ctx = RunContext(
+        dataset=dataset, method=method, seed=int(seed), config=config, dir=d, runs_dir=Path(runs_dir),
+        data_dir=data_dir, device=engine.resolve_device(None),
+        config_file=str(config_file) if config_file is not None else None, overrides=overrides, progress=False,
+    )
+    return get_method(method)().stale_reason(ctx, result) is None
+
+
 def run_method(
     dataset: str,
     method: str,
@@ -228,18 +254,25 @@ def run_method(
     cls = get_method(method)
     d = run_dir(runs_dir, dataset, method, seed)
     old = _read_json(d / "config.json")
-    if (d / "done").is_file() and not force:
-        result = _read_json(d / "result.json")
-        if result is not None and old is not None and old.get("config_hash") == config["config_hash"]:
-            return result
     method_obj = cls()
     ctx = RunContext(
         dataset=dataset, method=method, seed=int(seed), config=config, dir=d, runs_dir=Path(runs_dir),
         data_dir=data_dir, device=engine.resolve_device(device),
         config_file=str(config_file) if config_file is not None else None, overrides=overrides, progress=progress,
     )
+    stale = None
+    if (d / "done").is_file() and not force:
+        result = _read_json(d / "result.json")
+        if result is not None and old is not None and old.get("config_hash") == config["config_hash"]:
+            stale = method_obj.stale_reason(ctx, result)
+            if stale is None:
+                return result
     ctx.load_split("train", "eval")  # missing data fails here, before any folder is made
-    if d.exists() and old is not None and old.get("config_hash") != config["config_hash"]:
+    if stale is not None:
+        kept = _move_aside(d)
+        print(f"[{dataset}/{method}/seed{seed}] redoing the finished run in {d}: {stale}; "
+              f"the old one is kept as {kept}", file=sys.stderr)
+    elif d.exists() and old is not None and old.get("config_hash") != config["config_hash"]:
         if not force:
             raise RunConfigMismatch(
                 f"{d} holds a run with config {old.get('config_hash')} (from {old.get('config_file')}), "

@@ -542,3 +542,31 @@ def test_clean_mask_keeps_the_largest_part_without_holes():
     m[15, 15] = m[0, 19] = True  # speckles
     out = segment.clean_mask(m)
     assert out[2:12, 2:12].all() and out.sum() == 100
+
+
+def test_weights_changed_names_the_stage_whose_model_weights_changed(tmp_path):
+    """A finished DDB run whose model folder was overwritten (a retrained toy zoo) is stale;
+    the check reads the stage folders under the runs folder it is given (a copy checks its
+    own copies) and cannot tell, so says nothing, when a stage folder is gone."""
+    from spuraug.ddb.pipeline import artifact_root, weights_changed
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"v1")
+    cfg = ddb_config({"invert": {"model": str(model)}, "inpaint": {"model": str(model)},
+                      "segment": {"backend": "clipseg", "clipseg": str(model)}})
+    runs = tmp_path / "runs"
+    root = artifact_root(runs, "toy")
+    stages = {}
+    for name, sub in (("invert", "invert-a"), ("segment", "seed0/segment-b"), ("inpaint", "seed0/inpaint-c")):
+        (root / sub).mkdir(parents=True)
+        w = hub.fingerprint(str(model))
+        (root / sub / "key.json").write_text(json.dumps({"weights": [w] if name == "segment" else w}))
+        stages[name] = {"path": f"elsewhere/toy/ddb_artifacts/{sub}"}  # recorded from another runs folder
+    assert weights_changed(cfg, stages, runs, "toy") is None
+    (model / "weights.bin").write_bytes(b"v2")
+    reason = weights_changed(cfg, stages, runs, "toy")
+    assert reason is not None and "invert" in reason and hub.fingerprint(str(model)) in reason
+    for sub in ("invert-a", "seed0/segment-b", "seed0/inpaint-c"):
+        (root / sub / "key.json").unlink()
+    assert weights_changed(cfg, stages, runs, "toy") is None

@@ -110,6 +110,22 @@ def test_done_run_is_skipped_forced_run_keeps_the_old_one(tmp_path, tiny):
     assert (d / "done").is_file()
 
 
+def test_stale_finished_run_is_redone_and_the_old_one_kept(tmp_path, tiny, monkeypatch, capsys):
+    from spuraug.methods import get_method
+    from spuraug.runs import is_current
+
+    first = run_method("toy", "erm", 0, runs_dir=tmp_path, overrides=tiny, progress=False)
+    assert is_current("toy", "erm", 0, tmp_path, overrides=tiny)
+    monkeypatch.setattr(get_method("erm"), "stale_reason", lambda self, ctx, result: "the weights changed")
+    assert not is_current("toy", "erm", 0, tmp_path, overrides=tiny)
+    again = run_method("toy", "erm", 0, runs_dir=tmp_path, overrides=tiny, progress=False)
+    d = run_dir(tmp_path, "toy", "erm", 0)
+    assert "the weights changed" in capsys.readouterr().err
+    previous = d.with_name(".seed0.previous")
+    assert json.loads((previous / "result.json").read_text())["wall_time_s"] == first["wall_time_s"]
+    assert (d / "done").is_file() and again["wall_time_s"] != first["wall_time_s"]
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, small_toy):
     class NaNAtEpoch2(engine.Objective):
         def __call__(self, losses, batch):

@@ -144,6 +144,37 @@ def test_ddb_throughput_read_from_manifests(tmp_path):
     assert ddb_generation_throughput(tmp_path, "celeba") == []
 
 
+def _finished_with_default_config(d):
+    """Give a hand-built run folder the config hash of the default config of its method."""
+    from spuraug.runs import load_config
+
+    cfg = json.loads((d / "config.json").read_text())
+    h = load_config("toy", cfg["method"])["config_hash"]
+    for name in ("config.json", "result.json"):
+        doc = json.loads((d / name).read_text())
+        doc["config_hash"] = h
+        (d / name).write_text(json.dumps(doc))
+    return d
+
+
+def test_local_launcher_does_not_skip_a_finished_run_of_another_config(tmp_path, monkeypatch):
+    """A finished folder made with other settings (or, for DDB, other weights) is run, not
+    reported as if it were this config's: run_method then refuses it or redoes it."""
+    calls = []
+    monkeypatch.setattr(LocalLauncher, "_run_inprocess", staticmethod(lambda spec: calls.append(spec.label)))
+    _finished_with_default_config(make_run(tmp_path, "toy", "erm", 0, 50.0, 60.0))
+    assert RunSpec("toy", "erm", 0, runs_dir=str(tmp_path)).is_finished()
+    assert not RunSpec("toy", "erm", 0, runs_dir=str(tmp_path), overrides={"erm": {"epochs": 3}}).is_finished()
+    la = LocalLauncher(log=lambda line: None)
+    la.submit(RunSpec("toy", "erm", 0, runs_dir=str(tmp_path), overrides={"erm": {"epochs": 3}}))
+    assert [o.status for o in la.wait()] == ["done"] and calls == ["toy/erm/seed0"]
+    # a stale run (the method says its inputs changed) is not finished either
+    from spuraug.methods import get_method
+
+    monkeypatch.setattr(get_method("erm"), "stale_reason", lambda self, ctx, result: "weights changed")
+    assert not RunSpec("toy", "erm", 0, runs_dir=str(tmp_path)).is_finished()
+
+
 def test_local_launcher_skips_finished_and_survives_failures(tmp_path, monkeypatch):
     calls = []
 
@@ -154,7 +185,7 @@ def test_local_launcher_skips_finished_and_survives_failures(tmp_path, monkeypat
         make_run(tmp_path, spec.dataset, spec.method, spec.seed, 50.0, 60.0)
 
     monkeypatch.setattr(LocalLauncher, "_run_inprocess", staticmethod(fake_run))
-    make_run(tmp_path, "toy", "erm", 0, 50.0, 60.0)  # already finished
+    _finished_with_default_config(make_run(tmp_path, "toy", "erm", 0, 50.0, 60.0))  # already finished
     logs = []
     la = LocalLauncher(log=logs.append)
     for m, s in [("erm", 0), ("broken", 0), ("erm", 1)]:

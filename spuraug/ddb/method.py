@@ -38,6 +38,14 @@ class DDB(Method):
         "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),
     }
 
+    def stale_reason(self, ctx, result: dict) -> str | None:
+        """A finished DDB run is stale when the weights behind its models changed since (a
+        retrained toy zoo, another snapshot in a local folder): same config, other images."""
+        from spuraug.ddb.pipeline import weights_changed
+
+        cfg = config_from_hparams(ctx.hparams, where=f"{ctx.config['config_file']}: ddb")
+        return weights_changed(cfg, (result.get("ddb") or {}).get("stages") or {}, ctx.runs_dir, ctx.dataset)
+
     def run(self, ctx) -> dict:
         from spuraug.ddb.pipeline import Stages, kept_arrays
         from spuraug.ddb.retrain import AugmentedTrainSet, DDBObjective, GeneratedDataset, reinit_head

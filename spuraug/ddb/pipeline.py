@@ -49,6 +49,42 @@ def artifact_root(runs_dir: str | os.PathLike, dataset: str) -> Path:
     return Path(runs_dir) / dataset / "ddb_artifacts"
 
 
+def segmenter_models(cfg: DDBConfig) -> tuple[str, ...]:
+    """The model ids the segment stage loads."""
+    s = cfg.segment
+    return (s.clipseg,) if s.backend == "clipseg" else (s.detector, s.sam)
+
+
+def weights_changed(cfg: DDBConfig, stages: dict, runs_dir: str | os.PathLike, dataset: str) -> str | None:
+    """Whether the weights behind a model id changed since a DDB run made its stages.
+
+    ``stages`` is the ``ddb.stages`` of its result.json (each stage's folder); each stage
+    folder's ``key.json`` records the fingerprint (:func:`spuraug.ddb.hub.fingerprint`) of
+    the weights it used. Returns a sentence naming the stage and both fingerprints, or None
+    when they all still match (or cannot be told: a stage folder deleted, the weights absent
+    on this machine). The folders are looked up under ``runs_dir``, so a copied runs folder
+    is checked against its own copies.
+    """
+    current = {"invert": hub.fingerprint(cfg.invert.model),
+               "segment": [hub.fingerprint(m) for m in segmenter_models(cfg)],
+               "inpaint": hub.fingerprint(cfg.inpaint.model)}
+    root = artifact_root(runs_dir, dataset)
+    for name, now in current.items():
+        rec = Path(str((stages.get(name) or {}).get("path") or ""))
+        if "ddb_artifacts" not in rec.parts:
+            continue
+        try:
+            key = read_json(root.joinpath(*rec.parts[rec.parts.index("ddb_artifacts") + 1:]) / "key.json")
+        except (OSError, ValueError):
+            continue
+        was = key.get("weights") if isinstance(key, dict) else None
+        if was is None or "unknown" in (now if isinstance(now, list) else [now]):
+            continue
+        if was != now:
+            return f"the weights behind its {name} stage's model changed since it ran ({was} -> {now})"
+    return None
+
+
 @dataclass
 class Stages:
     """The DDB stages of one dataset and ERM seed.
@@ -120,8 +156,7 @@ class Stages:
 
     # ------------------------------------------------------------------ artifacts
     def _segmenter_models(self) -> tuple[str, ...]:
-        s = self.cfg.segment
-        return (s.clipseg,) if s.backend == "clipseg" else (s.detector, s.sam)
+        return segmenter_models(self.cfg)
 
     def invert_artifact(self) -> Artifact:
         key = {**self._base_key(), "invert": _key_cfg(self.cfg.invert), "n_classes": self.n_classes,
