@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--initializer-word", default="digit", help="the toy config's initializer_token")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     ap.add_argument("--quiet", action="store_true", help="do not print the report")
+    ap.add_argument("--oracle", default=None,
+                    help="read with this oracle folder instead of the zoo's (how much the readings depend "
+                         "on the instrument: e.g. an oracle retrained by `make toy-zoo` on another machine)")
     args = ap.parse_args(argv)
     base = f"{args.runs_dir}/toy/ddb_artifacts/seed{args.seed}"
     if not glob.glob(f"{base}/prune-*/table.csv"):
@@ -203,12 +206,13 @@ def main(argv: list[str] | None = None) -> dict:
     train = ToyDataset("train", cfg)
     src_a = np.array([train.a[int(s)] for s in t.source_id])
     images = _load(t.generated_path)
-    from spuraug.toyworld.oracle import load_oracle
+    from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle
 
-    oracle = load_oracle()  # once, for every reading below
+    oracle = load_oracle(args.oracle or ORACLE_MODEL_ID)  # once, for every reading below
     r = _read(oracle, images, t.target_class, t.source_class, src_a, cfg)
     keep = t.keep.to_numpy(bool)
-    out = {"prune_table": str(table), "sources_majority_share": float((src_a == t.source_class).mean()),
+    out = {"prune_table": str(table), "oracle": args.oracle or ORACLE_MODEL_ID,
+           "sources_majority_share": float((src_a == t.source_class).mean()),
            "oracle_reads_source_digit": float(r["source_digit"].mean())}
     for name, sel in (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep)):
         out[name] = _rates(r, sel)
