@@ -56,6 +56,8 @@ class Version:
     path: Path
     summary: pd.DataFrame = field(repr=False)
     provenance: dict = field(default_factory=dict, repr=False)
+    #: Its parent folder relative to the results folder ("toy", "toyworld/zoo_58660efb1898").
+    folder: str = ""
 
     @property
     def ablation(self) -> list[str]:
@@ -64,8 +66,9 @@ class Version:
         run at an older commit's config are filed); empty for a benchmark version. A version
         with any is an ablation: listed, never ranked."""
         changes = version_changes(self.provenance)
-        if self.path.parent.name != self.dataset:
-            changes.append(f"kept in results/{self.path.parent.name}/")
+        folder = self.folder or self.path.parent.name
+        if folder != self.dataset:
+            changes.append(f"kept in results/{folder}/")
         return changes
 
     @property
@@ -93,14 +96,17 @@ def version_changes(provenance: dict) -> list[str]:
 
 
 def find_versions(results_dir: str | Path) -> list[Version]:
-    """Every ``results/<folder>/<version>/`` with a summary.csv, oldest first; the dataset is
-    the one its provenance names (else the folder's name)."""
+    """Every ``results/<folder>/[<subfolders>/]<version>/`` with a summary.csv, oldest first;
+    the dataset is the one its provenance names (else the top folder's name). Versions in
+    subfolders (``results/toyworld/zoo_58660efb1898/ablation_no_pruning``) are named by their
+    path below the top folder, so equal folder names stay apart."""
     out = []
-    for csv_path in sorted(Path(results_dir).glob("*/*/summary.csv")):
+    for csv_path in sorted(Path(results_dir).rglob("summary.csv")):
         vdir = csv_path.parent
-        dataset = vdir.parent.name
-        if dataset in RESERVED:
+        rel = vdir.relative_to(results_dir).parts
+        if len(rel) < 2 or rel[0] in RESERVED or "runs" in rel:
             continue
+        dataset = rel[0]
         try:
             df = pd.read_csv(csv_path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -114,7 +120,8 @@ def find_versions(results_dir: str | Path) -> list[Version]:
                 prov = json.loads((vdir / "provenance.json").read_text())
             except json.JSONDecodeError as e:
                 raise LeaderboardError(f"{vdir / 'provenance.json'}: not valid JSON ({e})") from None
-        out.append(Version(str(prov.get("dataset") or dataset), vdir.name, vdir, df, prov))
+        out.append(Version(str(prov.get("dataset") or dataset), "/".join(rel[1:]), vdir, df, prov,
+                           folder="/".join(rel[:-1])))
     return sorted(out, key=lambda v: (v.created, v.name))
 
 

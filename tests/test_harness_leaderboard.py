@@ -94,6 +94,12 @@ def test_ablations_are_listed_but_never_ranked(results):
     toy = md.split("## toy")[1].split("## waterbirds")[0]
     assert "| ERM | 60.0 ± 0.0 |" in toy and "99.0" not in toy.split("### All version folders")[0]
     assert "lr05" in toy and "ablation, not ranked: erm.lr=0.5, kept in results/toyworld_ablations/" in toy
+    # filed one level deeper (results/<folder>/<sub>/<version>), beside a folder of the same name
+    shutil.copytree(res / "toyworld_ablations" / "lr05", res / "toyworld_ablations" / "zoo_old" / "lr05")
+    md = build_leaderboard(res, runs)["markdown"].read_text()
+    toy = md.split("## toy")[1].split("## waterbirds")[0]
+    assert "99.0" not in toy.split("### All version folders")[0]
+    assert "[zoo_old/lr05]" in toy and "kept in results/toyworld_ablations/zoo_old/" in toy and "[lr05]" in toy
     # older folders without the field: read from the recorded command line
     assert version_changes({"command": "python -m bench.sweep --dataset toy --set a.b=1 --config x.yaml"}) == [
         "a.b=1", "--config x.yaml"]
