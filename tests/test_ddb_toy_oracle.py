@@ -85,3 +85,21 @@ def test_unet_more_steps_probe_continues_the_committed_unet(tmp_path):
     change = sum(float((a[k] - b[k]).norm()) for k in b) / sum(float(b[k].norm()) for k in b)
     assert change < 0.05, change  # ... a little: training resumed from the committed weights
     assert (tmp_path / "pipeline" / "vae" / "config.json").is_file()  # the rest of the pipeline is copied
+
+
+def test_oracle_agreement_is_one_with_itself_and_less_with_a_perturbed_copy():
+    import torch
+
+    from bench.toy_oracle_agreement import agreement
+    from spuraug.data.toy import ToyConfig, ToyDataset
+    from spuraug.toyworld.oracle import load_oracle
+
+    images = ToyDataset("test", ToyConfig()).images[:64]
+    a = load_oracle()
+    assert agreement(a, load_oracle(), images) == {"n": 64, "digit": 1.0, "background": 1.0}
+    b = load_oracle()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * p.std().clamp_min(1e-3))
+    r = agreement(a, b, images)
+    assert r["n"] == 64 and r["digit"] < 1.0
