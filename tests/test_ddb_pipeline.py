@@ -200,3 +200,34 @@ def test_object_region_inversion_segments_its_images_and_keys_on_the_segmenter(c
         assert len(list((art.path / f"class{c}" / "masks").glob("*.json"))) == 3
         assert [p.stem for p in masks] == sorted(str(i) for i in m["classes"][str(c)]["image_ids"])
         assert (art.path / f"class{c}" / "learned_embeds.safetensors").is_file()
+
+
+def test_region_loss_inversion_takes_the_loss_over_the_whole_repainted_region(config_file, tmp_path, monkeypatch):
+    """invert.loss_region=region: the same segmented regions as "object", but the loss is
+    taken over the whole region (train_token gets the regions as its objects), with its own
+    cache key."""
+    from spuraug.ddb import invert as inv
+    from spuraug.ddb.method import config_from_hparams
+    from spuraug.ddb.pipeline import Stages
+
+    raw = yaml.safe_load(config_file.read_text())
+
+    def stages(region: str) -> Stages:
+        ddb = {**raw["ddb"], "invert": {**raw["ddb"]["invert"], "loss_region": region}}
+        return Stages("toy", 0, config_from_hparams(ddb), runs_dir=tmp_path, device="cpu",
+                      dataset_options=raw["dataset_options"])
+
+    calls = []
+    real = inv.train_token
+
+    def spy(comps, images, token, token_id, cfg, out, device, regions=None, objects=None, **kw):
+        calls.append((cfg.loss_region, regions, objects))
+        return real(comps, images, token, token_id, cfg, out, device, regions=regions, objects=objects, **kw)
+
+    monkeypatch.setattr(inv, "train_token", spy)
+    assert stages("region").invert_artifact().key != stages("object").invert_artifact().key
+    stages("region").invert()
+    assert calls and all(lr == "object" and objs is regs and regs is not None for lr, regs, objs in calls)
+    calls.clear()
+    stages("object").invert()
+    assert calls and all(objs is not regs for _, regs, objs in calls)

@@ -80,7 +80,8 @@ class InvertConfig:
     #: (``inpaint.mask_mode``, ``inpaint.mask_dilation``) is masked, and the loss is taken
     #: on the object's latent cells only, so the token has to explain the object, not the
     #: background (needs a 9-channel inpainting UNet; an image where no object is found
-    #: is used whole). Not in the paper: docs/ddb.md.
+    #: is used whole). "region": the same, with the loss over the whole repainted region
+    #: (the object's surroundings inside the box too). Not in the paper: docs/ddb.md.
     loss_region: str = "image"
     #: Run the ``gradient_accumulation_steps`` micro-batches of an optimizer step as one
     #: forward/backward pass (same random draws and per-micro-batch losses: only rounding
@@ -218,7 +219,7 @@ _CHOICES = {
     ("prune", "engine"): ("local", "ray"),
     ("prune", "ig_target"): ("new", "source"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
-    ("invert", "loss_region"): ("image", "object"),
+    ("invert", "loss_region"): ("image", "object", "region"),
 }
 
 

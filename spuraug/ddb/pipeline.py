@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,7 @@ class Stages:
     def invert_artifact(self) -> Artifact:
         key = {**self._base_key(), "invert": _key_cfg(self.cfg.invert), "n_classes": self.n_classes,
                "weights": hub.fingerprint(self.cfg.invert.model)}
-        if self.cfg.invert.loss_region == "object":  # the regions come from the segmenter and inpaint's mask shape
+        if self.cfg.invert.loss_region in ("object", "region"):  # regions from the segmenter and inpaint's mask shape
             key["regions"] = {"segment": _key_cfg(self.cfg.segment),
                               "mask_mode": self.cfg.inpaint.mask_mode, "mask_dilation": self.cfg.inpaint.mask_dilation,
                               "weights": [hub.fingerprint(m) for m in self._segmenter_models()]}
@@ -224,15 +224,18 @@ class Stages:
                     continue
                 images = [train.load_image(int(i)) for i in chosen]
                 regions = objects = None
-                if cfg.loss_region == "object":
+                if cfg.loss_region in ("object", "region"):
                     if segmenter is None:
                         from spuraug.ddb.segment import build_segmenter
 
                         segmenter = build_segmenter(self.cfg.segment, self.device)
                     objects, regions = self._inversion_regions(segmenter, images, image_ids, out / "masks")
                     info["regions_found"] = sum(r is not None for r in regions)
+                    if cfg.loss_region == "region":  # the loss over the whole repainted region
+                        objects = regions
                 t0 = time.perf_counter()
-                inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
+                inv.train_token(comps, images, tokens[c], ids[c], replace(cfg, loss_region="object")
+                                if cfg.loss_region == "region" else cfg, out, self.device,
                                 desc=f"invert class {c} {tokens[c]}", regions=regions, objects=objects)
                 dt = time.perf_counter() - t0
                 n_seen = cfg.max_train_steps * cfg.train_batch_size * cfg.gradient_accumulation_steps
