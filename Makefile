@@ -107,10 +107,13 @@ doctor: $(if $(DOCKER_ON),docker-volumes,setup) ## check GPU, packages, weights,
 docker-volumes:
 	mkdir -p "$(HOST_DATA_DIR)" "$(CURDIR)/results" "$(CURDIR)/runs" "$(HOST_HF_HOME)" "$(HOST_TORCH_HOME)"
 
-.PHONY: toy-zoo toy-zoo-check
+.PHONY: toy-zoo toy-zoo-check toy-zoo-time
 ZOO_THREADS ?= 2
 toy-zoo: setup ## train the toy model zoo (inpainter, segmenter, oracle) on the toy world; skipped when its manifest matches [ZOO_THREADS=2]
 	$(PY) -m spuraug.toyworld.zoo train --threads $(ZOO_THREADS)
+
+toy-zoo-time: setup ## project the from-nothing `make toy-zoo` time on this machine from two short builds (~3 min) into results/toyworld/
+	$(PY) -m bench.toy_zoo_time --threads $(ZOO_THREADS) --out results/toyworld/zoo_time_projection.json
 
 toy-zoo-check: setup ## measure the toy zoo's quality (oracle, segmenter IoU, inpainting identity) into results/toyworld/
 	$(PY) -m spuraug.toyworld.zoo check

@@ -214,3 +214,21 @@ def test_zoo_cli_recipe_changes_are_checked_fields():
         with_fields(ZooRecipe(), ["vae_stepz=1"])
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         with_fields(ZooRecipe(), ["vae_steps"])
+
+
+def test_zoo_time_projection_fits_fixed_plus_per_step_and_runs_the_real_build(tmp_path):
+    from bench.toy_zoo_time import STEP_FIELDS, main, project, scaled
+
+    a = {"steps": {"vae": 10, "unet": 10}, "stage_s": {"vae": 3.0, "unet": 12.0}, "world_s": 1.0, "wall_s": 17.0}
+    b = {"steps": {"vae": 20, "unet": 20}, "stage_s": {"vae": 5.0, "unet": 22.0}, "world_s": 1.0, "wall_s": 29.5}
+    p = project({"vae": 1000, "unet": 100}, a, b)
+    assert p["stages"]["vae"] == {"steps": 1000, "per_step_s": 0.2, "fixed_s": 1.0, "projected_s": 201.0}
+    assert p["stages"]["unet"]["projected_s"] == 102.0 and p["other_s"] == 1.5
+    assert p["projected_total_s"] == 201.0 + 102.0 + 1.0 + 1.5
+    with pytest.raises(ValueError, match="more steps"):
+        project({"vae": 1}, b, a)
+    r = scaled(ZooRecipe(), 0.05)
+    assert r.vae_steps == 100 and r.unet_steps == 120 and r.seg_steps == 15 and r.oracle_steps == 75
+    rep = main(["--short", "--fraction", "0.5", "--threads", "1", "--quiet", "--out", str(tmp_path / "t.json")])
+    assert set(rep["stages"]) == set(STEP_FIELDS) and rep["projected_total_s"] > 0
+    assert json.loads((tmp_path / "t.json").read_text())["recipe_key"] == ZooRecipe.short().key()
