@@ -120,8 +120,12 @@ class LocalLauncher(Launcher):
                 outcomes.append(RunOutcome(spec, "skipped", 0.0))
                 continue
             resuming = (spec.run_dir() / "checkpoints" / "last.pt").exists() and not spec.force
-            self.log(f"{prefix}: {'resuming' if resuming else 'running'} "
-                     f"(elapsed {_hms(time.monotonic() - start)})")
+            state = "running"
+            if (spec.run_dir() / "done").exists() and not spec.force:
+                state = "finished with other settings or inputs, not skipped"
+            elif resuming:
+                state = "resuming"
+            self.log(f"{prefix}: {state} (elapsed {_hms(time.monotonic() - start)})")
             t0 = time.monotonic()
             try:
                 if self.mode == "inprocess":

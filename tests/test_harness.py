@@ -168,6 +168,11 @@ def test_local_launcher_does_not_skip_a_finished_run_of_another_config(tmp_path,
     la = LocalLauncher(log=lambda line: None)
     la.submit(RunSpec("toy", "erm", 0, runs_dir=str(tmp_path), overrides={"erm": {"epochs": 3}}))
     assert [o.status for o in la.wait()] == ["done"] and calls == ["toy/erm/seed0"]
+    logs = []
+    la = LocalLauncher(log=logs.append)
+    la.submit(RunSpec("toy", "erm", 0, runs_dir=str(tmp_path), overrides={"erm": {"epochs": 3}}))
+    la.wait()
+    assert logs[0].startswith("[1/1] toy/erm/seed0: finished with other settings or inputs, not skipped")
     # a stale run (the method says its inputs changed) is not finished either
     from spuraug.methods import get_method
 
