@@ -199,6 +199,28 @@ def test_object_loss_region_ignores_the_prediction_off_the_object(models, tmp_pa
     assert not torch.allclose(learn("inside"), plain, atol=1e-4)
 
 
+def test_region_loss_takes_the_whole_region_whatever_object_is_given(models, tmp_path):
+    """loss_region=region is loss_region=object with the region as the object: the given
+    object masks are not used, and the token differs from the object-loss one."""
+    kw = dict(resolution=16, max_train_steps=2, gradient_accumulation_steps=1, initializer_token="digit",
+              noun="digit", learning_rate=5e-2)
+    obj = np.zeros((16, 16), bool)
+    obj[0:8, 0:8] = True
+    region = np.zeros((16, 16), bool)
+    region[:, 0:8] = True
+
+    def learn(loss_region, objects, name):
+        comps = invert.load_sd_components(str(models["sd9"]))
+        tid = invert.add_tokens(comps, ["<c0>"], "digit")[0]
+        return invert.train_token(comps, _images(2, size=(16, 16)), "<c0>", tid,
+                                  InvertConfig(**kw, loss_region=loss_region), tmp_path / name,
+                                  regions=[region, region], objects=objects)
+
+    as_object = learn("object", [region, region], "object-region")
+    assert torch.allclose(learn("region", [obj, obj], "region"), as_object, atol=1e-6)
+    assert not torch.allclose(learn("object", [obj, obj], "object"), as_object, atol=1e-4)
+
+
 def test_object_loss_region_without_a_found_object_is_whole_image_inversion(models, tmp_path):
     kw = dict(resolution=16, max_train_steps=2, gradient_accumulation_steps=1, initializer_token="digit",
               noun="digit", learning_rate=5e-2)

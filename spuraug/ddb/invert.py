@@ -200,7 +200,8 @@ def train_token(
     object found, the image is used whole; ``objects`` defaults to ``regions``): the
     9-channel UNet sees the region masked and the rest of the image as the masked image,
     as at inpainting time, and the loss is the mean over the object, each latent cell
-    weighted by the share of its pixels the object covers.
+    weighted by the share of its pixels the object covers. ``"region"``: the same, with
+    the loss over the whole region (``objects`` is not used).
 
     Resumes from ``out_dir/checkpoint.pt`` (written every ``cfg.checkpoint_every``
     optimizer steps) and writes ``out_dir/learned_embeds.safetensors`` at the end. Does
@@ -265,14 +266,14 @@ def train_token(
         mask_lat = torch.ones(len(images), 1, *lat_hw, device=device)
         masked = masked_lat.expand(len(images), -1, -1, -1).clone() if nine else None
         weight = torch.ones(len(images), 1, *lat_hw, device=device)
-        if cfg.loss_region == "object":
+        if cfg.loss_region in ("object", "region"):
             if not nine:
-                raise ValueError("ddb.invert.loss_region: 'object' needs a 9-channel inpainting UNet "
+                raise ValueError(f"ddb.invert.loss_region: {cfg.loss_region!r} needs a 9-channel inpainting UNet "
                                  f"(this one takes {unet.config.in_channels}); use 'image'")
-            objects = regions if objects is None else objects
+            objects = regions if objects is None or cfg.loss_region == "region" else objects
             for name, given in (("regions", regions), ("objects", objects)):
                 if given is None or len(given) != len(images):
-                    raise ValueError(f"ddb.invert.loss_region 'object': need one region per image "
+                    raise ValueError(f"ddb.invert.loss_region {cfg.loss_region!r}: need one region per image "
                                      f"({len(images)} images, {0 if given is None else len(given)} {name})")
             for k, (region, obj) in enumerate(zip(regions, objects)):
                 if region is None or obj is None or not np.asarray(region).any() or not np.asarray(obj).any():
@@ -286,7 +287,7 @@ def train_token(
                 o = preprocess_mask(obj, cfg.resolution, cfg.center_crop).to(device)[None]
                 weight[k : k + 1] = F.interpolate(o, size=tuple(lat_hw), mode="area")
         elif cfg.loss_region != "image":
-            raise ValueError(f"ddb.invert.loss_region: {cfg.loss_region!r} is not one of ('image', 'object')")
+            raise ValueError(f"ddb.invert.loss_region: {cfg.loss_region!r} is not one of ('image', 'object', 'region')")
     n_img = len(images)
     tok = components.tokenizer
     templates = list(cfg.templates)
@@ -331,7 +332,7 @@ def train_token(
                 losses = []
                 for k in range(0, len(idx_d), bs):  # each micro-batch's own loss, as unfused
                     sl = slice(k, k + bs)
-                    if cfg.loss_region == "object":  # mean squared error over the object's cells
+                    if cfg.loss_region != "image":  # mean squared error over the object's (region's) cells
                         w = weight[idx_d[sl]]
                         losses.append(((pred[sl] - target[sl].float()) ** 2 * w).sum() / (w.sum() * pred.shape[1]))
                     else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +231,8 @@ class Stages:
                         segmenter = build_segmenter(self.cfg.segment, self.device)
                     objects, regions = self._inversion_regions(segmenter, images, image_ids, out / "masks")
                     info["regions_found"] = sum(r is not None for r in regions)
-                    if cfg.loss_region == "region":  # the loss over the whole repainted region
-                        objects = regions
                 t0 = time.perf_counter()
-                inv.train_token(comps, images, tokens[c], ids[c], replace(cfg, loss_region="object")
-                                if cfg.loss_region == "region" else cfg, out, self.device,
+                inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
                                 desc=f"invert class {c} {tokens[c]}", regions=regions, objects=objects)
                 dt = time.perf_counter() - t0
                 n_seen = cfg.max_train_steps * cfg.train_batch_size * cfg.gradient_accumulation_steps
