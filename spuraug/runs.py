@@ -206,6 +206,30 @@ def _move_aside(d: Path) -> Path:
     return target
 
 
+def _context(dataset: str, method: str, seed: int, runs_dir, data_dir, config_file, overrides,
+             device=None, progress: bool = True) -> RunContext:
+    """The resolved config (``load_config``) and run folder of one run, as a :class:`RunContext`."""
+    return RunContext(
+        dataset=dataset, method=method, seed=int(seed), config=load_config(dataset, method, config_file, overrides),
+        dir=run_dir(runs_dir, dataset, method, seed), runs_dir=Path(runs_dir), data_dir=data_dir,
+        device=engine.resolve_device(device), config_file=str(config_file) if config_file is not None else None,
+        overrides=overrides, progress=progress,
+    )
+
+
+def _finished(ctx: RunContext, method_obj, old: dict | None) -> tuple[dict | None, str | None]:
+    """The finished run in ``ctx.dir``: ``(result, None)`` when it was made with this config and
+    can be returned as is, ``(None, why)`` when its inputs changed since
+    (``Method.stale_reason``), ``(None, None)`` when there is no finished run of this config."""
+    if not (ctx.dir / "done").is_file() or old is None or old.get("config_hash") != ctx.config["config_hash"]:
+        return None, None
+    result = _read_json(ctx.dir / "result.json")
+    if result is None:
+        return None, None
+    stale = method_obj.stale_reason(ctx, result)
+    return (result, None) if stale is None else (None, stale)
+
+
 def is_current(
     dataset: str,
     method: str,
@@ -218,18 +242,10 @@ def is_current(
     """Whether :func:`run_method` would return a finished run as is: ``done`` present, the
     same config hash, and the method finds it not stale (``Method.stale_reason``)."""
     d = run_dir(runs_dir, dataset, method, seed)
-    if not (d / "done").is_file():
+    if not (d / "done").is_file():  # nothing finished: no config to resolve
         return False
-    config = load_config(dataset, method, config_file, overrides)
-    old, result = _read_json(d / "config.json"), _read_json(d / "result.json")
-    if old is None or result is None or old.get("config_hash") != config["config_hash"]:
-        return False
-    ctx = RunContext(
-        dataset=dataset, method=method, seed=int(seed), config=config, dir=d, runs_dir=Path(runs_dir),
-        data_dir=data_dir, device=engine.resolve_device(None),
-        config_file=str(config_file) if config_file is not None else None, overrides=overrides, progress=False,
-    )
-    return get_method(method)().stale_reason(ctx, result) is None
+    ctx = _context(dataset, method, seed, runs_dir, data_dir, config_file, overrides, progress=False)
+    return _finished(ctx, get_method(method)(), _read_json(d / "config.json"))[0] is not None
 
 
 def run_method(
@@ -246,27 +262,20 @@ def run_method(
 ) -> dict:
     """Train and evaluate ``method`` on ``dataset`` with ``seed``; returns ``result.json``'s contents.
 
-    A finished run (``done`` present, same config) is returned as is; an unfinished one
-    resumes from ``checkpoints/last.pt``. Every input is validated before any file is
-    touched. With ``force`` a finished run is moved aside (``.seed<S>.previous``) and redone.
+    A finished run (``done`` present, same config, not stale) is returned as is; an
+    unfinished one resumes from ``checkpoints/last.pt``. Every input is validated before any
+    file is touched. With ``force``, or when the method finds the finished run stale (its
+    inputs changed), it is moved aside (``.seed<S>.previous``) and redone.
     """
-    config = load_config(dataset, method, config_file, overrides)
-    cls = get_method(method)
-    d = run_dir(runs_dir, dataset, method, seed)
+    ctx = _context(dataset, method, seed, runs_dir, data_dir, config_file, overrides, device, progress)
+    config, d = ctx.config, ctx.dir
     old = _read_json(d / "config.json")
-    method_obj = cls()
-    ctx = RunContext(
-        dataset=dataset, method=method, seed=int(seed), config=config, dir=d, runs_dir=Path(runs_dir),
-        data_dir=data_dir, device=engine.resolve_device(device),
-        config_file=str(config_file) if config_file is not None else None, overrides=overrides, progress=progress,
-    )
+    method_obj = get_method(method)()
     stale = None
-    if (d / "done").is_file() and not force:
-        result = _read_json(d / "result.json")
-        if result is not None and old is not None and old.get("config_hash") == config["config_hash"]:
-            stale = method_obj.stale_reason(ctx, result)
-            if stale is None:
-                return result
+    if not force:
+        result, stale = _finished(ctx, method_obj, old)
+        if result is not None:
+            return result
     ctx.load_split("train", "eval")  # missing data fails here, before any folder is made
     if stale is not None:
         kept = _move_aside(d)
