@@ -14,13 +14,12 @@ default fraction; the check of the projection against a full build is in docs/to
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.provenance import emit_report
+from bench.provenance import emit_report, hardware
 
 #: The recipe field holding each timed stage's number of optimizer steps.
 STEP_FIELDS = {"vae": "vae_steps", "unet": "unet_steps", "clipseg": "seg_steps", "oracle": "oracle_steps"}
@@ -83,19 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
         b = timed_build(rb, Path(tmp) / "b", args.threads)
     full = {s: getattr(recipe, f) for s, f in STEP_FIELDS.items()}
     report = {"recipe_key": recipe.key(), "fraction": args.fraction, "threads": args.threads,
-              "machine": {"processor": platform.processor() or platform.machine(), "cpu": _cpu_name()},
+              "hardware": hardware(),
               "builds": {"a": a, "b": b}, **project(full, a, b)}
     return emit_report(report, args.out, args.quiet)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":
