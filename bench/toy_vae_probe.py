@@ -53,9 +53,9 @@ def train_variant(changes: dict, folder: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import yaml
-
     from bench.toy_inversion_probe import balanced_test_selection
+    from spuraug.toyworld.recipe import ZooRecipe
+    from spuraug.toyworld.zoo.__main__ import recipe_changes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME [KEY=VALUE ...]",
@@ -73,13 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"n_eval": args.n_eval, "committed": read_roundtrip(oracle, "spuraug/toy-sd-inpainting", test, sel),
               "clean_images": {"digit_acc": round(float((d == truth).mean()), 4)}, "variants": {}}
     for name, *pairs in args.variant:
-        changes = {}
-        for kv in pairs:
-            if "=" not in kv:
-                raise SystemExit(f"--variant {name}: {kv!r} is not KEY=VALUE")
-            k, v = kv.split("=", 1)
-            value = yaml.safe_load(v)
-            changes[k] = tuple(value) if isinstance(value, list) else value
+        changes = recipe_changes(ZooRecipe(), pairs, flag=f"--variant {name}")
         folder = Path(args.work) / name
         train_s = train_variant(changes, folder)
         report["variants"][name] = {"changes": {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},

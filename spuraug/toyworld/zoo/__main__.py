@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
-def with_fields(recipe, items: list[str]):
-    """``recipe`` with ``FIELD=VALUE`` changes (YAML values; lists become tuples)."""
-    from dataclasses import fields, replace
+def recipe_changes(recipe, items: list[str], flag: str = "--set") -> dict:
+    """``FIELD=VALUE`` items as recipe field changes (YAML values; lists become tuples);
+    ``SystemExit`` naming ``flag`` and the item for anything else."""
+    from dataclasses import fields
 
     import yaml
 
@@ -60,11 +61,18 @@ def with_fields(recipe, items: list[str]):
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
-            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of the recipe's fields "
-                             f"({', '.join(sorted(known))})")
+            raise SystemExit(f"{flag} {item!r}: not KEY=VALUE; expected FIELD=VALUE with FIELD one of the "
+                             f"recipe's fields ({', '.join(sorted(known))})")
         parsed = yaml.safe_load(value)
         changes[key] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return replace(recipe, **changes)
+    return changes
+
+
+def with_fields(recipe, items: list[str]):
+    """``recipe`` with ``FIELD=VALUE`` changes (:func:`recipe_changes`)."""
+    from dataclasses import replace
+
+    return replace(recipe, **recipe_changes(recipe, items))
 
 
 if __name__ == "__main__":
