@@ -77,6 +77,7 @@ def vae_roundtrip(images: np.ndarray, model_id: str = "spuraug/toy-sd-inpainting
     pipeline ``model_id`` (an id or a pipeline folder with ``vae/``) or a VAE folder itself."""
     from diffusers import AutoencoderKL
 
+    from spuraug.toyworld.recipe import to_model_range
     from spuraug.toyworld.zoo import resolve_model_id
 
     folder = Path(resolve_model_id(model_id))
@@ -84,7 +85,7 @@ def vae_roundtrip(images: np.ndarray, model_id: str = "spuraug/toy-sd-inpainting
     out = []
     with torch.no_grad():
         for j in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[j : j + batch_size].copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = to_model_range(images[j : j + batch_size])
             y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
             out.append(((y + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
