@@ -152,10 +152,11 @@ def roundtrip_reading(oracle, table: pd.DataFrame) -> dict:
     src = table.source_class.to_numpy()
     images = as_uint8_batch(_load(table.source_path))
     d, _ = predict(oracle, vae_roundtrip(images))
-    ok = d == np.array([cfg.digits[c] for c in src])
+    truth = np.array([cfg.digits[c] for c in src])
+    ok = d == truth
     d0, _ = predict(oracle, images)
     return {"n": int(len(ok)), "digit_acc": round(float(ok.mean()), 4),
-            "digit_acc_without_roundtrip": round(float((d0 == np.array([cfg.digits[c] for c in src])).mean()), 4),
+            "digit_acc_without_roundtrip": round(float((d0 == truth).mean()), 4),
             "digit_acc_by_source_class": {str(c): round(float(ok[src == c].mean()), 4) for c in sorted(set(src))}}
 
 

@@ -20,21 +20,25 @@ import numpy as np
 from bench.provenance import emit_report
 
 
-def agreement(oracle_a, oracle_b, images) -> dict:
-    """Share of ``images`` on which both oracles read the same digit / the same background."""
+def agreement(oracle_a, oracle_b, images, truth: np.ndarray | None = None) -> dict:
+    """Share of ``images`` on which both oracles read the same digit / the same background;
+    with ``truth`` (the true digits) also each oracle's digit accuracy (``acc_a``, ``acc_b``)."""
     from spuraug.toyworld.oracle import predict
 
     da, ba = predict(oracle_a, images)
     db, bb = predict(oracle_b, images)
-    return {"n": int(len(da)), "digit": round(float((da == db).mean()), 4),
-            "background": round(float((ba == bb).mean()), 4)}
+    out = {"n": int(len(da)), "digit": round(float((da == db).mean()), 4),
+           "background": round(float((ba == bb).mean()), 4)}
+    if truth is not None:
+        out.update(acc_a=round(float((da == truth).mean()), 4), acc_b=round(float((db == truth).mean()), 4))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     from PIL import Image
 
     from spuraug.data.toy import ToyConfig, ToyDataset
-    from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle, predict
+    from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("other", help="the other oracle's folder")
@@ -45,11 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     a, b = load_oracle(ORACLE_MODEL_ID), load_oracle(args.other)
     test = ToyDataset("test", ToyConfig())
-    truth = np.array([test.config.digits[y] for y in test.y])
+    on_test = agreement(a, b, test.images, truth=np.array([test.config.digits[y] for y in test.y]))
     out = {"oracle": ORACLE_MODEL_ID, "other": args.other,
-           "test_digit_acc": {"oracle": round(float((predict(a, test.images)[0] == truth).mean()), 4),
-                              "other": round(float((predict(b, test.images)[0] == truth).mean()), 4)},
-           "test_images": agreement(a, b, test.images)}
+           "test_digit_acc": {"oracle": on_test.pop("acc_a"), "other": on_test.pop("acc_b")},
+           "test_images": on_test}
     files = sorted(glob.glob(f"{args.runs}/toy/ddb_artifacts/seed{args.seed}/inpaint-*/images/*.png"))
     if files:
         images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])

@@ -103,3 +103,6 @@ def test_oracle_agreement_is_one_with_itself_and_less_with_a_perturbed_copy():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * p.std().clamp_min(1e-3))
     r = agreement(a, b, images)
     assert r["n"] == 64 and r["digit"] < 1.0
+    truth = np.array([ToyConfig().digits[y] for y in ToyDataset("test", ToyConfig()).y[:64]])
+    with_truth = agreement(a, a, images, truth=truth)
+    assert with_truth["acc_a"] == with_truth["acc_b"] > 0.5 and agreement(a, b, images, truth)["acc_b"] < 1.0
