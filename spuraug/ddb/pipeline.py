@@ -155,16 +155,13 @@ class Stages:
         return {"dataset": self.dataset, "dataset_options": self.dataset_options}
 
     # ------------------------------------------------------------------ artifacts
-    def _segmenter_models(self) -> tuple[str, ...]:
-        return segmenter_models(self.cfg)
-
     def invert_artifact(self) -> Artifact:
         key = {**self._base_key(), "invert": _key_cfg(self.cfg.invert), "n_classes": self.n_classes,
                "weights": hub.fingerprint(self.cfg.invert.model)}
         if self.cfg.invert.loss_region in ("object", "region"):  # regions from the segmenter and inpaint's mask shape
             key["regions"] = {"segment": _key_cfg(self.cfg.segment),
                               "mask_mode": self.cfg.inpaint.mask_mode, "mask_dilation": self.cfg.inpaint.mask_dilation,
-                              "weights": [hub.fingerprint(m) for m in self._segmenter_models()]}
+                              "weights": [hub.fingerprint(m) for m in segmenter_models(self.cfg)]}
         return Artifact(self.root(), "invert", key)
 
     def sources_artifact(self) -> Artifact:
@@ -175,7 +172,7 @@ class Stages:
     def segment_artifact(self) -> Artifact:
         return Artifact(self.seed_root(), "segment", {"sources": self.sources_artifact().key,
                                                       "segment": _key_cfg(self.cfg.segment),
-                                                      "weights": [hub.fingerprint(m) for m in self._segmenter_models()]})
+                                                      "weights": [hub.fingerprint(m) for m in segmenter_models(self.cfg)]})
 
     def inpaint_artifact(self) -> Artifact:
         from spuraug.ddb.inpaint import resolve_dtype
