@@ -3,9 +3,16 @@
 # real SD2 architectures, training throughput per baseline through the engine on CUDA, and the
 # CUDA paths of the engine and the DDB stages via their tests (device "auto" picks CUDA there).
 # Usage on a CUDA machine, from the repo root: OUT=/some/dir bash bench/gpu_check.sh
+#   PARTS=ddb,train,cuda (default: all three) picks the parts; DDB_BATCHES (default 1,8,32),
+#   DDB_VARIANTS (UNet speed variants, default the script's) and DDB_BUDGET (seconds, default
+#   250) tune the inpainting part. Efficiency only, in one short run:
+#   PARTS=ddb DDB_BATCHES=32,8 DDB_BUDGET=420 OUT=/some/dir bash bench/gpu_check.sh
 # Wheels missing on that machine (diffusers, captum) may be carried in .whl/.
 set -u
 OUT=${OUT:-results/gpu}
+PARTS=${PARTS:-ddb,train,cuda}
+DDB_BUDGET=${DDB_BUDGET:-250}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -16,11 +23,18 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.csv"
 python3 -c "import torch, diffusers, transformers, captum; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" | tee "$OUT/versions.txt"
-echo "== DDB inpainting throughput (SD2 architectures, 512 px)"
-timeout 300 python3 bench/gpu_ddb_throughput.py --out "$OUT/gpu_ddb.json" --time-budget 250 2>&1 | tee "$OUT/gpu_ddb.log"
-echo "== training throughput per baseline (toy CNN, ResNet-50 224 px) on CUDA"
-timeout 120 python3 -m pytest bench/test_train_throughput.py -q -p no:cacheprovider --benchmark-enable --benchmark-only \
-  --benchmark-json "$OUT/train_gpu.json" 2>&1 | tail -30 | tee "$OUT/train_gpu.log"
-echo "== CUDA paths: engine and DDB tests with device auto"
-timeout 120 python3 -m pytest tests/test_engine.py tests/test_ddb.py tests/test_ddb_pipeline.py -q -p no:cacheprovider -x 2>&1 | tail -30 | tee "$OUT/cuda_tests.log"
+if part ddb; then
+  echo "== DDB inpainting throughput (SD2 architectures, 512 px; UNet speed variants)"
+  timeout $((DDB_BUDGET + 60)) python3 bench/gpu_ddb_throughput.py --out "$OUT/gpu_ddb.json" --time-budget "$DDB_BUDGET" \
+    --batch-sizes "${DDB_BATCHES:-1,8,32}" ${DDB_VARIANTS:+--variants "$DDB_VARIANTS"} 2>&1 | tee "$OUT/gpu_ddb.log"
+fi
+if part train; then
+  echo "== training throughput per baseline (toy CNN, ResNet-50 224 px) on CUDA"
+  timeout 120 python3 -m pytest bench/test_train_throughput.py -q -p no:cacheprovider --benchmark-enable --benchmark-only \
+    --benchmark-json "$OUT/train_gpu.json" 2>&1 | tail -30 | tee "$OUT/train_gpu.log"
+fi
+if part cuda; then
+  echo "== CUDA paths: engine and DDB tests with device auto"
+  timeout 120 python3 -m pytest tests/test_engine.py tests/test_ddb.py tests/test_ddb_pipeline.py -q -p no:cacheprovider -x 2>&1 | tail -30 | tee "$OUT/cuda_tests.log"
+fi
 echo "gpu_check done"

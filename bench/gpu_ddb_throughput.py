@@ -8,8 +8,13 @@ and the OpenCLIP ViT-H text encoder from their published configs with random wei
 - the FLOPs of one image (torch.utils.flop_counter.FlopCounterMode over one call);
 - the bf16 matrix-product ceiling of the same GPU (large square matmuls);
 
+- the UNet alone (its FLOPs per sample, samples/s at the pipeline's UNet batch) under each
+  speed variant (``--variants``: memory format, fused q/k/v projections, torch.compile;
+  ``spuraug.ddb.inpaint.speed_up``), so one GPU run says which option pays;
+
 and prints / writes JSON with achieved TFLOP/s = FLOPs per image x images/s and its
-ratio to the ceiling. Every phase is time-bounded (``--time-budget``) and prints
+ratio to the ceiling; the pipeline is timed with the best UNet variant
+(``--pipeline-variant``). Every phase is time-bounded (``--time-budget``) and prints
 progress. ``--smoke`` runs tiny configs on CPU in seconds (tested by the suite).
 
     python bench/gpu_ddb_throughput.py --out gpu_ddb.json            # on a CUDA machine
@@ -110,8 +115,7 @@ def build_pipeline(smoke: bool, device: torch.device, dtype: torch.dtype):
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     pipe = pipe.to(device=device, dtype=dtype)
-    if device.type == "cuda":
-        pipe.unet.to(memory_format=torch.channels_last)
+    if device.type == "cuda":  # the UNet's layout is a measured variant (see unet_variants)
         pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     n_params = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) for k in ("unet", "vae", "text_encoder")}
@@ -174,6 +178,89 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, deadline: Deadline,
             best = {"tflops": tflops, "n": n}
         del a, b
     return best
+
+
+#: Speed variants of the UNet: "+"-joined options of spuraug.ddb.inpaint.speed_up.
+VARIANT_OPTIONS = {"cl": "channels_last", "qkv": "fuse_qkv", "compile": "compile"}
+
+
+def parse_variant(name: str) -> dict:
+    """``"cl+qkv+compile"`` -> speed_up keyword arguments; ``"eager"`` = none of them."""
+    opts = {v: False for v in VARIANT_OPTIONS.values()}
+    for part in name.split("+"):
+        if part == "eager":
+            continue
+        if part not in VARIANT_OPTIONS:
+            raise ValueError(f"--variants: unknown option {part!r} in {name!r}; expected eager or "
+                             f"+-joined {', '.join(VARIANT_OPTIONS)}")
+        opts[VARIANT_OPTIONS[part]] = True
+    return opts
+
+
+def unet_flops_per_sample(unet, res: int, device: torch.device, dtype: torch.dtype) -> float:
+    """FLOPs of one UNet forward on one latent sample (FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        unet(*unet_inputs(unet, 1, res, device, dtype), return_dict=False)
+    return float(counter.get_total_flops())
+
+
+def unet_inputs(unet, n: int, res: int, device: torch.device, dtype: torch.dtype):
+    """What the inpainting pipeline passes the UNet: 9-channel latents, a timestep, text states."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    lat = res // 8
+    c = unet.config
+    x = torch.randn(n, c.in_channels, lat, lat, generator=g).to(device, dtype)
+    text = torch.randn(n, 77, c.cross_attention_dim, generator=g).to(device, dtype)
+    return x, torch.tensor(500, device=device), text
+
+
+def unet_variants(base_unet, names: list[str], n: int, res: int, device: torch.device,
+                  dtype: torch.dtype, flops: float, ceiling: float, deadline: Deadline, min_time: float,
+                  compile_mode: str) -> tuple[list[dict], dict]:
+    """samples/s of the UNet alone under each variant; returns the rows and the callables."""
+    from spuraug.ddb.inpaint import speed_up
+
+    rows, fns = [], {}
+    args = unet_inputs(base_unet, n, res, device, dtype)
+    for name in names:
+        opts = parse_variant(name)
+        if deadline.left() < (60 if opts["compile"] and min_time > 1 else 5):
+            log(f"UNet {name}: skipped (time budget)")
+            continue
+        fn = speed_up(base_unet, compile_mode=compile_mode, **opts)
+        try:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                for _ in range(2):  # warm-up: cuDNN choices, compilation on the first call
+                    fn(*args, return_dict=False)
+                sync(device)
+                warm = time.perf_counter() - t0
+                calls, t0 = 0, time.perf_counter()
+                while True:
+                    fn(*args, return_dict=False)
+                    calls += 1
+                    sync(device)
+                    dt = time.perf_counter() - t0
+                    if dt >= min_time or deadline.left() < dt / calls + 2:
+                        break
+        except torch.cuda.OutOfMemoryError:
+            log(f"UNet {name}: out of memory")
+            torch.cuda.empty_cache()
+            rows.append({"variant": name, "error": "out of memory"})
+            continue
+        sps = n * calls / dt
+        tflops = flops * sps / 1e12
+        row = {"variant": name, **opts, "unet_batch": n, "samples_per_s": sps, "calls": calls, "seconds": dt,
+               "warmup_s": warm, "achieved_tflops": tflops, "ratio_to_ceiling": tflops / ceiling if ceiling else None}
+        log(f"UNet {name} (batch {n}): {sps:.2f} samples/s, {tflops:.1f} TFLOP/s = "
+            f"{100 * (row['ratio_to_ceiling'] or 0):.1f}% of the ceiling (warm-up {warm:.1f} s)")
+        rows.append(row)
+        fns[name] = fn
+    speed_up(base_unet)  # back to the plain UNet; the caller picks a variant
+    return rows, fns
 
 
 def measure(pipe, batch: int, res: int, steps: int, guidance: float, device: torch.device,
@@ -242,7 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance-scale", type=float, default=7.5, help="7.5 (pipeline default) doubles the UNet batch")
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (adds compile time)")
+    ap.add_argument("--variants", default=None,
+                    help="UNet speed variants timed alone, comma-separated, each eager or +-joined cl (channels-last), "
+                         "qkv (fused projections), compile (default eager,cl,cl+qkv,cl+qkv+compile; smoke eager,cl+qkv)")
+    ap.add_argument("--pipeline-variant", default="best",
+                    help="UNet variant for the pipeline timings: best (highest UNet ratio) or a variant name")
     # max-autotune spent a whole 6-minute H200 budget autotuning (results/gpu/2026-11-28_h200/README.md)
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode (default: inductor's default)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed calls per batch size (default 20)")
@@ -270,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
         "what": "DDB inpainting throughput, SD2 architectures with random weights" + (" (SMOKE: tiny configs)" if args.smoke else ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "dtype": str(dtype), "resolution": res, "steps": steps,
-        "guidance_scale": args.guidance_scale, "attention": "SDPA (AttnProcessor2_0)", "compile": args.compile,
+        "guidance_scale": args.guidance_scale, "attention": "SDPA (AttnProcessor2_0)", "compile_mode": args.compile_mode,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join([sys.executable, *sys.argv]),
     }
     log(f"building pipeline on {device} ({dtype}) ...")
@@ -284,13 +375,35 @@ def main(argv: list[str] | None = None) -> dict:
     report["flops_per_image"] = flops
     log(f"{flops / 1e12:.2f} TFLOP per image ({steps} steps, guidance {args.guidance_scale})")
 
-    if args.compile:  # after counting: FLOPs are those of the model, not of compiled kernels
-        log("torch.compile of the UNet (compiles during the first warm-up call) ...")
-        pipe.unet = torch.compile(pipe.unet, mode=args.compile_mode, fullgraph=False)
-
     ceiling = matmul_ceiling(device, dtype, Deadline(min(60.0, max(deadline.left() * 0.15, 5.0))), args.smoke)
     report["matmul_ceiling_tflops"] = ceiling["tflops"]
     report["matmul_ceiling_n"] = ceiling.get("n")
+
+    # The UNet alone, at the pipeline's UNet batch for the largest batch size (x2 with guidance).
+    base_unet = pipe.unet
+    names = (args.variants or ("eager,cl+qkv" if args.smoke else "eager,cl,cl+qkv,cl+qkv+compile")).split(",")
+    for name in names:
+        parse_variant(name)  # a typo fails here, before any timing
+    unet_flops = unet_flops_per_sample(base_unet, res, device, dtype)
+    n_unet = max(sizes) * (2 if args.guidance_scale > 1 else 1)
+    report["unet_flops_per_sample"] = unet_flops
+    log(f"UNet: {unet_flops / 1e9:.1f} GFLOP per sample per step; timing {', '.join(names)} at batch {n_unet}")
+    report["unet_variants"], fns = unet_variants(
+        base_unet, names, n_unet, res, device, dtype, unet_flops, ceiling["tflops"],
+        Deadline(min(deadline.left() * 0.5, 240.0)), 1.0 if args.smoke else min(min_time, 5.0), args.compile_mode)
+    timed = [r for r in report["unet_variants"] if r.get("ratio_to_ceiling") is not None]
+    chosen = args.pipeline_variant
+    if chosen == "best":
+        chosen = max(timed, key=lambda r: r["ratio_to_ceiling"])["variant"] if timed else "eager"
+    from spuraug.ddb.inpaint import speed_up
+
+    opts = parse_variant(chosen)
+    unet = speed_up(base_unet, **{**opts, "compile": False})  # layout and fusion of the chosen variant
+    if opts["compile"]:  # the compiled module of the UNet timing when there is one (no second compile)
+        unet = fns[chosen] if chosen in fns else speed_up(base_unet, compile_mode=args.compile_mode, **opts)
+    pipe.unet = unet
+    report["pipeline_variant"] = chosen
+    log(f"pipeline timed with the UNet variant {chosen}")
 
     results = []
     for b in sizes:

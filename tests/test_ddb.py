@@ -360,6 +360,31 @@ def test_inpaint_without_paste_back_changes_background(models, tmp_path):
     assert not np.array_equal(out[~mask], np.asarray(src.load_image())[~mask])
 
 
+def test_speed_options_change_kernels_not_the_unet_output(models):
+    from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
+
+    pipe = inpaint.load_inpaint_pipeline(_inpaint_cfg(models, fuse_qkv=True, channels_last=True), None, "cpu")
+    unet = pipe.unet
+    procs = set(type(p) for p in unet.attn_processors.values())
+    assert procs == {FusedAttnProcessor2_0}
+    conv = unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 8, 8, generator=g)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        fast = unet(x, 10, text, return_dict=False)[0]
+        plain = inpaint.speed_up(unet)  # both switched off again: the same module, plain kernels
+        assert plain is unet and set(type(p) for p in unet.attn_processors.values()) == {AttnProcessor2_0}
+        assert unet.conv_in.weight.is_contiguous()
+        ref = unet(x, 10, text, return_dict=False)[0]
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+    compiled = inpaint.speed_up(unet, compile=True)  # compilation itself is lazy (first call)
+    assert compiled is not unet and compiled._orig_mod is unet
+    with pytest.raises(ValueError, match="uncompiled"):
+        inpaint.speed_up(compiled)
+
+
 def test_seeds_depend_on_sample_id_not_order(tmp_path):
     srcs = _sources(tmp_path)
     a = {p.sample_id: p.seed for p in inpaint.make_plan(srcs, 2, 0)}

@@ -21,6 +21,23 @@ def test_gpu_throughput_script_smoke(tmp_path):
         assert b["achieved_tflops"] == report["flops_per_image"] * b["images_per_s"] / 1e12
     assert report["best_ratio_to_ceiling"] == max(b["ratio_to_ceiling"] for b in report["batches"])
     assert report["stage"]["complete"] and report["stage"]["images_per_s"] > 0
+    rows = {r["variant"]: r for r in report["unet_variants"]}
+    assert list(rows) == ["eager", "cl+qkv"] and rows["cl+qkv"]["fuse_qkv"] and not rows["eager"]["channels_last"]
+    for r in rows.values():
+        assert r["unet_batch"] == 4  # largest batch x 2 (classifier-free guidance)
+        assert r["achieved_tflops"] == report["unet_flops_per_sample"] * r["samples_per_s"] / 1e12
+    assert report["pipeline_variant"] == max(rows.values(), key=lambda r: r["ratio_to_ceiling"])["variant"]
+
+
+def test_variant_names_are_checked():
+    import pytest
+
+    from bench import gpu_ddb_throughput as g
+
+    assert g.parse_variant("eager") == {"channels_last": False, "fuse_qkv": False, "compile": False}
+    assert g.parse_variant("cl+compile") == {"channels_last": True, "fuse_qkv": False, "compile": True}
+    with pytest.raises(ValueError, match="'fused'"):
+        g.parse_variant("cl+fused")
 
 
 def test_real_configs_are_the_published_sd2_ones():

@@ -155,6 +155,13 @@ class InpaintConfig:
     batch_size: int = 8
     dtype: str = "auto"  # auto: fp16 on CUDA (public code), fp32 on CPU
     device: str = "auto"
+    #: Speed options of the UNet (kernels, not results; bench/gpu_ddb_throughput.py --variants
+    #: measures each): channels-last memory format, fused q/k/v projections
+    #: (diffusers' fuse_qkv_projections), torch.compile (inductor; ``compile_mode``).
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
     seed: int = 0
     #: Where the samples are generated: "local" (this process) | "ray" (actors, docs/scaleout.md).
     engine: str = "local"
@@ -220,6 +227,7 @@ _CHOICES = {
     ("prune", "ig_target"): ("new", "source"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
     ("invert", "loss_region"): ("image", "object", "region"),
+    ("inpaint", "compile_mode"): ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 

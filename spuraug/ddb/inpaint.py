@@ -77,7 +77,31 @@ def load_inpaint_pipeline(
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.unet.set_attn_processor(AttnProcessor2_0())  # torch scaled_dot_product_attention
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    pipe.unet = speed_up(pipe.unet, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
+                         compile=cfg.compile, compile_mode=cfg.compile_mode)
+    return pipe
+
+
+def speed_up(unet, *, channels_last: bool = False, fuse_qkv: bool = False, compile: bool = False,
+             compile_mode: str = "default"):
+    """Set the UNet's speed options; returns the module to call (compiled when ``compile``).
+
+    Applies to an uncompiled UNet and can be called again on it to switch options
+    (memory format and q/k/v fusion are undone when switched off). The same weights are
+    used either way: fusion concatenates the projection matrices, channels-last only
+    changes the layout, compilation changes the kernels.
+    """
+    if hasattr(unet, "_orig_mod"):
+        raise ValueError("speed_up: pass the uncompiled UNet (this one is already torch.compile'd)")
+    unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fused = getattr(unet, "spuraug_fused_qkv", False)
+    if fuse_qkv and not fused:
+        unet.fuse_qkv_projections()
+    elif fused and not fuse_qkv:
+        unet.unfuse_qkv_projections()
+    unet.spuraug_fused_qkv = fuse_qkv
+    return torch.compile(unet, mode=compile_mode, dynamic=False) if compile else unet
 
 
 @dataclass
