@@ -182,19 +182,38 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, deadline: Deadline,
 
 #: Speed variants of the UNet: "+"-joined options of spuraug.ddb.inpaint.speed_up.
 VARIANT_OPTIONS = {"cl": "channels_last", "qkv": "fuse_qkv", "compile": "compile"}
+#: Attention options: the SDPA kernel tried first (inpaint.attention).
+VARIANT_ATTENTION = ("cudnn", "flash", "efficient", "math")
+
+
+DEFAULT_VARIANTS = "eager,cl,cl+qkv,cl+qkv+cudnn,best+compile"
 
 
 def parse_variant(name: str) -> dict:
-    """``"cl+qkv+compile"`` -> speed_up keyword arguments; ``"eager"`` = none of them."""
-    opts = {v: False for v in VARIANT_OPTIONS.values()}
+    """``"cl+qkv+cudnn+compile"`` -> speed_up keyword arguments; ``"eager"`` = none of them."""
+    opts: dict = {v: False for v in VARIANT_OPTIONS.values()}
+    opts["attention"] = "auto"
     for part in name.split("+"):
         if part == "eager":
             continue
-        if part not in VARIANT_OPTIONS:
-            raise ValueError(f"--variants: unknown option {part!r} in {name!r}; expected eager or "
-                             f"+-joined {', '.join(VARIANT_OPTIONS)}")
-        opts[VARIANT_OPTIONS[part]] = True
+        if part in VARIANT_ATTENTION:
+            opts["attention"] = part
+        elif part in VARIANT_OPTIONS:
+            opts[VARIANT_OPTIONS[part]] = True
+        else:
+            raise ValueError(f"--variants: unknown option {part!r} in {name!r}; expected eager or +-joined "
+                             f"{', '.join([*VARIANT_OPTIONS, *VARIANT_ATTENTION])} (best+... = the best so far plus ...)")
     return opts
+
+
+def resolve_variant(name: str, rows: list[dict]) -> str:
+    """``best+compile`` -> the best variant timed so far (by ratio) plus ``compile``."""
+    if not name.startswith("best"):
+        return name
+    timed = [r for r in rows if r.get("ratio_to_ceiling") is not None]
+    best = max(timed, key=lambda r: r["ratio_to_ceiling"])["variant"] if timed else "eager"
+    rest = [p for p in name.split("+")[1:] if p not in best.split("+")]
+    return "+".join([best, *rest])
 
 
 def unet_flops_per_sample(unet, res: int, device: torch.device, dtype: torch.dtype) -> float:
@@ -226,6 +245,9 @@ def unet_variants(base_unet, names: list[str], n: int, res: int, device: torch.d
     rows, fns = [], {}
     args = unet_inputs(base_unet, n, res, device, dtype)
     for name in names:
+        name = resolve_variant(name, rows)
+        if name in fns:
+            continue
         opts = parse_variant(name)
         if deadline.left() < (60 if opts["compile"] and min_time > 1 else 5):
             log(f"UNet {name}: skipped (time budget)")
@@ -331,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     ap.add_argument("--variants", default=None,
                     help="UNet speed variants timed alone, comma-separated, each eager or +-joined cl (channels-last), "
-                         "qkv (fused projections), compile (default eager,cl,cl+qkv,cl+qkv+compile; smoke eager,cl+qkv)")
+                         "qkv (fused projections), cudnn|flash|efficient|math (SDPA kernel first tried), compile; "
+                         f"best+X = the best so far plus X (default {DEFAULT_VARIANTS}; smoke eager,cl+qkv)")
     ap.add_argument("--pipeline-variant", default="best",
                     help="UNet variant for the pipeline timings: best (highest UNet ratio) or a variant name")
     # max-autotune spent a whole 6-minute H200 budget autotuning (results/gpu/2026-11-28_h200/README.md)
@@ -381,9 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # The UNet alone, at the pipeline's UNet batch for the largest batch size (x2 with guidance).
     base_unet = pipe.unet
-    names = (args.variants or ("eager,cl+qkv" if args.smoke else "eager,cl,cl+qkv,cl+qkv+compile")).split(",")
+    names = (args.variants or ("eager,cl+qkv" if args.smoke else DEFAULT_VARIANTS)).split(",")
     for name in names:
-        parse_variant(name)  # a typo fails here, before any timing
+        parse_variant(name.replace("best", "eager"))  # a typo fails here, before any timing
     unet_flops = unet_flops_per_sample(base_unet, res, device, dtype)
     n_unet = max(sizes) * (2 if args.guidance_scale > 1 else 1)
     report["unet_flops_per_sample"] = unet_flops
@@ -395,6 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = args.pipeline_variant
     if chosen == "best":
         chosen = max(timed, key=lambda r: r["ratio_to_ceiling"])["variant"] if timed else "eager"
+    parse_variant(chosen)
     from spuraug.ddb.inpaint import speed_up
 
     opts = parse_variant(chosen)

@@ -385,6 +385,33 @@ def test_speed_options_change_kernels_not_the_unet_output(models):
         inpaint.speed_up(compiled)
 
 
+def test_attention_option_picks_the_sdpa_kernel(models, monkeypatch):
+    import torch.nn.functional as F
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    pipe = inpaint.load_inpaint_pipeline(_inpaint_cfg(models, attention="math", fuse_qkv=True), None, "cpu")
+    unet = pipe.unet
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 9, 8, 8, generator=g), torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        math_out = unet(x, 10, text, return_dict=False)[0]
+        assert seen and set(seen) == {(False, True)}  # the math kernel alone, inside every attention call
+        seen.clear()
+        inpaint.speed_up(unet)  # auto: torch's own choice again
+        auto_out = unet(x, 10, text, return_dict=False)[0]
+    assert seen and set(seen) == {(True, True)} and torch.backends.cuda.flash_sdp_enabled()
+    torch.testing.assert_close(math_out, auto_out, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="inpaint.attention: 'fast'"):
+        inpaint.speed_up(unet, attention="fast")
+
+
 def test_seeds_depend_on_sample_id_not_order(tmp_path):
     srcs = _sources(tmp_path)
     a = {p.sample_id: p.seed for p in inpaint.make_plan(srcs, 2, 0)}

@@ -34,10 +34,16 @@ def test_variant_names_are_checked():
 
     from bench import gpu_ddb_throughput as g
 
-    assert g.parse_variant("eager") == {"channels_last": False, "fuse_qkv": False, "compile": False}
-    assert g.parse_variant("cl+compile") == {"channels_last": True, "fuse_qkv": False, "compile": True}
+    assert g.parse_variant("eager") == {"channels_last": False, "fuse_qkv": False, "compile": False, "attention": "auto"}
+    assert g.parse_variant("cl+cudnn+compile") == {"channels_last": True, "fuse_qkv": False, "compile": True,
+                                                   "attention": "cudnn"}
     with pytest.raises(ValueError, match="'fused'"):
         g.parse_variant("cl+fused")
+    rows = [{"variant": "eager", "ratio_to_ceiling": 0.3}, {"variant": "cl+qkv", "ratio_to_ceiling": 0.4},
+            {"variant": "cl", "error": "out of memory"}]
+    assert g.resolve_variant("best+compile", rows) == "cl+qkv+compile"
+    assert g.resolve_variant("best+qkv", rows) == "cl+qkv" and g.resolve_variant("cl", rows) == "cl"
+    assert g.resolve_variant("best+compile", rows[:1]) == "eager+compile"
 
 
 def test_real_configs_are_the_published_sd2_ones():

@@ -157,9 +157,11 @@ class InpaintConfig:
     device: str = "auto"
     #: Speed options of the UNet (kernels, not results; bench/gpu_ddb_throughput.py --variants
     #: measures each): channels-last memory format, fused q/k/v projections
-    #: (diffusers' fuse_qkv_projections), torch.compile (inductor; ``compile_mode``).
+    #: (diffusers' fuse_qkv_projections), the SDPA kernel tried first (auto = torch's choice),
+    #: torch.compile (inductor; ``compile_mode``).
     channels_last: bool = False
     fuse_qkv: bool = False
+    attention: str = "auto"
     compile: bool = False
     compile_mode: str = "default"
     seed: int = 0
@@ -214,6 +216,9 @@ class DDBConfig:
 
 
 _SECTIONS = {f.name: f for f in fields(DDBConfig)}
+#: ``inpaint.attention``: the scaled-dot-product-attention kernel tried first (the others stay
+#: as fallbacks); "auto" leaves the choice to torch.
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 _CHOICES = {
     ("segment", "backend"): ("grounded_sam", "clipseg"),
     ("sources", "erm_checkpoint"): ("best", "last"),
@@ -227,6 +232,7 @@ _CHOICES = {
     ("prune", "ig_target"): ("new", "source"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
     ("invert", "loss_region"): ("image", "object", "region"),
+    ("inpaint", "attention"): ATTENTION_BACKENDS,
     ("inpaint", "compile_mode"): ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from spuraug.ddb import hub
 from spuraug.ddb.artifacts import atomic_save_image, atomic_write_json, read_json, safe_name
-from spuraug.ddb.config import InpaintConfig
+from spuraug.ddb.config import ATTENTION_BACKENDS, InpaintConfig
 from spuraug.ddb.invert import mask_image, resolve_device
 
 _SCHEDULERS = {
@@ -62,7 +62,6 @@ def load_inpaint_pipeline(
     """The inpainting pipeline of ``cfg.model`` with the learned tokens loaded, SDPA attention."""
     import diffusers
     from diffusers import StableDiffusionInpaintPipeline
-    from diffusers.models.attention_processor import AttnProcessor2_0
 
     device = resolve_device(device if device != "auto" else cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -75,32 +74,66 @@ def load_inpaint_pipeline(
     if cfg.scheduler != "default":
         cls = getattr(diffusers, _SCHEDULERS[cfg.scheduler])
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
-    pipe.unet.set_attn_processor(AttnProcessor2_0())  # torch scaled_dot_product_attention
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
+    pipe = pipe.to(device)  # speed_up gives the UNet SDPA attention (torch scaled_dot_product_attention)
     pipe.unet = speed_up(pipe.unet, channels_last=cfg.channels_last, fuse_qkv=cfg.fuse_qkv,
-                         compile=cfg.compile, compile_mode=cfg.compile_mode)
+                         attention=cfg.attention, compile=cfg.compile, compile_mode=cfg.compile_mode)
     return pipe
 
 
-def speed_up(unet, *, channels_last: bool = False, fuse_qkv: bool = False, compile: bool = False,
-             compile_mode: str = "default"):
+def _sdpa_order(first: str) -> list:
+    from torch.nn.attention import SDPBackend
+
+    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if first not in names:
+        raise ValueError(f"inpaint.attention: {first!r} is not one of {ATTENTION_BACKENDS}")
+    if first == "math":  # the reference kernel alone (fallbacks would never be reached by choice)
+        return [SDPBackend.MATH]
+    return [names[first]] + [b for k, b in names.items() if k != first]
+
+
+def _backend_processor(proc, first: str):
+    """``proc`` (an SDPA attention processor) calling attention inside ``sdpa_kernel``."""
+    from torch.nn.attention import sdpa_kernel
+
+    order = _sdpa_order(first)
+
+    class WithBackend(type(proc)):
+        backend = first
+
+        def __call__(self, *args, **kwargs):
+            with sdpa_kernel(order, set_priority=len(order) > 1):
+                return super().__call__(*args, **kwargs)
+
+    WithBackend.__name__ = f"{type(proc).__name__}_{first}"
+    return WithBackend()
+
+
+def speed_up(unet, *, channels_last: bool = False, fuse_qkv: bool = False, attention: str = "auto",
+             compile: bool = False, compile_mode: str = "default"):
     """Set the UNet's speed options; returns the module to call (compiled when ``compile``).
 
-    Applies to an uncompiled UNet and can be called again on it to switch options
-    (memory format and q/k/v fusion are undone when switched off). The same weights are
-    used either way: fusion concatenates the projection matrices, channels-last only
-    changes the layout, compilation changes the kernels.
+    Applies to an uncompiled UNet and can be called again on it to switch options: each
+    call starts from SDPA attention (``AttnProcessor2_0``), unfused projections and the
+    contiguous layout. The weights are the same either way: fusion concatenates the
+    projection matrices, channels-last changes the layout, ``attention`` the SDPA kernel
+    tried first, compilation the kernels.
     """
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     if hasattr(unet, "_orig_mod"):
         raise ValueError("speed_up: pass the uncompiled UNet (this one is already torch.compile'd)")
-    unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    fused = getattr(unet, "spuraug_fused_qkv", False)
-    if fuse_qkv and not fused:
-        unet.fuse_qkv_projections()
-    elif fused and not fuse_qkv:
+    order = _sdpa_order(attention) if attention != "auto" else None  # a bad name fails before any change
+    if getattr(unet, "spuraug_fused_qkv", False):
         unet.unfuse_qkv_projections()
+    unet.set_attn_processor(AttnProcessor2_0())
+    unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if fuse_qkv:
+        unet.fuse_qkv_projections()
     unet.spuraug_fused_qkv = fuse_qkv
+    if order is not None:
+        unet.set_attn_processor({k: _backend_processor(p, attention) for k, p in unet.attn_processors.items()})
     return torch.compile(unet, mode=compile_mode, dynamic=False) if compile else unet
 
 

@@ -37,7 +37,7 @@ from spuraug.ddb.invert import EMBEDS_FILE, class_tokens, resolve_device
 
 #: Options that change speed or memory but not results: left out of artifact keys.
 RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size", "engine", "workers",
-                  "fuse_accumulation", "channels_last", "fuse_qkv", "compile", "compile_mode")
+                  "fuse_accumulation", "channels_last", "fuse_qkv", "attention", "compile", "compile_mode")
 
 
 def _key_cfg(obj: Any) -> dict:
