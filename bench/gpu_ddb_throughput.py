@@ -146,9 +146,17 @@ def count_flops(pipe, res: int, steps: int, guidance: float) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
+    with counter, torch.inference_mode(), _countable_attention():
         call(pipe, 1, res, steps, guidance)
     return float(counter.get_total_flops())
+
+
+def _countable_attention():
+    """Attention through the math kernel while counting: FlopCounterMode has formulas for the
+    CUDA SDPA kernels and for the math kernel's matrix products, none for CPU's flash kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, deadline: Deadline, smoke: bool) -> dict:
@@ -216,14 +224,15 @@ def resolve_variant(name: str, rows: list[dict]) -> str:
     return "+".join([best, *rest])
 
 
-def unet_flops_per_sample(unet, res: int, device: torch.device, dtype: torch.dtype) -> float:
-    """FLOPs of one UNet forward on one latent sample (FlopCounterMode)."""
+def unet_flops_per_sample(unet, res: int, device: torch.device, dtype: torch.dtype) -> tuple[float, dict]:
+    """FLOPs of one UNet forward on one latent sample (FlopCounterMode), and their split by op."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
+    with counter, torch.inference_mode(), _countable_attention():
         unet(*unet_inputs(unet, 1, res, device, dtype), return_dict=False)
-    return float(counter.get_total_flops())
+    by_op = {str(k): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return float(counter.get_total_flops()), by_op
 
 
 def unet_inputs(unet, n: int, res: int, device: torch.device, dtype: torch.dtype):
@@ -407,9 +416,12 @@ def main(argv: list[str] | None = None) -> dict:
     names = (args.variants or ("eager,cl+qkv" if args.smoke else DEFAULT_VARIANTS)).split(",")
     for name in names:
         parse_variant(name.replace("best", "eager"))  # a typo fails here, before any timing
-    unet_flops = unet_flops_per_sample(base_unet, res, device, dtype)
+    unet_flops, by_op = unet_flops_per_sample(base_unet, res, device, dtype)
     n_unet = max(sizes) * (2 if args.guidance_scale > 1 else 1)
     report["unet_flops_per_sample"] = unet_flops
+    report["unet_flops_by_op"] = by_op
+    log("UNet FLOPs by op: " + ", ".join(f"{k} {100 * v / unet_flops:.1f}%" for k, v in
+                                         sorted(by_op.items(), key=lambda kv: -kv[1])))
     log(f"UNet: {unet_flops / 1e9:.1f} GFLOP per sample per step; timing {', '.join(names)} at batch {n_unet}")
     report["unet_variants"], fns = unet_variants(
         base_unet, names, n_unet, res, device, dtype, unet_flops, ceiling["tflops"],

@@ -21,6 +21,9 @@ def test_gpu_throughput_script_smoke(tmp_path):
         assert b["achieved_tflops"] == report["flops_per_image"] * b["images_per_s"] / 1e12
     assert report["best_ratio_to_ceiling"] == max(b["ratio_to_ceiling"] for b in report["batches"])
     assert report["stage"]["complete"] and report["stage"]["images_per_s"] > 0
+    assert sum(report["unet_flops_by_op"].values()) == report["unet_flops_per_sample"]
+    # attention is counted on CPU too (the math kernel's matrix products while counting)
+    assert report["unet_flops_by_op"].get("aten.bmm", 0) > 0
     rows = {r["variant"]: r for r in report["unet_variants"]}
     assert list(rows) == ["eager", "cl+qkv"] and rows["cl+qkv"]["fuse_qkv"] and not rows["eager"]["channels_last"]
     for r in rows.values():
