@@ -3,15 +3,18 @@
 # real SD2 architectures, training throughput per baseline through the engine on CUDA, and the
 # CUDA paths of the engine and the DDB stages via their tests (device "auto" picks CUDA there).
 # Usage on a CUDA machine, from the repo root: OUT=/some/dir bash bench/gpu_check.sh
-#   PARTS=ddb,train,cuda (default: all three) picks the parts; DDB_BATCHES (default 1,8,32),
-#   DDB_VARIANTS (UNet speed variants, default the script's) and DDB_BUDGET (seconds, default
-#   250) tune the inpainting part. Efficiency only, in one short run:
-#   PARTS=ddb DDB_BATCHES=32,8 DDB_BUDGET=420 OUT=/some/dir bash bench/gpu_check.sh
+#   PARTS=ddb,stages,train,cuda (default: all four, about 11 minutes at most) picks the parts;
+#   DDB_BATCHES (default 1,8,32), DDB_VARIANTS (UNet speed variants, default the script's) and
+#   DDB_BUDGET (seconds, default 250) tune the inpainting part, STAGES_BUDGET (default 150) the
+#   invert/segment/prune part. Within one 15-minute device budget, two short runs:
+#   PARTS=ddb DDB_BATCHES=32,8 DDB_BUDGET=300 OUT=/some/dir bash bench/gpu_check.sh   # efficiency
+#   PARTS=stages OUT=/some/dir bash bench/gpu_check.sh                                 # other stages
 # Wheels missing on that machine (diffusers, captum) may be carried in .whl/.
 set -u
 OUT=${OUT:-results/gpu}
-PARTS=${PARTS:-ddb,train,cuda}
+PARTS=${PARTS:-ddb,stages,train,cuda}
 DDB_BUDGET=${DDB_BUDGET:-250}
+STAGES_BUDGET=${STAGES_BUDGET:-150}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -27,6 +30,11 @@ if part ddb; then
   echo "== DDB inpainting throughput (SD2 architectures, 512 px; UNet speed variants)"
   timeout $((DDB_BUDGET + 60)) python3 bench/gpu_ddb_throughput.py --out "$OUT/gpu_ddb.json" --time-budget "$DDB_BUDGET" \
     --batch-sizes "${DDB_BATCHES:-1,8,32}" ${DDB_VARIANTS:+--variants "$DDB_VARIANTS"} 2>&1 | tee "$OUT/gpu_ddb.log"
+fi
+if part stages; then
+  echo "== DDB invert / segment / prune throughput (real architectures, random weights)"
+  timeout $((STAGES_BUDGET + 90)) python3 bench/gpu_stage_throughput.py --out "$OUT/gpu_stages.json" \
+    --time-budget "$STAGES_BUDGET" 2>&1 | tee "$OUT/gpu_stages.log"
 fi
 if part train; then
   echo "== training throughput per baseline (toy CNN, ResNet-50 224 px) on CUDA"
