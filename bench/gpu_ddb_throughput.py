@@ -146,12 +146,12 @@ def count_flops(pipe, res: int, steps: int, guidance: float) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode(), _countable_attention():
+    with counter, torch.inference_mode(), countable_attention():
         call(pipe, 1, res, steps, guidance)
     return float(counter.get_total_flops())
 
 
-def _countable_attention():
+def countable_attention():
     """Attention through the math kernel while counting: FlopCounterMode has formulas for the
     CUDA SDPA kernels and for the math kernel's matrix products, none for CPU's flash kernel."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -189,6 +189,27 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, deadline: Deadline,
             best = {"tflops": tflops, "n": n}
         del a, b
     return best
+
+
+def timed_calls(fn, device: torch.device, min_time: float, deadline: Deadline, warmup: int = 1):
+    """``warmup`` untimed calls, then calls of ``fn`` until ``min_time`` seconds have passed
+    (at least one; fewer when the next would pass the deadline). Returns (calls, seconds,
+    warm-up seconds); peak GPU memory is reset after the warm-up."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    warm = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        sync(device)
+        dt = time.perf_counter() - t0
+        if dt >= min_time or deadline.left() < dt / calls + 2:
+            return calls, dt, warm
 
 
 #: Speed variants of the UNet: "+"-joined options of spuraug.ddb.inpaint.speed_up.
@@ -232,7 +253,7 @@ def unet_flops_per_sample(unet, res: int, device: torch.device, dtype: torch.dty
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode(), _countable_attention():
+    with counter, torch.inference_mode(), countable_attention():
         unet(*unet_inputs(unet, 1, res, device, dtype), return_dict=False)
     by_op = {str(k): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     return float(counter.get_total_flops()), by_op
@@ -266,20 +287,8 @@ def unet_variants(base_unet, names: list[str], n: int, res: int, device: torch.d
             continue
         fn = speed_up(base_unet, compile_mode=compile_mode, **opts)
         try:
-            with torch.inference_mode():
-                t0 = time.perf_counter()
-                for _ in range(2):  # warm-up: cuDNN choices, compilation on the first call
-                    fn(*args, return_dict=False)
-                sync(device)
-                warm = time.perf_counter() - t0
-                calls, t0 = 0, time.perf_counter()
-                while True:
-                    fn(*args, return_dict=False)
-                    calls += 1
-                    sync(device)
-                    dt = time.perf_counter() - t0
-                    if dt >= min_time or deadline.left() < dt / calls + 2:
-                        break
+            with torch.inference_mode():  # 2 warm-up calls: cuDNN choices, compilation on the first
+                calls, dt, warm = timed_calls(lambda fn=fn: fn(*args, return_dict=False), device, min_time, deadline, 2)
         except torch.cuda.OutOfMemoryError:
             log(f"UNet {name}: out of memory")
             torch.cuda.empty_cache()
@@ -303,19 +312,8 @@ def measure(pipe, batch: int, res: int, steps: int, guidance: float, device: tor
         log(f"batch {batch}: skipped (time budget)")
         return None
     try:
-        with torch.inference_mode():
-            call(pipe, batch, res, steps, guidance)  # warm-up (kernels, allocator)
-            sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            calls, t0 = 0, time.perf_counter()
-            while True:
-                call(pipe, batch, res, steps, guidance)
-                calls += 1
-                sync(device)
-                dt = time.perf_counter() - t0
-                if dt >= min_time or deadline.left() < dt / calls + 2:
-                    break
+        with torch.inference_mode():  # one warm-up call (kernels, allocator)
+            calls, dt, _ = timed_calls(lambda: call(pipe, batch, res, steps, guidance), device, min_time, deadline)
     except torch.cuda.OutOfMemoryError:
         log(f"batch {batch}: out of memory")
         torch.cuda.empty_cache()
@@ -456,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{report['dtype']} matmul ceiling")
         results.append(r)
         if args.out:  # keep what is measured even if a later batch size is cut off
-            _write(args.out, {**report, "batches": results})
+            write_json(args.out, {**report, "batches": results})
     report["batches"] = results
     stage_batch = args.stage_batch if args.stage_batch is not None else (2 if args.smoke else 8)
     if stage_batch > 0:
@@ -465,13 +463,13 @@ def main(argv: list[str] | None = None) -> dict:
     report["best_ratio_to_ceiling"] = max((r["ratio_to_ceiling"] for r in ok), default=None)
     report["goal_ratio"] = 0.5
     if args.out:
-        _write(args.out, report)
+        write_json(args.out, report)
         log(f"wrote {args.out}")
     print(json.dumps(report, indent=2))
     return report
 
 
-def _write(path: str, obj: dict) -> None:
+def write_json(path: str, obj: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")

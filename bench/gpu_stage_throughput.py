@@ -47,11 +47,11 @@ from bench.gpu_ddb_throughput import (  # noqa: E402
     SMOKE_UNET,
     SMOKE_VAE,
     Deadline,
-    _countable_attention,
-    _write,
+    countable_attention,
     log,
     matmul_ceiling,
-    sync,
+    timed_calls,
+    write_json,
 )
 
 STAGES = ("invert", "segment", "prune")
@@ -88,24 +88,14 @@ def _count(fn) -> float:
 
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _GlobalOnly()
-    with counter, _countable_attention():
+    with counter, countable_attention():
         fn()
     return float(counter.get_total_flops())
 
 
 def _timed(fn, images_per_call: int, device: torch.device, min_time: float, deadline: Deadline) -> dict:
-    """Warm-up call, then calls until ``min_time`` seconds (or the deadline)."""
-    fn()
-    sync(device)
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        sync(device)
-        dt = time.perf_counter() - t0
-        if dt >= min_time or deadline.left() < dt / calls + 2:
-            break
-    return {"images_per_s": images_per_call * calls / dt, "calls": calls, "seconds": dt,
+    calls, dt, warm = timed_calls(fn, device, min_time, deadline)
+    return {"images_per_s": images_per_call * calls / dt, "calls": calls, "seconds": dt, "warmup_s": warm,
             "images_per_call": images_per_call}
 
 
@@ -288,9 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
         r["wall_s"] = time.perf_counter() - t0
         report["stages"].append(r)
         if args.out:  # keep what is measured even if a later stage is cut off
-            _write(args.out, report)
+            write_json(args.out, report)
     if args.out:
-        _write(args.out, report)
+        write_json(args.out, report)
         log(f"wrote {args.out}")
     print(json.dumps(report, indent=2))
     return report

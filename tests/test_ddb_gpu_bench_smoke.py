@@ -65,7 +65,7 @@ def test_attention_flops_are_counted_on_cpu():
 
     q = torch.randn(1, 2, 64, 32)
     counter = FlopCounterMode(display=False)
-    with counter, g._countable_attention():
+    with counter, g.countable_attention():
         F.scaled_dot_product_attention(q, q, q)
     assert counter.get_total_flops() == 4 * 2 * 64 * 64 * 32  # QK^T and AV: 2 x (2 b h s s d)
 
