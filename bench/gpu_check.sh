@@ -9,7 +9,8 @@
 #   invert/segment/prune part. Within one 15-minute device budget, two short runs:
 #   PARTS=ddb DDB_BATCHES=32,8 DDB_BUDGET=300 OUT=/some/dir bash bench/gpu_check.sh   # efficiency
 #   PARTS=stages OUT=/some/dir bash bench/gpu_check.sh                                 # other stages
-# Wheels missing on that machine (diffusers, captum) may be carried in .whl/.
+# Wheels missing on that machine (diffusers, captum) are carried in .whl/: `bash bench/gpu_wheels.sh`
+# here writes them; the device call names .whl in carry.
 set -u
 OUT=${OUT:-results/gpu}
 PARTS=${PARTS:-ddb,stages,train,cuda}
