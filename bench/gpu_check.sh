@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see docs/harness.md, "GPU checks"): DDB inpainting throughput on the
-# real SD2 architectures, training throughput per baseline through the engine on CUDA, and the
-# CUDA paths of the engine and the DDB stages via their tests (device "auto" picks CUDA there).
+# real SD2 architectures (UNet speed variants, then the pipeline), invert/segment/prune throughput
+# on their real architectures, training throughput per baseline through the engine on CUDA, and
+# the CUDA paths of the engine and the DDB stages via their tests (device "auto" picks CUDA there).
 # Usage on a CUDA machine, from the repo root: OUT=/some/dir bash bench/gpu_check.sh
 #   PARTS=ddb,stages,train,cuda (default: all four, about 11 minutes at most) picks the parts;
 #   DDB_BATCHES (default 1,8,32), DDB_VARIANTS (UNet speed variants, default the script's) and
