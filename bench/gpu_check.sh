@@ -4,7 +4,7 @@
 # on their real architectures, training throughput per baseline through the engine on CUDA, and
 # the CUDA paths of the engine and the DDB stages via their tests (device "auto" picks CUDA there).
 # Usage on a CUDA machine, from the repo root: OUT=/some/dir bash bench/gpu_check.sh
-#   PARTS=ddb,stages,train,cuda (default: all four; their time limits add up to 14 minutes) picks the parts;
+#   PARTS=ddb,stages,train,cuda (default: all four; their time limits add up to 790 s) picks the parts;
 #   DDB_BATCHES (default 1,8,32), DDB_VARIANTS (UNet speed variants, default the script's) and
 #   DDB_BUDGET (seconds, default 250) tune the inpainting part, STAGES_BUDGET (default 150) the
 #   invert/segment/prune part. Within one 15-minute device budget, two short runs:
