@@ -15,6 +15,7 @@ finished sample).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,21 +94,18 @@ def _sdpa_order(first: str) -> list:
     return [names[first]] + [b for k, b in names.items() if k != first]
 
 
-def _backend_processor(proc, first: str):
-    """``proc`` (an SDPA attention processor) calling attention inside ``sdpa_kernel``."""
+@functools.cache
+def _backend_processor_class(base: type, first: str) -> type:
+    """``base`` (an SDPA attention processor class) calling attention inside ``sdpa_kernel``."""
     from torch.nn.attention import sdpa_kernel
 
     order = _sdpa_order(first)
 
-    class WithBackend(type(proc)):
-        backend = first
+    def __call__(self, *args, **kwargs):
+        with sdpa_kernel(order, set_priority=len(order) > 1):
+            return base.__call__(self, *args, **kwargs)
 
-        def __call__(self, *args, **kwargs):
-            with sdpa_kernel(order, set_priority=len(order) > 1):
-                return super().__call__(*args, **kwargs)
-
-    WithBackend.__name__ = f"{type(proc).__name__}_{first}"
-    return WithBackend()
+    return type(f"{base.__name__}_{first}", (base,), {"__call__": __call__, "backend": first})
 
 
 def speed_up(unet, *, channels_last: bool = False, fuse_qkv: bool = False, attention: str = "auto",
@@ -133,7 +131,8 @@ def speed_up(unet, *, channels_last: bool = False, fuse_qkv: bool = False, atten
         unet.fuse_qkv_projections()
     unet.spuraug_fused_qkv = fuse_qkv
     if order is not None:
-        unet.set_attn_processor({k: _backend_processor(p, attention) for k, p in unet.attn_processors.items()})
+        unet.set_attn_processor({k: _backend_processor_class(type(p), attention)()
+                                 for k, p in unet.attn_processors.items()})
     return torch.compile(unet, mode=compile_mode, dynamic=False) if compile else unet
 
 
