@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
         "what": "DDB inpainting throughput, SD2 architectures with random weights" + (" (SMOKE: tiny configs)" if args.smoke else ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "dtype": str(dtype), "resolution": res, "steps": steps,
-        "guidance_scale": args.guidance_scale, "attention": "SDPA (AttnProcessor2_0)", "compile_mode": args.compile_mode,
+        "guidance_scale": args.guidance_scale, "attention": "SDPA (AttnProcessor2_0; kernel order per variant)", "compile_mode": args.compile_mode,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join([sys.executable, *sys.argv]),
     }
     log(f"building pipeline on {device} ({dtype}) ...")
@@ -427,11 +427,12 @@ def main(argv: list[str] | None = None) -> dict:
     report["unet_variants"], fns = unet_variants(
         base_unet, names, n_unet, res, device, dtype, unet_flops, ceiling["tflops"],
         Deadline(min(deadline.left() * 0.5, 240.0)), 1.0 if args.smoke else min(min_time, 5.0), args.compile_mode)
+    if args.out:  # kept even if the pipeline timings are cut off
+        write_json(args.out, report)
     timed = [r for r in report["unet_variants"] if r.get("ratio_to_ceiling") is not None]
     chosen = args.pipeline_variant
     if chosen == "best":
         chosen = max(timed, key=lambda r: r["ratio_to_ceiling"])["variant"] if timed else "eager"
-    parse_variant(chosen)
     from spuraug.ddb.inpaint import speed_up
 
     opts = parse_variant(chosen)
