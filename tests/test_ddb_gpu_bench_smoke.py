@@ -98,3 +98,23 @@ def test_stage_throughput_script_smoke(tmp_path):
     forward, _ = g.unet_flops_per_sample(unet, rows["invert"]["resolution"], torch.device("cpu"), torch.float32)
     assert rows["invert"]["flops_per_image"] > 1.5 * forward
     assert rows["prune"]["images_per_call"] == 2 and rows["segment"]["images_per_call"] == 8
+
+
+def test_unet_variant_timings_survive_a_cut_off_pipeline_phase(tmp_path, monkeypatch):
+    import pytest
+
+    from bench import gpu_ddb_throughput as g
+
+    def cut_off(*args, **kwargs):
+        raise TimeoutError("killed at the time limit")
+
+    monkeypatch.setattr(g, "measure", cut_off)
+    n = torch.get_num_threads()
+    try:
+        with pytest.raises(TimeoutError):
+            g.main(["--smoke", "--device", "cpu", "--variants", "eager", "--stage-batch", "0",
+                    "--out", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(n)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert [r["variant"] for r in saved["unet_variants"]] == ["eager"] and saved["unet_variants"][0]["samples_per_s"] > 0
