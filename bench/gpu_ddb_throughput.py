@@ -351,6 +351,26 @@ def measure_stage(pipe, batch: int, res: int, steps: int, guidance: float, deadl
     return {"batch_size": batch, "images": n, "seconds": dt, "images_per_s": n / dt, "complete": bool(ok)}
 
 
+def count_only(res: int, out: str | None) -> dict:
+    """FLOPs of one forward of the SD2 inpainting UNet on one sample, built on the meta device."""
+    from diffusers import UNet2DConditionModel
+
+    from spuraug.ddb.inpaint import speed_up
+
+    meta = torch.device("meta")
+    with meta:
+        unet = speed_up(UNet2DConditionModel(**SD2_UNET))
+    flops, by_op = unet_flops_per_sample(unet, res, meta, torch.float32)
+    report = {"what": "SD2 inpainting UNet, one forward on one latent sample (meta device)", "resolution": res,
+              "unet_flops_per_sample": flops, "unet_flops_by_op": by_op,
+              "command": " ".join([sys.executable, *sys.argv])}
+    log(f"UNet at {res} px: {flops / 1e9:.1f} GFLOP per sample per step; " + ", ".join(
+        f"{k} {100 * v / flops:.1f}%" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])))
+    if out:
+        write_json(out, report)
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny configs on CPU (seconds)")
@@ -373,8 +393,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--time-budget", type=float, default=480.0, help="stop measuring after this many seconds")
     ap.add_argument("--stage-batch", type=int, default=None,
                     help="also time the whole DDB inpaint stage (writes included) at this batch size (default 8; 0 = skip)")
+    ap.add_argument("--count-only", action="store_true",
+                    help="only the SD2 inpainting UNet's FLOPs per sample and their split by op, on the meta device "
+                         "(no weights, no GPU; seconds)")
     ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = ap.parse_args(argv)
+    if args.count_only:
+        return count_only(args.resolution or 512, args.out)
 
     deadline = Deadline(args.time_budget)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

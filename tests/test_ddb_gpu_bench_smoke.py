@@ -118,3 +118,17 @@ def test_unet_variant_timings_survive_a_cut_off_pipeline_phase(tmp_path, monkeyp
         torch.set_num_threads(n)
     saved = json.loads((tmp_path / "r.json").read_text())
     assert [r["variant"] for r in saved["unet_variants"]] == ["eager"] and saved["unet_variants"][0]["samples_per_s"] > 0
+
+
+def test_count_only_counts_the_sd2_unet_on_the_meta_device(tmp_path):
+    from bench import gpu_ddb_throughput as g
+
+    r512 = g.main(["--count-only", "--out", str(tmp_path / "c.json")])
+    r256 = g.count_only(256, None)
+    assert json.loads((tmp_path / "c.json").read_text())["unet_flops_per_sample"] == r512["unet_flops_per_sample"]
+    for r in (r512, r256):
+        assert sum(r["unet_flops_by_op"].values()) == r["unet_flops_per_sample"]
+        assert r["unet_flops_by_op"]["aten.convolution"] > 0 and r["unet_flops_by_op"]["aten.bmm"] > 0
+    # 4x the pixels: convolutions and projections 4x, self-attention 16x
+    ratio = r512["unet_flops_per_sample"] / r256["unet_flops_per_sample"]
+    assert 4 < ratio < 16
