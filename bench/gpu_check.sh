@@ -4,7 +4,9 @@
 # on their real architectures, training throughput per baseline through the engine on CUDA, and
 # the CUDA paths of the engine and the DDB stages via their tests (device "auto" picks CUDA there).
 # Usage on a CUDA machine, from the repo root: OUT=/some/dir bash bench/gpu_check.sh
-#   PARTS=ddb,stages,train,cuda (default: all four; their time limits add up to 790 s) picks the parts;
+#   PARTS=ddb,stages,bench,train,cuda (default: all five; their time limits add up to 1030 s, more
+#   than one device call may run: pick) picks the parts; bench = the pytest-benchmark records of
+#   the SD2 inpainting (bench/test_gpu_inpaint_throughput.py, SPURAUG_UNET_VARIANT picks the variant);
 #   DDB_BATCHES (default 1,8,32), DDB_VARIANTS (UNet speed variants, default the script's) and
 #   DDB_BUDGET (seconds, default 250) tune the inpainting part, STAGES_BUDGET (default 150) the
 #   invert/segment/prune part. Within one 15-minute device budget, two short runs:
@@ -14,7 +16,7 @@
 # here writes them; the device call names .whl in carry.
 set -u
 OUT=${OUT:-results/gpu}
-PARTS=${PARTS:-ddb,stages,train,cuda}
+PARTS=${PARTS:-ddb,stages,bench,train,cuda}
 DDB_BUDGET=${DDB_BUDGET:-250}
 STAGES_BUDGET=${STAGES_BUDGET:-150}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
@@ -37,6 +39,11 @@ if part stages; then
   echo "== DDB invert / segment / prune throughput (real architectures, random weights)"
   timeout $((STAGES_BUDGET + 90)) python3 bench/gpu_stage_throughput.py --out "$OUT/gpu_stages.json" \
     --time-budget "$STAGES_BUDGET" 2>&1 | tee "$OUT/gpu_stages.log"
+fi
+if part bench; then
+  echo "== pytest-benchmark: DDB inpainting on the SD2 architectures, batch 1/8/32"
+  timeout 240 python3 -m pytest bench/test_gpu_inpaint_throughput.py -q -p no:cacheprovider --benchmark-enable \
+    --benchmark-only --benchmark-json "$OUT/gpu_inpaint_bench.json" 2>&1 | tail -30 | tee "$OUT/gpu_inpaint_bench.log"
 fi
 if part train; then
   echo "== training throughput per baseline (toy CNN, ResNet-50 224 px) on CUDA"

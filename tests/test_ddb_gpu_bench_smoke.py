@@ -132,3 +132,27 @@ def test_count_only_counts_the_sd2_unet_on_the_meta_device(tmp_path):
     # 4x the pixels: convolutions and projections 4x, self-attention 16x
     ratio = r512["unet_flops_per_sample"] / r256["unet_flops_per_sample"]
     assert 4 < ratio < 16
+
+
+def test_gpu_inpaint_pytest_benchmark_records_the_ratio(tmp_path):
+    """bench/test_gpu_inpaint_throughput.py (skipped without CUDA) runs on CPU with the tiny
+    configs and files one pytest-benchmark record per batch size with FLOPs and ratio."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "b.json"
+    env = {**os.environ, "SPURAUG_GPU_BENCH_SMOKE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "bench/test_gpu_inpaint_throughput.py", "--benchmark-enable", "--benchmark-only",
+                           f"--benchmark-json={out}"], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    records = json.loads(out.read_text())["benchmarks"]
+    assert [r["extra_info"]["images"] for r in records] == [1, 2]
+    for r in records:
+        e = r["extra_info"]
+        assert e["method"] == "ddb" and e["stage"].startswith("inpaint_sd2_") and e["flops_per_image"] > 0
+        assert e["achieved_tflops"] == e["flops_per_image"] * e["images"] / r["stats"]["mean"] / 1e12
+        assert e["ratio_to_ceiling"] == e["achieved_tflops"] / e["matmul_ceiling_tflops"]
