@@ -94,44 +94,64 @@ def build_pipeline(smoke: bool, device: torch.device, dtype: torch.dtype):
     """StableDiffusionInpaintPipeline with the SD2 architectures (or tiny ones), random weights, SDPA."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from spuraug.ddb import tiny
+    from spuraug.ddb.inpaint import speed_up
 
     torch.manual_seed(0)
-    # A project-written tokenizer (no download); speed depends on the 77-token length only.
-    tok = tiny.clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", max_length=77)
-    text_cfg = dict(SMOKE_TEXT if smoke else OPENCLIP_VIT_H_TEXT)
-    text_cfg.setdefault("vocab_size", max(len(tok), 64))
-    text_cfg.update(bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1)
+    tok, text = build_text_encoder(smoke, device)
     with torch.device(device):
         unet = UNet2DConditionModel(**(SMOKE_UNET if smoke else SD2_UNET))
         vae = AutoencoderKL(**(SMOKE_VAE if smoke else SD2_VAE))
-        text = CLIPTextModel(CLIPTextConfig(**text_cfg))
     pipe = StableDiffusionInpaintPipeline(
         vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=DDIMScheduler(**SD2_SCHEDULER),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     pipe = pipe.to(device=device, dtype=dtype)
-    if device.type == "cuda":  # the UNet's layout is a measured variant (see unet_variants)
+    speed_up(pipe.unet)  # plain SDPA UNet; its layout and kernels are measured variants (see unet_variants)
+    if device.type == "cuda":
         pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     n_params = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) for k in ("unet", "vae", "text_encoder")}
     return pipe, n_params
 
 
-def inputs(batch: int, res: int):
+def build_text_encoder(smoke: bool, device: torch.device):
+    """A project-written CLIP tokenizer (no download; speed depends on the 77-token length only)
+    and the OpenCLIP ViT-H text encoder of SD2 (or a tiny one), random weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from spuraug.ddb import tiny
+
+    tok = tiny.clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", max_length=77)
+    cfg = dict(SMOKE_TEXT if smoke else OPENCLIP_VIT_H_TEXT)
+    cfg.setdefault("vocab_size", max(len(tok), 64))
+    cfg.update(bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1)
+    with torch.device(device):
+        return tok, CLIPTextModel(CLIPTextConfig(**cfg))
+
+
+def random_images(n: int, size: int, seed: int = 0) -> list:
+    """``n`` uniform-noise RGB images of ``size`` x ``size`` pixels (speed does not depend on content)."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 255, (res, res, 3), dtype=np.uint8))
-    m = np.zeros((res, res), np.uint8)
-    m[res // 4 : 3 * res // 4, res // 4 : 3 * res // 4] = 255
-    mask = Image.fromarray(m)
-    return ["a photo of a <class-1> bird"] * batch, [img] * batch, [mask] * batch
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def center_mask(size: int):
+    """A mask of the central half (in each direction) of a ``size`` x ``size`` image."""
+    import numpy as np
+    from PIL import Image
+
+    m = np.zeros((size, size), np.uint8)
+    m[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return Image.fromarray(m)
+
+
+def inputs(batch: int, res: int):
+    return ["a photo of a <class-1> bird"] * batch, random_images(1, res) * batch, [center_mask(res)] * batch
 
 
 def call(pipe, batch: int, res: int, steps: int, guidance: float) -> None:
@@ -142,13 +162,40 @@ def call(pipe, batch: int, res: int, steps: int, guidance: float) -> None:
 
 
 def count_flops(pipe, res: int, steps: int, guidance: float) -> float:
-    """FLOPs of one image (one pipeline call with batch 1), by FlopCounterMode."""
+    """FLOPs of one image (one pipeline call with batch 1)."""
+
+    def one_image():
+        with torch.inference_mode():
+            call(pipe, 1, res, steps, guidance)
+
+    return flops_of(one_image)[0]
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker: totals only. The tracker's hooks fail
+    on SAM under no_grad and inside captum's autograd.grad ("A leaf node was passed to
+    _will_engine_execute_node"); the per-module split is not needed here."""
+
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
+def flops_of(fn) -> tuple[float, dict]:
+    """FLOPs of ``fn()`` (forward and, where it runs one, backward) by FlopCounterMode's formulas,
+    attention counted (:func:`countable_attention`); the total and its split by op."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode(), countable_attention():
-        call(pipe, 1, res, steps, guidance)
-    return float(counter.get_total_flops())
+    counter.mod_tracker = _GlobalOnly()
+    with counter, countable_attention():
+        fn()
+    by_op = {str(k): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return float(counter.get_total_flops()), by_op
 
 
 def countable_attention():
@@ -249,14 +296,14 @@ def resolve_variant(name: str, rows: list[dict]) -> str:
 
 
 def unet_flops_per_sample(unet, res: int, device: torch.device, dtype: torch.dtype) -> tuple[float, dict]:
-    """FLOPs of one UNet forward on one latent sample (FlopCounterMode), and their split by op."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one UNet forward on one latent sample, and their split by op."""
+    args = unet_inputs(unet, 1, res, device, dtype)
 
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode(), countable_attention():
-        unet(*unet_inputs(unet, 1, res, device, dtype), return_dict=False)
-    by_op = {str(k): float(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
-    return float(counter.get_total_flops()), by_op
+    def forward():
+        with torch.inference_mode():
+            unet(*args, return_dict=False)
+
+    return flops_of(forward)
 
 
 def unet_inputs(unet, n: int, res: int, device: torch.device, dtype: torch.dtype):

@@ -25,6 +25,8 @@ and prints progress; ``--smoke`` runs tiny configs on CPU in seconds (tested).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import platform
 import sys
@@ -32,65 +34,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_ddb_throughput import (  # noqa: E402
-    OPENCLIP_VIT_H_TEXT,
     SD2_SCHEDULER,
     SD2_UNET,
     SD2_VAE,
-    SMOKE_TEXT,
     SMOKE_UNET,
     SMOKE_VAE,
     Deadline,
-    countable_attention,
+    build_text_encoder,
+    center_mask,
+    flops_of,
     log,
     matmul_ceiling,
+    random_images,
     timed_calls,
     write_json,
 )
 
 STAGES = ("invert", "segment", "prune")
-
-
-def _images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
-
-
-def _masks(n: int, size: int) -> list[Image.Image]:
-    m = np.zeros((size, size), np.uint8)
-    m[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
-    return [Image.fromarray(m)] * n
-
-
-class _GlobalOnly:
-    """Stands in for FlopCounterMode's module tracker: totals only. The tracker's hooks fail
-    on SAM under no_grad and inside captum's autograd.grad ("A leaf node was passed to
-    _will_engine_execute_node"); the per-module split is not needed here."""
-
-    parents = {"Global"}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        return False
-
-
-def _count(fn) -> float:
-    """FLOPs of ``fn()`` (forward and, where it runs one, backward), FlopCounterMode's formulas."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _GlobalOnly()
-    with counter, countable_attention():
-        fn()
-    return float(counter.get_total_flops())
 
 
 def _timed(fn, images_per_call: int, device: torch.device, min_time: float, deadline: Deadline) -> dict:
@@ -102,40 +67,34 @@ def _timed(fn, images_per_call: int, device: torch.device, min_time: float, dead
 def invert_stage(smoke: bool, device: torch.device, min_time: float, deadline: Deadline, fused: bool,
                  res: int | None = None) -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from spuraug.ddb import invert, tiny
+    from spuraug.ddb import invert
     from spuraug.ddb.config import InvertConfig
 
     torch.manual_seed(0)
-    tok = tiny.clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", max_length=77)
-    text_cfg = dict(SMOKE_TEXT if smoke else OPENCLIP_VIT_H_TEXT)
-    text_cfg.setdefault("vocab_size", max(len(tok), 64))
-    text_cfg.update(vocab_size=max(text_cfg["vocab_size"], len(tok) + 8), bos_token_id=len(tok) - 2,
-                    eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1)
+    tok, text = build_text_encoder(smoke, device)  # add_tokens grows its embedding for the new token
     unet_cfg = {**(SMOKE_UNET if smoke else SD2_UNET), "in_channels": 4}  # SD2-base: 4 latent channels
     with torch.device(device):
         comps = invert.SDComponents(
-            tokenizer=tok, text_encoder=CLIPTextModel(CLIPTextConfig(**text_cfg)),
-            vae=AutoencoderKL(**(SMOKE_VAE if smoke else SD2_VAE)), unet=UNet2DConditionModel(**unet_cfg),
+            tokenizer=tok, text_encoder=text, vae=AutoencoderKL(**(SMOKE_VAE if smoke else SD2_VAE)),
+            unet=UNet2DConditionModel(**unet_cfg),
             noise_scheduler=DDPMScheduler(**{k: v for k, v in SD2_SCHEDULER.items() if k != "set_alpha_to_one"}),
         )
     ids = invert.add_tokens(comps, ["<class-0>"], "bird")
     res = res or (32 if smoke else 512)
-    images = _images(8, res)
+    images = random_images(8, res)
     base = InvertConfig(model="(built in memory)", resolution=res, checkpoint_every=10**9, fuse_accumulation=fused)
     per_step = base.train_batch_size * base.gradient_accumulation_steps
     work = Path(tempfile.mkdtemp(prefix="ddb_invert_"))
-    runs = {"k": 0}
+    folders = itertools.count()
 
     def run(steps: int) -> None:
-        runs["k"] += 1  # a fresh folder each call: train_token resumes from a checkpoint it finds
-        cfg = InvertConfig(**{**base.__dict__, "max_train_steps": steps})
-        invert.train_token(comps, images, "<class-0>", ids[0], cfg, work / str(runs["k"]), device=device,
-                           desc="invert (bench)")
+        # a fresh folder each call: train_token resumes from a checkpoint it finds
+        invert.train_token(comps, images, "<class-0>", ids[0], dataclasses.replace(base, max_train_steps=steps),
+                           work / str(next(folders)), device=device, desc="invert (bench)")
 
     log("invert: counting the FLOPs of one optimizer step ...")
-    flops = _count(lambda: run(1)) / per_step
+    flops = flops_of(lambda: run(1))[0] / per_step
     steps = 2 if smoke else 8
     r = _timed(lambda: run(steps), steps * per_step, device, min_time, deadline)
     return {"stage": "invert", "flops_per_image": flops, "resolution": res, "fuse_accumulation": fused,
@@ -156,9 +115,9 @@ def segment_stage(smoke: bool, device: torch.device, min_time: float, deadline: 
     cfg = SegmentConfig(detector=str(det), sam=str(sam), box_threshold=0.0, text_threshold=0.0)
     seg = segment.GroundedSAM(cfg, device)
     res = 64 if smoke else 448
-    images = _images(batch, res)
+    images = random_images(batch, res)
     log("segment: counting the FLOPs of one image ...")
-    flops = _count(lambda: seg(images[:1], "bird"))
+    flops = flops_of(lambda: seg(images[:1], "bird"))[0]
     r = _timed(lambda: seg(images, "bird"), batch, device, min_time, deadline)
     return {"stage": "segment", "flops_per_image": flops, "resolution": res, "batch_size": batch,
             "models": "Grounding DINO tiny config + SAM ViT-B config" if not smoke else "tiny", "dtype": "fp32", **r,
@@ -204,7 +163,7 @@ def prune_stage(smoke: bool, device: torch.device, min_time: float, deadline: De
     torch.manual_seed(0)
     model = (torchvision.models.resnet18 if smoke else torchvision.models.resnet50)(num_classes=2).to(device).eval()
     res = 64 if smoke else 224
-    edited, orig, masks = _images(batch, 256, 1), _images(batch, 256, 2), _masks(batch, 256)
+    edited, orig, masks = random_images(batch, 256, 1), random_images(batch, 256, 2), [center_mask(256)] * batch
     tf = waterbirds_transform(False, res)
 
     def run(n: int) -> None:
@@ -212,7 +171,7 @@ def prune_stage(smoke: bool, device: torch.device, min_time: float, deadline: De
                             internal_batch_size=64, device=device)
 
     log("prune: counting the FLOPs of one image ...")
-    flops = _count(lambda: run(1))
+    flops = flops_of(lambda: run(1))[0]
     r = _timed(lambda: run(batch), batch, device, min_time, deadline)
     return {"stage": "prune", "flops_per_image": flops, "resolution": res, "model": "resnet18" if smoke else "resnet50",
             "ig_steps": 50, "internal_batch_size": 64, "dtype": "fp32", **r}

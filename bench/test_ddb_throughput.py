@@ -8,11 +8,10 @@ measured by bench/gpu_ddb_throughput.py instead.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from bench.gpu_ddb_throughput import center_mask, random_images
 from spuraug.ddb import inpaint, invert, prune, segment, tiny
 from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig
 
@@ -39,17 +38,12 @@ def models(tmp_path_factory):
     }
 
 
-def _images(n: int, size: int = 64) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
-
-
 def test_ddb_invert_step(benchmark, models, tmp_path):
     """Textual inversion: one optimizer step (batch 1 x accumulation 4 = 4 images)."""
     comps = invert.load_sd_components(str(models["sd9"]))
     ids = invert.add_tokens(comps, ["<c0>"], "digit")
     cfg = InvertConfig(resolution=RES, initializer_token="digit", noun="digit", max_train_steps=2)
-    images = _images(4)
+    images = random_images(4, 64)
     counter = {"k": 0}
 
     def run():
@@ -66,7 +60,7 @@ def test_ddb_segment(benchmark, models, backend):
     cfg = SegmentConfig(backend=backend, detector=str(models["gdino"]), sam=str(models["sam"]),
                         clipseg=str(models["clipseg"]), box_threshold=0.0, text_threshold=0.0)
     seg = segment.build_segmenter(cfg, "cpu")
-    images = _images(8)
+    images = random_images(8, 64)
     benchmark.extra_info.update(stage=f"segment_{backend}", method="ddb", images=len(images))
     benchmark.pedantic(lambda: seg(images, "digit"), rounds=3, iterations=1, warmup_rounds=1)
 
@@ -76,10 +70,8 @@ def test_ddb_inpaint(benchmark, models, tmp_path):
     cfg = InpaintConfig(model=str(models["sd9"]), resolution=RES, num_inference_steps=10, batch_size=4,
                         prompt="a photo of a {token} digit")
     pipe = inpaint.load_inpaint_pipeline(cfg, None, "cpu")
-    m = np.zeros((64, 64), np.uint8)
-    m[16:48, 16:48] = 255
-    Image.fromarray(m).save(tmp_path / "m.png")
-    srcs = [inpaint.Source(f"s{k}", k, k % 2, k, lambda im=im: im, tmp_path / "m.png") for k, im in enumerate(_images(4))]
+    center_mask(64).save(tmp_path / "m.png")
+    srcs = [inpaint.Source(f"s{k}", k, k % 2, k, lambda im=im: im, tmp_path / "m.png") for k, im in enumerate(random_images(4, 64))]
     plan = inpaint.make_plan(srcs, 2, 0)
     counter = {"k": 0}
 
@@ -98,10 +90,8 @@ def test_ddb_prune_integrated_gradients(benchmark):
 
     torch.manual_seed(0)
     model = ToyCNN(2).eval()
-    edited, orig = _images(16), _images(16)[::-1]
-    m = np.zeros((64, 64), np.uint8)
-    m[16:48, 16:48] = 255
-    masks = [Image.fromarray(m)] * 16
+    edited, orig = random_images(16, 64), random_images(16, 64)[::-1]
+    masks = [center_mask(64)] * 16
 
     def run():
         prune.score_samples(model, edited, orig, masks, [0] * 16, [1] * 16, toy_transform(False), n_steps=50,
