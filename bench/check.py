@@ -41,7 +41,7 @@ DEFAULT_REFERENCE = Path("results/reference/toy.json")
 CHECK_METRICS: tuple[str, ...] = ("worst_group_acc", "avg_acc")
 CI_DATASET = "toy"
 CI_SEEDS: tuple[int, ...] = (0,)
-#: The CI-sized toy sweep: merged into bench/configs/toy.yaml for every method.
+#: The CI-sized toy sweep: merged into spuraug/configs/toy.yaml for every method.
 #: Only the benchmark is shrunk (half the toy benchmark's images); the methods' recipes
 #: (epochs included) stay those of the config, so the gate tests what `make bench` runs.
 CI_OVERRIDES: dict = {
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = {"_meta": {
             "command": command,
             "note": "measured by the command above on the machine below; CI_OVERRIDES of bench/check.py "
-                    "applied to bench/configs/toy.yaml; test accuracy (%) mean over the seeds",
+                    "applied to spuraug/configs/toy.yaml; test accuracy (%) mean over the seeds",
             "overrides": CI_OVERRIDES, "seeds": args.seeds, "git": git_state(),
             "machine": hardware()["cpu_model"], "torch": software()["torch"],
             "this_invocation_wall_time_s": round(wall, 1),
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = sorted(k for k, h in info["config_hashes"].items() if k in ref_hashes and ref_hashes[k] != h)
     if changed:
         print(f"note: the config of {', '.join(changed)} changed since the reference was measured "
-              "(bench/configs/toy.yaml or a method's defaults); if that change is intended, re-measure the "
+              "(spuraug/configs/toy.yaml or a method's defaults); if that change is intended, re-measure the "
               "reference (docs/harness.md)")
     rows, passed = compare(reference, got, strict=args.strict)
     print(format_rows(rows))

@@ -1,6 +1,6 @@
 """``python -m bench.leaderboard``: build results/leaderboard.md and the static page
 results/leaderboard/index.html from every version folder, every scored submission and
-the published numbers (bench/published.yaml), always labelled apart.
+the published numbers (spuraug/configs/published.yaml), always labelled apart.
 
 Inputs (see docs/harness.md):
 
@@ -8,7 +8,7 @@ Inputs (see docs/harness.md):
 - submissions ``results/submissions/<dataset>/<name>.json``: the output of
   ``spuraug score --dataset <dataset> --predictions preds.csv --json``, optionally with
   the keys ``name``, ``description``, ``url`` and ``annotation`` added by hand;
-- ``bench/published.yaml``: the published numbers of shared/spec/anchors.md;
+- ``spuraug/configs/published.yaml``: the published numbers of shared/spec/anchors.md;
 - DDB artifacts under ``runs/<dataset>/ddb/`` for the grid of examples (optional).
 
 The page is self-contained: inline CSS, no scripts, images as PNG files beside it.
@@ -31,10 +31,11 @@ import yaml
 
 from bench.launch import flatten_overrides
 from bench.summary import SUMMARY_COLUMNS
+from spuraug.config import CONFIG_DIR
 
 #: Folders directly under results/ that are not datasets.
 RESERVED = {"reference", "submissions", "leaderboard", "throughput"}
-PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+PUBLISHED_FILE = CONFIG_DIR / "published.yaml"
 DISPLAY_NAMES = {"erm": "ERM", "groupdro": "GroupDRO", "jtt": "JTT", "dfr": "DFR", "ddb": "DDB"}
 DATASET_ORDER = ("toy", "waterbirds", "celeba", "metashift")
 
@@ -421,7 +422,7 @@ def build_leaderboard(results_dir: str | Path = "results", runs_dir: str | Path 
     stamp = time.strftime("%Y-%m-%d %H:%M")
     legend = ("**reproduced** = trained and evaluated by this project (`make bench`), mean ± sample std over "
               "seeds, newest version folder per method; **submission** = outside predictions scored with "
-              "`spuraug score`; **published** = numbers copied from the papers (bench/published.yaml), "
+              "`spuraug score`; **published** = numbers copied from the papers (spuraug/configs/published.yaml), "
               "NOT reproduced here. Accuracies in percent on the test split. avg = plain accuracy over test "
               "examples; adjusted avg = per-group accuracy weighted by training-group proportions.")
     md = ["# spuraug leaderboard", "", f"Built {stamp} by `make leaderboard`. {legend}", ""]

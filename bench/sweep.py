@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--config", dest="config_file", help="config file instead of bench/configs/<dataset>.yaml")
+    p.add_argument("--config", dest="config_file", help="config file instead of spuraug/configs/<dataset>.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, dotted key (repeatable), e.g. --set erm.epochs=2")
     p.add_argument("--launcher", default="local", help="local (in-process) | local-subprocess | ray (RAY_ADDRESS, else a local Ray; docs/scaleout.md)")

@@ -9,7 +9,7 @@ trained from scratch and reads only the background (worst-group accuracy 0). Her
 ToyCNN is first pretrained to name the digit kind of world-corpus images
 (:mod:`spuraug.toyworld.backbone`, ~3 min on 2 cores; its width is the config's
 ``model.width``), then ERM and DDB run unchanged with ``model.pretrained: true`` and
-``model.weights: <that backbone>`` (every other value from bench/configs/toy.yaml and
+``model.weights: <that backbone>`` (every other value from spuraug/configs/toy.yaml and
 ``--set``), and the world oracle reads DDB's edits (:mod:`bench.ddb_toy_oracle`), with the
 pruning statistics' separability: does an ERM model with digit features let the pruning
 rules judge the edits? (Measured: no; docs/toyworld.md.) Everything lands in

@@ -1,4 +1,4 @@
-"""Per-dataset run configurations (``bench/configs/<dataset>.yaml``), validated.
+"""Per-dataset run configurations (``spuraug/configs/<dataset>.yaml``), validated.
 
 A config file has top-level sections ``dataset_options``, ``model``, ``eval`` and
 ``loader`` and one section per method (``erm``, ``groupdro``, ``jtt``, ``dfr``,
@@ -23,8 +23,8 @@ import yaml
 from spuraug.methods import Param, get_method, method_names, param
 from spuraug.models import MODEL_NAMES
 
-#: Where ``bench/configs/<dataset>.yaml`` live.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "bench" / "configs"
+#: Where ``<dataset>.yaml`` live: package data of spuraug (``spuraug/configs/``).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Method sections a config may carry even when that method's module is not installed.
 KNOWN_METHOD_SECTIONS: tuple[str, ...] = ("erm", "groupdro", "jtt", "dfr", "ddb")

@@ -18,7 +18,7 @@ loop uses bf16 autocast, channels-last tensors and pinned host memory; the devic
 always an argument, never implied.
 
 Each evaluated epoch appends one JSON line to ``metrics.jsonl`` (see
-``/work/brief/contracts.md``) with per-group metrics on every evaluation split, so any
+``spuraug/runs.py``) with per-group metrics on every evaluation split, so any
 model-selection rule can be applied afterwards; ``checkpoints/best.pt`` holds the model
 selected online by the configured rule and ``checkpoints/last.pt`` everything needed to
 resume. All files are written atomically (temporary file, then ``os.replace``).

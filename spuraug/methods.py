@@ -5,7 +5,7 @@ A method is a class decorated with ``@register_method("name")`` that declares
 - ``annotation``: which group labels it uses, ``{"train_group_labels": bool,
   "val_group_labels": bool}``;
 - ``params``: its hyperparameters as ``{name: Param(default, types...)}``; the
-  ``<name>`` section of ``bench/configs/<dataset>.yaml`` is validated against them;
+  ``<name>`` section of ``spuraug/configs/<dataset>.yaml`` is validated against them;
 - ``run(ctx) -> dict``: trains and evaluates, given a :class:`spuraug.runs.RunContext`,
   and returns at least ``{"selected_epoch", "val", "test"}`` (plus anything worth keeping);
   :func:`spuraug.runs.run_method` adds the rest of ``result.json``.

@@ -1,6 +1,6 @@
 """Run folders: one method, one dataset, one seed, resumable and skipped when done.
 
-Layout (``/work/brief/contracts.md``)::
+Layout::
 
     runs/<dataset>/<method>/seed<S>/
         config.json     the resolved config (with its citations and hash)

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (default 0)")
     p.add_argument("--data-dir", default=None, help="where the real datasets live (default $SPURAUG_DATA_DIR or ./data)")
     p.add_argument("--out", default="runs", help="runs folder (default ./runs)")
-    p.add_argument("--config", default=None, help="config file (default bench/configs/<dataset>.yaml)")
+    p.add_argument("--config", default=None, help="config file (default spuraug/configs/<dataset>.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. erm.epochs=2")
     p.add_argument("--weights", default=None, help="ImageNet ResNet-50 state-dict file (instead of torchvision's cache)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")

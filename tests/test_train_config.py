@@ -1,4 +1,4 @@
-"""Run configs (bench/configs/*.yaml) and the ``spuraug train`` command's bad-input paths."""
+"""Run configs (spuraug/configs/*.yaml) and the ``spuraug train`` command's bad-input paths."""
 
 import json
 

@@ -3,7 +3,7 @@
 Each stage runs alone (computing missing inputs first) and resumes after an
 interruption; ``run`` chains all of them and retrains (the same as
 ``spuraug train --method ddb``). Options come from the ``ddb:`` section of
-``bench/configs/<dataset>.yaml``; ``--set stage.option=value`` overrides one
+``spuraug/configs/<dataset>.yaml``; ``--set stage.option=value`` overrides one
 (``--set inpaint.batch_size=16``), and the model options have shortcuts.
 """
 
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--seed", type=int, default=0, help="ERM seed (the sources and everything after depend on it)")
         s.add_argument("--data-dir", default=None, help="dataset folder (default $SPURAUG_DATA_DIR or ./data)")
         s.add_argument("--out", default="runs", help="runs folder (artifacts in <out>/<dataset>/ddb_artifacts)")
-        s.add_argument("--config", default=None, help="config file (default bench/configs/<dataset>.yaml)")
+        s.add_argument("--config", default=None, help="config file (default spuraug/configs/<dataset>.yaml)")
         s.add_argument("--set", action="append", default=[], metavar="STAGE.OPTION=VALUE",
                        help="override one DDB option (repeatable), e.g. --set prune.threshold=0.5")
         s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: CUDA when present)")

@@ -3,7 +3,7 @@
 Every default cites where it comes from: the paper (Yazdan Parast et al., ICCV 2025,
 arXiv 2503.17226) or its public code (github.com/ArianYp/DDB: ``textual_inversion.py``,
 ``generate.py``, ``train.py``, README). Per-dataset values live in the ``ddb:`` section
-of ``bench/configs/<dataset>.yaml`` and override these; unknown keys are an error that
+of ``spuraug/configs/<dataset>.yaml`` and override these; unknown keys are an error that
 names the key.
 """
 

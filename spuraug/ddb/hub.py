@@ -53,7 +53,7 @@ def missing_message(model_id: str, detail: str = "") -> str:
         f"model {model_id!r} is not available: {where}. Provide a local copy: on a machine with "
         f"network run `hf download {model_id} --local-dir DIR` (or `huggingface-cli download`), copy DIR "
         "here and pass DIR in place of the id (the `spuraug ddb` --*-model options, or the ddb: section of "
-        "bench/configs/<dataset>.yaml), or fill the cache that HF_HOME points to."
+        "spuraug/configs/<dataset>.yaml), or fill the cache that HF_HOME points to."
     )
     if detail:
         msg += f" ({detail})"
