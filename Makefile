@@ -112,9 +112,9 @@ ZOO_THREADS ?= 2
 toy-zoo: setup ## train the toy model zoo (inpainter, segmenter, oracle) on the toy world; skipped when its manifest matches [ZOO_THREADS=2]
 	$(PY) -m spuraug.toyworld.zoo train --threads $(ZOO_THREADS)
 
-toy-zoo-time: setup ## project the from-nothing `make toy-zoo` time on this machine from two short builds (~3 min) into results/toyworld/
-	$(PY) -m bench.toy_zoo_time --threads $(ZOO_THREADS) --out results/toyworld/zoo_time_projection.json
+toy-zoo-time: setup ## project the from-nothing `make toy-zoo` time on this machine from two short builds (~3 min) into results/studies/toy_zoo_time/
+	$(PY) -m bench.studies.toy_zoo_time --threads $(ZOO_THREADS) --out results/studies/toy_zoo_time/zoo_time_projection.json
 
-toy-zoo-check: setup ## measure the toy zoo's quality (oracle, segmenter IoU, inpainting identity) into results/toyworld/
+toy-zoo-check: setup ## measure the toy zoo's quality (oracle, segmenter IoU, inpainting identity) into results/studies/toy_zoo_time/
 	$(PY) -m spuraug.toyworld.zoo check
 	$(PY) -m spuraug.toyworld.check --out results/toyworld/zoo_quality.json --grid results/toyworld/zoo_examples.png

@@ -16,9 +16,13 @@ import csv
 import json
 from pathlib import Path
 
+from PIL import Image
+
 KEPT_KEYS = ("kept", "keep", "verdict")
 SOURCE_KEYS = ("source_path", "source_image", "source")
 MASK_KEYS = ("mask_path", "mask")
+#: The grid of examples a version folder holds when DDB ran (written by the sweep).
+EXAMPLES_PNG = "ddb_examples.png"
 GENERATED_KEYS = ("generated_path", "generated", "edited_path", "image_path", "path")
 
 
@@ -119,3 +123,48 @@ def _examples_below(base: Path) -> list[dict]:
                 "rho": _float(row.get("rho", row.get("attribution_in_mask"))),
             })
     return out
+
+
+def ddb_grid(runs_dir: str | Path, dataset: str, out_png: Path, n_rows: int = 8) -> Path | None:
+    """A grid of DDB examples (source | mask | generated | verdict), half kept and half pruned.
+
+    Reads the prune tables that :func:`find_examples` finds under ``runs/<dataset>/``;
+    returns ``None`` when there are none. The sweep writes it into the version folder
+    (:data:`EXAMPLES_PNG`), where the leaderboard finds it.
+    """
+    examples = find_examples(runs_dir, dataset)
+    if not examples:
+        return None
+    kept = [e for e in examples if e["kept"]]
+    pruned = [e for e in examples if not e["kept"]]
+    half = n_rows // 2
+    chosen = kept[:half] + pruned[: n_rows - min(half, len(kept))]
+    chosen += kept[half: half + n_rows - len(chosen)]
+    import matplotlib  # deferred: matplotlib is slow to import and only needed here
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(chosen), 3, figsize=(6.3, 2.1 * len(chosen)), squeeze=False)
+    for row, e in zip(axes, chosen):
+        for ax, key, title in zip(row, ("source", "mask", "generated"), ("source", "mask", "generated")):
+            ax.set_xticks([])  # keep the frame: an all-white mask stays visible
+            ax.set_yticks([])
+            p = e.get(key)
+            if p and Path(p).is_file():
+                with Image.open(p) as im:
+                    if key == "mask":  # fixed range: an all-object mask must show white, not black
+                        ax.imshow(im.convert("L"), cmap="gray", vmin=0, vmax=255)
+                    else:
+                        ax.imshow(im.convert("RGB"))
+            else:
+                ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=8)
+            ax.set_title(title, fontsize=8)
+        verdict = "KEPT" if e["kept"] else "PRUNED"
+        detail = "  ".join(f"{k}={e[k]:.3g}" for k in ("p", "rho") if isinstance(e.get(k), int | float))
+        row[2].set_title(f"{verdict} {detail}".strip(), fontsize=8, color="#1a7f37" if e["kept"] else "#c62828")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -9,34 +9,37 @@ Inputs (see docs/harness.md):
   ``spuraug score --dataset <dataset> --predictions preds.csv --json``, optionally with
   the keys ``name``, ``description``, ``url`` and ``annotation`` added by hand;
 - ``spuraug/configs/published.yaml``: the published numbers of shared/spec/anchors.md;
-- DDB artifacts under ``runs/<dataset>/ddb/`` for the grid of examples (optional).
+- the grid of DDB examples a version folder holds (``ddb_examples.png``, written by the sweep).
 
-The page is self-contained: inline CSS, no scripts, images as PNG files beside it.
+It never reads the runs folder. The Markdown and the page are rendered from the jinja2
+templates in bench/templates/. The page is self-contained: inline CSS, no scripts, images as PNG files beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 import yaml
 
+from bench.ddb_examples import EXAMPLES_PNG
 from bench.launch import flatten_overrides
 from bench.summary import SUMMARY_COLUMNS
 from spuraug.config import CONFIG_DIR
+from spuraug.methods import get_method
 
 #: Folders directly under results/ that are not datasets.
-RESERVED = {"reference", "submissions", "leaderboard", "throughput"}
+RESERVED = {"reference", "submissions", "leaderboard", "throughput", "studies", "gpu"}
 PUBLISHED_FILE = CONFIG_DIR / "published.yaml"
-DISPLAY_NAMES = {"erm": "ERM", "groupdro": "GroupDRO", "jtt": "JTT", "dfr": "DFR", "ddb": "DDB"}
 DATASET_ORDER = ("toy", "waterbirds", "celeba", "metashift")
 
 
@@ -45,7 +48,13 @@ class LeaderboardError(ValueError):
 
 
 def display_name(method: str) -> str:
-    return DISPLAY_NAMES.get(method.lower(), method)
+    """The method class's ``display_name`` (:func:`spuraug.methods.get_method`), else the
+    upper-cased registry name; a name no method is registered as stays as it is."""
+    try:
+        cls = get_method(method)
+    except KeyError:
+        return method
+    return getattr(cls, "display_name", None) or method.upper()
 
 
 @dataclass
@@ -270,120 +279,76 @@ def plot_wga(reproduced: dict[str, list[dict]], published: list[dict], submissio
     return out_png
 
 
-def ddb_grid(runs_dir: str | Path, dataset: str, out_png: Path, n_rows: int = 8) -> Path | None:
-    """A grid of DDB examples (source | mask | generated | verdict), half kept and half pruned.
-
-    Reads the prune tables that :func:`bench.ddb_examples.find_examples` finds under
-    ``runs/<dataset>/ddb/``; returns ``None`` when there are none.
-    """
-    from bench.ddb_examples import find_examples
-
-    examples = find_examples(runs_dir, dataset)
-    if not examples:
-        return None
-    kept = [e for e in examples if e["kept"]]
-    pruned = [e for e in examples if not e["kept"]]
-    half = n_rows // 2
-    chosen = kept[:half] + pruned[: n_rows - min(half, len(kept))]
-    chosen += kept[half: half + n_rows - len(chosen)]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(6.3, 2.1 * len(chosen)), squeeze=False)
-    for row, e in zip(axes, chosen):
-        for ax, key, title in zip(row, ("source", "mask", "generated"), ("source", "mask", "generated")):
-            ax.set_xticks([])  # keep the frame: an all-white mask stays visible
-            ax.set_yticks([])
-            p = e.get(key)
-            if p and Path(p).is_file():
-                with Image.open(p) as im:
-                    if key == "mask":  # fixed range: an all-object mask must show white, not black
-                        ax.imshow(im.convert("L"), cmap="gray", vmin=0, vmax=255)
-                    else:
-                        ax.imshow(im.convert("RGB"))
-            else:
-                ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=8)
-            ax.set_title(title, fontsize=8)
-        verdict = "KEPT" if e["kept"] else "PRUNED"
-        detail = "  ".join(f"{k}={e[k]:.3g}" for k in ("p", "rho") if isinstance(e.get(k), int | float))
-        row[2].set_title(f"{verdict} {detail}".strip(), fontsize=8, color="#1a7f37" if e["kept"] else "#c62828")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
 # -- writing -------------------------------------------------------------------------------
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1100px;
-color:#1d2330;padding:0 1rem;line-height:1.45}
-h1{margin-bottom:.2rem}h2{border-bottom:2px solid #dde3ec;padding-bottom:.2rem;margin-top:2.2rem}
-table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.92rem}
-th,td{border:1px solid #d5dbe5;padding:.3rem .6rem;text-align:right}th{background:#f1f4f9;text-align:left}
-td:first-child,th:first-child,td.txt{text-align:left}
-.tag{display:inline-block;font-size:.75rem;font-weight:600;padding:.05rem .45rem;border-radius:.6rem;
-margin-right:.4rem;vertical-align:middle}
-.reproduced{background:#dbe8fb;color:#174a8c}.published{background:#ececec;color:#333}
-.submission{background:#fdeccb;color:#7a4d00}
-.note{color:#5a6475;font-size:.88rem}img{max-width:100%;border:1px solid #e3e7ee}
-caption{caption-side:top;text-align:left;font-weight:600;padding-bottom:.3rem}
-"""
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links to a file."""
+
+    text: str
+    href: str
+
+
+@dataclass
+class Table:
+    """A table of display strings (or :class:`Link` cells), written as Markdown through pandas
+    and as HTML by the page template."""
+
+    header: list[str]
+    rows: list[list]
+
+    def markdown(self) -> str:
+        cells = [[f"[{c.text}]({c.href})" if isinstance(c, Link) else str(c) for c in r] for r in self.rows]
+        return pd.DataFrame(cells, columns=self.header).to_markdown(index=False, disable_numparse=True)
 
 
 def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target, start)).as_posix()
 
 
-def _reproduced_table(rows: list[dict], link_base: Path, fmt: str) -> list[str]:
+def _numeric(cell) -> bool:
+    """Right-aligned cells of the page: numbers, "n/a", "about 97.0"."""
+    return not isinstance(cell, Link) and (str(cell)[:1].isdigit() or str(cell).startswith(("n/a", "about")))
+
+
+def group_labels(method: str, provenance: dict | None = None) -> str:
+    """``"no/yes"``: whether ``method`` needs group labels in training / in validation, from its
+    class (:func:`spuraug.methods.get_method`); for a method no longer registered, from the
+    version's provenance; ``"n/a"`` when neither says."""
+    try:
+        ann = dict(get_method(method).annotation)
+    except KeyError:
+        ann = (provenance or {}).get("annotation", {}).get(method) or {}
+    if not {"train_group_labels", "val_group_labels"} <= set(ann):
+        return "n/a"
+    return "/".join("yes" if ann[k] else "no" for k in ("train_group_labels", "val_group_labels"))
+
+
+def _reproduced_table(rows: list[dict], link_base: Path) -> Table:
     header = ["method", "worst-group acc", "avg acc (plain)", "adjusted avg acc (train-weighted)", "seeds",
-              "version (provenance)"]
+              "group labels train/val", "version (provenance)"]
     body = []
     for r in rows:
         v: Version = r["version"]
-        link = _rel(v.path / "provenance.json", link_base)
-        body.append([display_name(str(r["method"])), _pm(r["worst_group_acc_mean"], r["worst_group_acc_std"]),
+        method = str(r["method"])
+        body.append([display_name(method), _pm(r["worst_group_acc_mean"], r["worst_group_acc_std"]),
                      _pm(r["avg_acc_mean"], r["avg_acc_std"]),
                      _pm(r["adjusted_avg_acc_mean"], r["adjusted_avg_acc_std"]), str(int(r["n_seeds"])),
-                     (v.name, link)])
-    return _table(header, body, fmt)
+                     group_labels(method, v.provenance), Link(v.name, _rel(v.path / "provenance.json", link_base))])
+    return Table(header, body)
 
 
-def _table(header: list[str], body: list[list], fmt: str, caption: str = "") -> list[str]:
-    def cell(c) -> str:
-        if isinstance(c, tuple):
-            text, href = c
-            return f"[{text}]({href})" if fmt == "md" else f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
-        return str(c) if fmt == "md" else html.escape(str(c))
-
-    if fmt == "md":
-        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                *("| " + " | ".join(cell(c) for c in r) + " |" for r in body), ""]
-    out = ["<table>"]
-    if caption:
-        out.append(caption)
-    out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-    def td(c) -> str:
-        numeric = not isinstance(c, tuple) and (str(c)[:1].isdigit() or str(c).startswith(("n/a", "about")))
-        return f"<td>{cell(c)}</td>" if numeric else f"<td class='txt'>{cell(c)}</td>"
-
-    out += ["<tr>" + "".join(td(c) for c in r) + "</tr>" for r in body]
-    out.append("</table>")
-    return out
-
-
-def _submission_rows(subs: list[dict], link_base: Path) -> tuple[list[str], list[list]]:
+def _submission_table(subs: list[dict], link_base: Path) -> Table:
     header = ["submission", "worst-group acc", "avg acc (plain)", "adjusted avg acc (train-weighted)", "file"]
     body = [[s["name"], _pm(s["worst_group_acc"]), _pm(s["avg_acc"]), _pm(s.get("adjusted_avg_acc")),
-             (s["path"].name, _rel(s["path"], link_base))] for s in subs]
-    return header, body
+             Link(s["path"].name, _rel(s["path"], link_base))] for s in subs]
+    return Table(header, body)
 
 
-def _published_rows(pubs: list[dict]) -> tuple[list[str], list[list]]:
+def _published_table(pubs: list[dict]) -> Table:
     header = ["method", "worst-group acc", "avg acc (as reported)", "group labels train/val", "source"]
     body = []
     for p in pubs:
@@ -392,12 +357,54 @@ def _published_rows(pubs: list[dict]) -> tuple[list[str], list[list]]:
             wga = "about " + wga
         src = p["cite"] + (f" ({p['note']})" if p.get("note") else "")
         body.append([p["method"], wga, _pm(p.get("avg_acc")), p.get("group_labels", "n/a"), src])
-    return header, body
+    return Table(header, body)
 
 
-def build_leaderboard(results_dir: str | Path = "results", runs_dir: str | Path = "runs",
-                      published_file: str | Path = PUBLISHED_FILE) -> dict:
-    """Write ``<results>/leaderboard.md`` and ``<results>/leaderboard/index.html`` (+ PNGs).
+def examples_png(versions: list[Version], rows: list[dict]) -> Path | None:
+    """The DDB examples grid of a dataset: that of the version folder the DDB row comes from,
+    else of the newest version folder that holds one."""
+    ddb = [r["version"] for r in rows if str(r["method"]) == "ddb"]
+    for v in ddb + list(reversed(versions)):
+        if (v.path / EXAMPLES_PNG).is_file():
+            return v.path / EXAMPLES_PNG
+    return None
+
+
+def _sections(datasets: list[str], versions: list[Version], reproduced: dict[str, list[dict]],
+              submissions: list[dict], published: list[dict], images: dict[str, Path], base: Path) -> list[dict]:
+    """What the templates show per dataset, with links relative to ``base``."""
+    out = []
+    for ds in datasets:
+        rows = reproduced.get(ds, [])
+        subs = [s for s in submissions if s["dataset"] == ds]
+        pubs = [p for p in published if p["dataset"] == ds]
+        out.append({
+            "name": ds,
+            "reproduced": _reproduced_table(rows, base) if rows else None,
+            "submissions": _submission_table(subs, base) if subs else None,
+            "published": _published_table(pubs) if pubs else None,
+            "sources": list(dict.fromkeys((p["cite"], p["reference"]) for p in pubs)),
+            "examples": _rel(images[f"ddb_{ds}"], base) if f"ddb_{ds}" in images else None,
+            "versions": [{"name": v.name, "href": _rel(v.path / "summary.md", base), "created": v.created,
+                          "methods": ", ".join(map(str, v.summary["method"])), "note": _ablation_note(v)}
+                         for v in reversed([v for v in versions if v.dataset == ds])],
+        })
+    return out
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html.j2"]),
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.tests["link"] = lambda c: isinstance(c, Link)
+    env.tests["numeric"] = _numeric
+    return env
+
+
+def build_leaderboard(results_dir: str | Path = "results", published_file: str | Path = PUBLISHED_FILE) -> dict:
+    """Write ``<results>/leaderboard.md`` and ``<results>/leaderboard/index.html`` (+ PNGs) from
+    the version folders under ``results_dir`` (never from runs/), the submissions and the
+    published numbers.
 
     Returns ``{"markdown", "html", "images", "datasets"}`` (paths and the datasets shown).
     """
@@ -415,104 +422,33 @@ def build_leaderboard(results_dir: str | Path = "results", runs_dir: str | Path 
     datasets = ordered_datasets([*reproduced, *(p["dataset"] for p in published),
                                  *(s["dataset"] for s in submissions)])
     for ds in datasets:
-        grid = ddb_grid(runs_dir, ds, page_dir / f"ddb_{ds}.png")
-        if grid:
-            images[f"ddb_{ds}"] = grid
+        grid = examples_png([v for v in versions if v.dataset == ds], reproduced.get(ds, []))
+        if grid:  # copied beside the page: the page stays self-contained
+            images[f"ddb_{ds}"] = page_dir / f"ddb_{ds}.png"
+            shutil.copyfile(grid, images[f"ddb_{ds}"])
+    env = _environment()
+    shown = "spuraug/configs/published.yaml" if Path(published_file) == PUBLISHED_FILE else str(published_file)
+    common = {"stamp": time.strftime("%Y-%m-%d %H:%M"), "published_file": shown}
     md_path = results_dir / "leaderboard.md"
-    stamp = time.strftime("%Y-%m-%d %H:%M")
-    legend = ("**reproduced** = trained and evaluated by this project (`make bench`), mean ± sample std over "
-              "seeds, newest version folder per method; **submission** = outside predictions scored with "
-              "`spuraug score`; **published** = numbers copied from the papers (spuraug/configs/published.yaml), "
-              "NOT reproduced here. Accuracies in percent on the test split. avg = plain accuracy over test "
-              "examples; adjusted avg = per-group accuracy weighted by training-group proportions.")
-    md = ["# spuraug leaderboard", "", f"Built {stamp} by `make leaderboard`. {legend}", ""]
-    if wga_png:
-        md += [f"![worst-group accuracy by method and dataset]({_rel(wga_png, results_dir)})", ""]
-    body = [f"<h1>spuraug leaderboard</h1><p class='note'>Built {html.escape(stamp)} by <code>make leaderboard"
-            f"</code>.</p><p>{_md_inline_to_html(legend)}</p>"]
-    if wga_png:
-        body.append(f'<h2>Worst-group accuracy</h2><img src="{_rel(wga_png, page_dir)}" '
-                    f'alt="worst-group accuracy by method and dataset">')
-    for ds in datasets:
-        md.append(f"## {ds}")
-        body.append(f'<h2 id="{html.escape(ds)}">{html.escape(ds)}</h2>')
-        rows = reproduced.get(ds, [])
-        md += ["### Reproduced (this project)", ""]
-        body.append('<h3><span class="tag reproduced">reproduced</span>this project</h3>')
-        if rows:
-            md += _reproduced_table(rows, results_dir, "md")
-            body += _reproduced_table(rows, page_dir, "html")
-        else:
-            md += ["No version folder yet: run `make bench DATASET=" + ds + "`.", ""]
-            body.append(f"<p class='note'>No version folder yet: run <code>make bench DATASET={html.escape(ds)}"
-                        f"</code>.</p>")
-        subs = [s for s in submissions if s["dataset"] == ds]
-        if subs:
-            md += ["### Submissions (scored with `spuraug score`)", ""]
-            body.append('<h3><span class="tag submission">submission</span>scored with spuraug score</h3>')
-            h, b = _submission_rows(subs, results_dir)
-            md += _table(h, b, "md")
-            h, b = _submission_rows(subs, page_dir)
-            body += _table(h, b, "html")
-        pubs = [p for p in published if p["dataset"] == ds]
-        if pubs:
-            md += ["### Published (copied from the papers, not reproduced here)", ""]
-            body.append('<h3><span class="tag published">published</span>copied from the papers, '
-                        'not reproduced here</h3>')
-            h, b = _published_rows(pubs)
-            md += _table(h, b, "md")
-            body += _table(h, b, "html")
-            refs = dict.fromkeys((p["cite"], p["reference"]) for p in pubs)
-            md += ["Sources:", "", *(f"- {c}: {r}" for c, r in refs), ""]
-            body.append("<p class='note'>Sources:</p><ul class='note'>"
-                        + "".join(f"<li>{html.escape(c)}: {html.escape(r)}</li>" for c, r in refs) + "</ul>")
-        if f"ddb_{ds}" in images:
-            png = images[f"ddb_{ds}"]
-            md += ["### DDB examples: source, mask, generated image, pruning verdict", "",
-                   f"![DDB examples on {ds}]({_rel(png, results_dir)})", ""]
-            body.append(f"<h3>DDB examples: source, mask, generated image, pruning verdict</h3>"
-                        f'<img src="{_rel(png, page_dir)}" alt="DDB examples on {html.escape(ds)}">')
-        ds_versions = [v for v in versions if v.dataset == ds]
-        if ds_versions:
-            md += ["### All version folders", ""]
-            md += [f"- [{v.name}]({_rel(v.path / 'summary.md', results_dir)}) ({v.created}, methods: "
-                   f"{', '.join(map(str, v.summary['method']))}){_ablation_note(v)}" for v in reversed(ds_versions)]
-            md.append("")
-            body.append("<details><summary>All version folders</summary><ul>")
-            body += [f'<li><a href="{html.escape(_rel(v.path / "summary.md", page_dir))}">{html.escape(v.name)}'
-                     f"</a> ({html.escape(v.created)}; methods: "
-                     f"{html.escape(', '.join(map(str, v.summary['method'])))}){html.escape(_ablation_note(v))}</li>"
-                     for v in reversed(ds_versions)]
-            body.append("</ul></details>")
-    md_path.write_text("\n".join(md) + "\n")
-    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            "<link rel='icon' href='data:,'>"
-            f"<title>spuraug leaderboard</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    md_path.write_text(env.get_template("leaderboard.md.j2").render(
+        **common, wga=_rel(wga_png, results_dir) if wga_png else None,
+        datasets=_sections(datasets, versions, reproduced, submissions, published, images, results_dir)))
     html_path = page_dir / "index.html"
-    html_path.write_text(page)
+    html_path.write_text(env.get_template("leaderboard.html.j2").render(
+        **common, wga=_rel(wga_png, page_dir) if wga_png else None,
+        datasets=_sections(datasets, versions, reproduced, submissions, published, images, page_dir)))
     return {"markdown": md_path, "html": html_path, "images": images, "datasets": datasets}
-
-
-def _md_inline_to_html(text: str) -> str:
-    import re
-
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.leaderboard", description=__doc__.split("\n\n")[0])
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--runs-dir", default="runs")
     p.add_argument("--published", default=str(PUBLISHED_FILE))
     p.add_argument("--no-screenshot", action="store_true",
                    help="skip rendering the page in headless Chromium")
     args = p.parse_args(argv)
     try:
-        built = build_leaderboard(args.results_dir, args.runs_dir, args.published)
+        built = build_leaderboard(args.results_dir, args.published)
     except LeaderboardError as e:
         print(f"bench.leaderboard: error: {e}", file=sys.stderr)
         return 2

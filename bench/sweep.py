@@ -6,8 +6,10 @@ new, never-overwritten version folder of result tables with provenance.
 
 Finished runs are skipped and interrupted ones resume (``spuraug.runs.run_method``).
 The version folder ``results/<dataset>/<YYYY-MM-DD>_<short-sha>[-dirty][-N]/`` holds
-summary.csv, summary.md, summary.tex, provenance.json and ``runs/`` (copies of each
-run's result.json, metrics.jsonl and config.json). See docs/harness.md.
+summary.csv, summary.md, summary.tex, provenance.json, ``runs.jsonl`` (one line per run:
+method, seed, config hash, selected epoch, metrics) and, when DDB's artifacts are under the
+runs folder, ``ddb_examples.png``. Per-epoch lines and checkpoints stay in the runs folder.
+See docs/harness.md.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from bench.ddb_examples import EXAMPLES_PNG, ddb_artifact_dirs, ddb_grid
 from bench.launch import RunOutcome, RunSpec, make_launcher
 from bench.provenance import git_state, hardware, new_version_dir, software, write_json
-from bench.summary import RunRecord, copy_runs, find_runs, format_console, summarize, write_summary
+from bench.summary import RunRecord, find_runs, format_console, summarize, write_runs_jsonl, write_summary
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
@@ -93,8 +96,6 @@ def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
     images (``n_generated``, ``n_images`` or ``images``) plus ``wall_time_s``/``seconds``.
     Missing artifacts give an empty list.
     """
-    from bench.ddb_examples import ddb_artifact_dirs
-
     rows: list[dict] = []
     manifests = [p for base in ddb_artifact_dirs(runs_dir, dataset) for p in sorted(base.rglob("manifest*.json"))]
     for path in manifests:
@@ -232,7 +233,8 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
     out = new_version_dir(results_dir, dataset, git)
     ddb = ddb_generation_throughput(runs_dir, dataset)
     write_summary(df, out, title=f"{dataset}: {out.name}", extra_md=throughput_markdown(ddb))
-    copy_runs(records, out)
+    write_runs_jsonl(records, out)
+    ddb_grid(runs_dir, dataset, out / EXAMPLES_PNG)
     provenance = build_provenance(command, dataset, methods, seeds, records, outcomes, problems, git,
                                   sweep_time, ddb, overrides=overrides,
                                   config_file=str(config_file) if config_file else None)

@@ -1,9 +1,9 @@
 """Throughput of each DDB stage on CPU with tiny models (``make throughput``).
 
-Models are built from configs (spuraug.ddb.tiny), saved and loaded through
+Models are built from configs (tests/tiny_models.py), saved and loaded through
 spuraug.ddb.hub like the real ids. extra_info follows docs/harness.md: ``stage``,
 ``method`` = "ddb", ``images`` per round. The real SD2 architectures on a GPU are
-measured by bench/gpu_ddb_throughput.py instead.
+measured by bench/gpu/ddb_throughput.py instead.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.gpu_ddb_throughput import center_mask, random_images
-from spuraug.ddb import inpaint, invert, prune, segment, tiny
+from bench.gpu.ddb_throughput import center_mask, random_images
+from spuraug.ddb import inpaint, invert, prune, segment
 from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig
+from tests import tiny_models as tiny
 
 RES = 32
 

@@ -107,7 +107,7 @@ def load_toy_backbone_state(weights: str | os.PathLike | None, width: int) -> di
     """The pretrained body of a :class:`ToyCNN` (every parameter but the head ``fc``).
 
     ``weights`` is a folder written by :func:`spuraug.toyworld.backbone.save_backbone`
-    (``config.json`` + ``model.safetensors``, e.g. by ``python -m bench.toy_pretrained_erm``,
+    (``config.json`` + ``model.safetensors``, e.g. by ``python -m bench.studies.toy_pretrained_erm``,
     which pretrains one on the world corpus: the toy's stand-in for ImageNet weights) or a
     ``.safetensors``/``.pt`` state-dict file. The error names what is missing or which
     width does not match.
@@ -115,7 +115,7 @@ def load_toy_backbone_state(weights: str | os.PathLike | None, width: int) -> di
     if weights is None:
         raise WeightsMissingError(
             "model.pretrained is true for toy_cnn but model.weights is not set: give a pretrained toy "
-            "backbone folder (python -m bench.toy_pretrained_erm writes one) or set model.pretrained: false"
+            "backbone folder (python -m bench.studies.toy_pretrained_erm writes one) or set model.pretrained: false"
         )
     path = Path(weights)
     if path.is_dir():

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tiny_models as tiny
 import torch
 from PIL import Image
 
-from spuraug.ddb import hub, inpaint, invert, prune, segment, tiny
+from spuraug.ddb import hub, inpaint, invert, prune, segment
 from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig, ddb_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

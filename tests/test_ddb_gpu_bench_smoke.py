@@ -1,4 +1,4 @@
-"""bench/gpu_ddb_throughput.py must run end to end: its --smoke mode on CPU with tiny configs."""
+"""bench/gpu/ddb_throughput.py must run end to end: its --smoke mode on CPU with tiny configs."""
 
 import json
 
@@ -6,7 +6,7 @@ import torch
 
 
 def test_gpu_throughput_script_smoke(tmp_path):
-    from bench import gpu_ddb_throughput as g
+    from bench.gpu import ddb_throughput as g
 
     n = torch.get_num_threads()
     try:
@@ -33,7 +33,7 @@ def test_gpu_throughput_script_smoke(tmp_path):
 def test_variant_names_are_checked():
     import pytest
 
-    from bench import gpu_ddb_throughput as g
+    from bench.gpu import ddb_throughput as g
 
     assert g.parse_variant("eager") == {"channels_last": False, "fuse_qkv": False, "compile": False, "attention": "auto"}
     assert g.parse_variant("cl+cudnn+compile") == {"channels_last": True, "fuse_qkv": False, "compile": True,
@@ -48,7 +48,7 @@ def test_variant_names_are_checked():
 
 
 def test_real_configs_are_the_published_sd2_ones():
-    from bench import gpu_ddb_throughput as g
+    from bench.gpu import ddb_throughput as g
 
     u = g.SD2_UNET
     assert u["sample_size"] == 64 and u["in_channels"] == 9 and u["cross_attention_dim"] == 1024
@@ -61,7 +61,7 @@ def test_attention_flops_are_counted_on_cpu():
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench import gpu_ddb_throughput as g
+    from bench.gpu import ddb_throughput as g
 
     q = torch.randn(1, 2, 64, 32)
     counter = FlopCounterMode(display=False)
@@ -71,9 +71,9 @@ def test_attention_flops_are_counted_on_cpu():
 
 
 def test_stage_throughput_script_smoke(tmp_path):
-    """bench/gpu_stage_throughput.py (invert, segment, prune on the real architectures on a GPU)
+    """bench/gpu/stage_throughput.py (invert, segment, prune on the real architectures on a GPU)
     runs end to end on tiny configs: every stage timed, FLOPs counted, ratio derived."""
-    from bench import gpu_stage_throughput as s
+    from bench.gpu import stage_throughput as s
 
     n = torch.get_num_threads()
     try:
@@ -91,7 +91,7 @@ def test_stage_throughput_script_smoke(tmp_path):
     # to the text embedding is counted: well over the UNet's forward FLOPs per image
     from diffusers import UNet2DConditionModel
 
-    from bench import gpu_ddb_throughput as g
+    from bench.gpu import ddb_throughput as g
 
     assert rows["invert"]["images_per_optimizer_step"] == 4
     unet = UNet2DConditionModel(**{**g.SMOKE_UNET, "in_channels": 4})
@@ -103,7 +103,7 @@ def test_stage_throughput_script_smoke(tmp_path):
 def test_unet_variant_timings_survive_a_cut_off_pipeline_phase(tmp_path, monkeypatch):
     import pytest
 
-    from bench import gpu_ddb_throughput as g
+    from bench.gpu import ddb_throughput as g
 
     def cut_off(*args, **kwargs):
         raise TimeoutError("killed at the time limit")
@@ -121,7 +121,7 @@ def test_unet_variant_timings_survive_a_cut_off_pipeline_phase(tmp_path, monkeyp
 
 
 def test_count_only_counts_the_sd2_unet_on_the_meta_device(tmp_path):
-    from bench import gpu_ddb_throughput as g
+    from bench.gpu import ddb_throughput as g
 
     r512 = g.main(["--count-only", "--out", str(tmp_path / "c.json")])
     r256 = g.count_only(256, None)
@@ -135,7 +135,7 @@ def test_count_only_counts_the_sd2_unet_on_the_meta_device(tmp_path):
 
 
 def test_gpu_inpaint_pytest_benchmark_records_the_ratio(tmp_path):
-    """bench/test_gpu_inpaint_throughput.py (skipped without CUDA) runs on CPU with the tiny
+    """bench/gpu/test_inpaint_throughput.py (skipped without CUDA) runs on CPU with the tiny
     configs and files one pytest-benchmark record per batch size with FLOPs and ratio."""
     import os
     import subprocess
@@ -146,7 +146,7 @@ def test_gpu_inpaint_pytest_benchmark_records_the_ratio(tmp_path):
     out = tmp_path / "b.json"
     env = {**os.environ, "SPURAUG_GPU_BENCH_SMOKE": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "bench/test_gpu_inpaint_throughput.py", "--benchmark-enable", "--benchmark-only",
+                           "bench/gpu/test_inpaint_throughput.py", "--benchmark-enable", "--benchmark-only",
                            f"--benchmark-json={out}"], cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     records = json.loads(out.read_text())["benchmarks"]

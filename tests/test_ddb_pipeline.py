@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import tiny_models as tiny
 import torch
 import yaml
-
-from spuraug.ddb import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -1,4 +1,4 @@
-"""bench.ddb_toy_oracle's object-colour reading on constructed images."""
+"""bench.studies.ddb_toy_oracle's object-colour reading on constructed images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from PIL import Image
 
 
 def test_object_colour_reads_the_saturated_object_in_the_mask_box(tmp_path):
-    from bench.ddb_toy_oracle import _colours_by_target, object_colour
+    from bench.studies.ddb_toy_oracle import _colours_by_target, object_colour
 
     paths, masks = [], []
     for i, rgb in enumerate(((230, 40, 30), (40, 60, 220))):
@@ -29,11 +29,11 @@ def test_object_colour_reads_the_saturated_object_in_the_mask_box(tmp_path):
 
 
 def test_inversion_probe_runs_the_real_inversion_on_the_zoo(tmp_path):
-    """bench.toy_inversion_probe end to end at a few steps: tokens learned through
+    """bench.studies.toy_inversion_probe end to end at a few steps: tokens learned through
     train_token from the true masks, repaints read by the oracle, report written."""
     import json
 
-    from bench.toy_inversion_probe import main
+    from bench.studies.toy_inversion_probe import main
 
     out = tmp_path / "probe.json"
     rep = main(["--loss-region", "object", "--steps", "2", "--n-eval", "4", "--out", str(out)])
@@ -48,7 +48,7 @@ def test_roc_auc_and_pruning_separability_on_constructed_tables():
     import numpy as np
     import pandas as pd
 
-    from bench.ddb_toy_oracle import pruning_separability, roc_auc
+    from bench.studies.ddb_toy_oracle import pruning_separability, roc_auc
 
     good = np.array([True, True, False, False])
     assert roc_auc(good, np.array([4.0, 3.0, 2.0, 1.0])) == 1.0
@@ -70,7 +70,7 @@ def test_unet_more_steps_probe_continues_the_committed_unet(tmp_path):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from bench.toy_unet_more_steps import main
+    from bench.studies.toy_unet_more_steps import main
     from spuraug.toyworld.zoo import resolve_model_id
 
     rep = main(["--steps", "2", "--work", str(tmp_path), "--n-eval", "4", "--out", str(tmp_path / "r.json")])
@@ -90,7 +90,7 @@ def test_unet_more_steps_probe_continues_the_committed_unet(tmp_path):
 def test_oracle_agreement_is_one_with_itself_and_less_with_a_perturbed_copy():
     import torch
 
-    from bench.toy_oracle_agreement import agreement
+    from bench.studies.toy_oracle_agreement import agreement
     from spuraug.data.toy import ToyConfig, ToyDataset
     from spuraug.toyworld.oracle import load_oracle
 

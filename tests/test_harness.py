@@ -12,7 +12,14 @@ from harness_runs import make_run
 
 from bench.launch import LocalLauncher, RunSpec
 from bench.provenance import new_version_dir
-from bench.summary import SUMMARY_COLUMNS, find_runs, load_run, summarize
+from bench.summary import (
+    SUMMARY_COLUMNS,
+    find_runs,
+    load_run,
+    read_runs_jsonl,
+    records_from_runs_jsonl,
+    summarize,
+)
 from bench.sweep import ddb_generation_throughput, parse_overrides, run_sweep
 
 
@@ -112,10 +119,14 @@ def test_sweep_writes_version_folder_with_provenance(toy_runs, tmp_path, capsys)
     assert prov["annotation"]["jtt"] == {"train_group_labels": False, "val_group_labels": True}
     assert prov["wall_time_s"]["erm/seed0"] == 1.5
     assert any("jtt/seed1" in p for p in prov["sweep"]["missing_or_unfinished"])
-    for m, s in [("erm", 0), ("erm", 2), ("jtt", 0)]:
-        assert (out / "runs" / m / f"seed{s}" / "metrics.jsonl").is_file()
-        assert (out / "runs" / m / f"seed{s}" / "result.json").is_file()
-    assert not (out / "runs" / "jtt" / "seed1").exists()
+    # one runs.jsonl line per finished run (no copies of the run folders), enough to rebuild the table
+    assert not (out / "runs").exists()
+    lines = read_runs_jsonl(out / "runs.jsonl")
+    assert [(r["method"], r["seed"]) for r in lines] == [("erm", 0), ("erm", 1), ("erm", 2), ("jtt", 0)]
+    assert lines[2]["config_hash"] == "hash-erm-2" and lines[2]["selected_epoch"] == 1
+    assert lines[0]["test"]["worst_group_acc"] == 60.0 and "config" not in lines[0]
+    rebuilt = summarize(records_from_runs_jsonl(out), method_order=["erm", "jtt"])
+    assert rebuilt.to_csv(index=False) == df.to_csv(index=False)
     printed = capsys.readouterr().out
     assert "70.00 ± 10.00" in printed and str(out) in printed
     # a second sweep writes a second folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ def results(tmp_path):
     for seed, wga in enumerate([40.0, 44.0, 48.0]):
         make_run(runs, "toy", "erm", seed, wga, 90.0, 91.0)
         make_run(runs, "toy", "dfr", seed, wga + 30, 88.0, 89.0)
+    # DDB artifacts: a prune table with two generated images
+    prune = runs / "toy" / "ddb_artifacts" / "seed0" / "prune-abc123"
+    prune.mkdir(parents=True)
+    rows = []
+    for i, kept in enumerate([True, False]):
+        for kind, color in (("source", (0, 120, 0)), ("mask", (255, 255, 255)), ("generated", (0, 0, 200))):
+            Image.new("RGB", (16, 16), color).save(prune / f"{kind}{i}.png")
+        rows.append({"source_path": f"source{i}.png", "mask_path": f"mask{i}.png",
+                     "generated_path": f"generated{i}.png", "kept": kept, "p": 0.4, "rho": 0.6 - 0.5 * i})
+    (prune / "prune.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     res = tmp_path / "results"
     run_sweep("toy", ["erm", "dfr"], [0, 1, 2], runs_dir=str(runs), results_dir=str(res), run=False,
               log=lambda *a: None)
@@ -36,32 +47,31 @@ def results(tmp_path):
     (sub / "my-model.json").write_text(json.dumps(
         {"worst_group_acc": 81.3, "avg_acc": 90.5, "adjusted_avg_acc": 91.0, "mean_group_acc": 88.0,
          "worst_class_acc": 85.0, "groups": []}))
-    # DDB artifacts: a prune table with two generated images
-    prune = runs / "toy" / "ddb_artifacts" / "seed0" / "prune-abc123"
-    prune.mkdir(parents=True)
-    rows = []
-    for i, kept in enumerate([True, False]):
-        for kind, color in (("source", (0, 120, 0)), ("mask", (255, 255, 255)), ("generated", (0, 0, 200))):
-            Image.new("RGB", (16, 16), color).save(prune / f"{kind}{i}.png")
-        rows.append({"source_path": f"source{i}.png", "mask_path": f"mask{i}.png",
-                     "generated_path": f"generated{i}.png", "kept": kept, "p": 0.4, "rho": 0.6 - 0.5 * i})
-    (prune / "prune.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return res, runs
+
+
+def row(*cells: str) -> re.Pattern:
+    """A Markdown table row starting with ``cells`` (pandas/tabulate pads cells with spaces)."""
+    return re.compile(r"^\|" + "".join(rf"\s*{re.escape(c)}\s*\|" for c in cells), re.M)
 
 
 def test_leaderboard_files_and_labels(results):
     res, runs = results
-    built = build_leaderboard(res, runs)
+    shutil.rmtree(runs)  # the leaderboard reads version folders only, never runs/
+    built = build_leaderboard(res)
     md = built["markdown"].read_text()
     page = built["html"].read_text()
     assert built["datasets"][:2] == ["toy", "waterbirds"]
     toy = md.split("## toy")[1].split("## waterbirds")[0]
-    assert "| ERM | 60.0 ± 0.0 |" in toy  # newest version wins
-    assert "| DFR | 74.0 ± 4.0 |" in toy  # from the older version (sample std of 70/74/78)
+    assert row("ERM", "60.0 ± 0.0").search(toy)  # newest version wins
+    assert row("DFR", "74.0 ± 4.0").search(toy)  # from the older version (sample std of 70/74/78)
+    # group-label use, from the method classes (ERM: none in training, val for selection)
+    assert row("ERM", "60.0 ± 0.0", "91.0 ± 0.0", "92.0 ± 0.0", "3", "no/yes").search(toy)
+    assert "group labels train/val" in toy
     wb = md.split("## waterbirds")[1].split("## celeba")[0]
     assert "Published (copied from the papers, not reproduced here)" in wb
-    assert "| DDB | 93.0 ± 0.1 | 93.6 |" in wb
-    assert "| my-model | 81.3 | 90.5 | 91.0 |" in wb
+    assert row("DDB", "93.0 ± 0.1", "93.6").search(wb)
+    assert row("my-model", "81.3", "90.5", "91.0").search(wb)
     assert "Izmailov et al. 2022" in wb and "about 97.0" in wb
     # every link of the markdown and the page resolves to a file
     for href in re.findall(r"\]\(([^)]+)\)", md):
@@ -72,11 +82,12 @@ def test_leaderboard_files_and_labels(results):
     with Image.open(built["images"]["wga"]) as im:
         assert im.size[0] > 400
     assert "ddb_toy" in built["images"] and "DDB examples" in md
+    # the grid came from the version folder the sweep wrote it into
+    assert sorted(p.parent.name for p in (res / "toy").glob("*/ddb_examples.png")) == sorted(
+        p.name for p in (res / "toy").iterdir())
 
 
 def test_ablations_are_listed_but_never_ranked(results):
-    import shutil
-
     from bench.leaderboard import version_changes
 
     res, runs = results
@@ -89,14 +100,14 @@ def test_ablations_are_listed_but_never_ranked(results):
     assert json.loads((newest / "provenance.json").read_text())["overrides"] == {"erm.lr": 0.5}
     (res / "toyworld_ablations").mkdir()
     shutil.move(str(newest), res / "toyworld_ablations" / "lr05")
-    md = build_leaderboard(res, runs)["markdown"].read_text()
+    md = build_leaderboard(res)["markdown"].read_text()
     assert "## toyworld_ablations" not in md  # filed by its provenance's dataset, not its folder
     toy = md.split("## toy")[1].split("## waterbirds")[0]
-    assert "| ERM | 60.0 ± 0.0 |" in toy and "99.0" not in toy.split("### All version folders")[0]
+    assert row("ERM", "60.0 ± 0.0").search(toy) and "99.0" not in toy.split("### All version folders")[0]
     assert "lr05" in toy and "ablation, not ranked: erm.lr=0.5, kept in results/toyworld_ablations/" in toy
     # filed one level deeper (results/<folder>/<sub>/<version>), beside a folder of the same name
     shutil.copytree(res / "toyworld_ablations" / "lr05", res / "toyworld_ablations" / "zoo_old" / "lr05")
-    md = build_leaderboard(res, runs)["markdown"].read_text()
+    md = build_leaderboard(res)["markdown"].read_text()
     toy = md.split("## toy")[1].split("## waterbirds")[0]
     assert "99.0" not in toy.split("### All version folders")[0]
     assert "[zoo_old/lr05]" in toy and "kept in results/toyworld_ablations/zoo_old/" in toy and "[lr05]" in toy
@@ -134,7 +145,7 @@ def test_published_yaml_cites_every_number_and_matches_anchors():
 
 def test_page_renders_in_headless_chromium(results, tmp_path):
     res, runs = results
-    built = build_leaderboard(res, runs)
+    built = build_leaderboard(res)
     try:
         shot = tmp_path / "screenshot.png"
         rendered = render_page(built["html"], shot)
@@ -162,13 +173,12 @@ def test_render_page_reports_console_errors(tmp_path):
 def test_ddb_artifacts_of_the_real_pipeline_feed_grid_and_throughput(tmp_path):
     """DDB end to end on tiny models (as tests/test_ddb_pipeline.py): the leaderboard's grid
     and the sweep's throughput table read what the pipeline really writes (~25 s)."""
+    import tiny_models as tiny
     import torch
     import yaml
 
-    from bench.ddb_examples import find_examples
-    from bench.leaderboard import ddb_grid
+    from bench.ddb_examples import ddb_grid, find_examples
     from bench.sweep import ddb_generation_throughput
-    from spuraug.ddb import tiny
     from spuraug.runs import run_method
 
     sd = tiny.save_stable_diffusion(tmp_path / "sd9", in_channels=9, image_size=16)

@@ -2,7 +2,7 @@
 Ray actors give the local engine's outputs, and a worker lost mid-shard loses nothing.
 
 One local Ray (2 CPUs, no dashboard) serves the whole module; tiny diffusion/CLIPSeg
-models (spuraug/ddb/tiny.py) on the small toy benchmark.
+models (tests/tiny_models.py) on the small toy benchmark.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
-from spuraug.ddb import tiny  # noqa: E402
+import tiny_models as tiny  # noqa: E402
+
 from spuraug.ddb.config import ddb_config  # noqa: E402
 from spuraug.ddb.engines import LocalEngine, RayEngine, Shard, WorkerSpec  # noqa: E402
 from spuraug.ddb.pipeline import Stages  # noqa: E402
@@ -282,7 +283,7 @@ def test_cli_engine_option_sets_both_sharded_stages():
 
 @pytest.mark.slow
 def test_ray_scaling_benchmark_smoke(local_ray, tmp_path):
-    from bench import ray_scaling
+    from bench.studies import ray_scaling
 
     out = tmp_path / "ray_scaling.json"
     assert ray_scaling.main(["--k", "2", "--resolution", "16", "--steps", "1", "--workers", "1",

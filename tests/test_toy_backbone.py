@@ -85,11 +85,12 @@ def test_the_config_hash_follows_the_toy_backbone_file(tiny_backbone, tmp_path):
 
 
 def test_the_ablation_script_end_to_end_on_tiny_models(tmp_path):
-    """bench.toy_pretrained_erm: backbone, ERM and DDB from it, oracle report (tiny DDB models)."""
+    """bench.studies.toy_pretrained_erm: backbone, ERM and DDB from it, oracle report (tiny DDB models)."""
     import json
 
-    from bench.toy_pretrained_erm import main
-    from spuraug.ddb import tiny
+    import tiny_models as tiny
+
+    from bench.studies.toy_pretrained_erm import main
 
     sd = tiny.save_stable_diffusion(tmp_path / "sd9", in_channels=9, image_size=16)
     cs = tiny.save_clipseg(tmp_path / "clipseg")

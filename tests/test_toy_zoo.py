@@ -192,7 +192,7 @@ def test_vae_roundtrip_keeps_images_close_and_is_what_the_pipeline_decodes():
 
 
 def test_vae_probe_trains_a_variant_and_reads_round_trips(tmp_path):
-    from bench.toy_vae_probe import main
+    from bench.studies.toy_vae_probe import main
 
     rep = main(["--variant", "tiny", "vae_steps=2", "vae_channels=[8,16,16]", "--n-eval", "4",
                 "--work", str(tmp_path), "--out", str(tmp_path / "r.json")])
@@ -217,7 +217,7 @@ def test_zoo_cli_recipe_changes_are_checked_fields():
 
 
 def test_zoo_time_projection_fits_fixed_plus_per_step_and_runs_the_real_build(tmp_path):
-    from bench.toy_zoo_time import STEP_FIELDS, main, project, scaled
+    from bench.studies.toy_zoo_time import STEP_FIELDS, main, project, scaled
 
     a = {"steps": {"vae": 10, "unet": 10}, "stage_s": {"vae": 3.0, "unet": 12.0}, "world_s": 1.0, "wall_s": 17.0}
     b = {"steps": {"vae": 20, "unet": 20}, "stage_s": {"vae": 5.0, "unet": 22.0}, "world_s": 1.0, "wall_s": 29.5}

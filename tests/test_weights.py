@@ -219,7 +219,7 @@ def test_human_size(n, text):
 
 
 def _tiny(name: str, folder: Path) -> Path:
-    from spuraug.ddb import tiny
+    import tiny_models as tiny
 
     if name == "sd2-base":
         return tiny.save_stable_diffusion(folder, in_channels=4)
@@ -248,7 +248,7 @@ def _loaders(name: str) -> list[tuple]:
 def test_selected_files_load_offline_by_repo_id(name, tmp_path):
     """The files `fetch` would pick suffice: DDB's loader finds the model by its real id, offline.
 
-    A tiny model of the same classes (spuraug.ddb.tiny) plays the hub repository; only the
+    A tiny model of the same classes (tests/tiny_models.py) plays the hub repository; only the
     files select_files keeps go into a hub cache laid out as huggingface_hub writes it.
     """
     from spuraug.ddb import hub

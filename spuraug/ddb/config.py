@@ -155,7 +155,7 @@ class InpaintConfig:
     batch_size: int = 8
     dtype: str = "auto"  # auto: fp16 on CUDA (public code), fp32 on CPU
     device: str = "auto"
-    #: Speed options of the UNet (kernels, not results; bench/gpu_ddb_throughput.py --variants
+    #: Speed options of the UNet (kernels, not results; bench/gpu/ddb_throughput.py --variants
     #: measures each): channels-last memory format, fused q/k/v projections
     #: (diffusers' fuse_qkv_projections), the SDPA kernel tried first (auto = torch's choice),
     #: torch.compile (inductor; ``compile_mode``).

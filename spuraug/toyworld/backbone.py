@@ -6,7 +6,7 @@ scratch and ends on the background shortcut (worst-group accuracy 0). :func:`pre
 trains the same ToyCNN to name the digit kind (0-9) of world-corpus images (every digit on
 every background, balanced, drawn from handwriting instances disjoint from the benchmark's),
 so that an ERM model can start from digit features, as ResNet-50 starts from object features.
-``python -m bench.toy_pretrained_erm`` measures what that changes (docs/toyworld.md).
+``python -m bench.studies.toy_pretrained_erm`` measures what that changes (docs/toyworld.md).
 
 The training is deterministic (one generator per step) and checkpoints every
 ``checkpoint_every`` steps, so an interrupted run resumes and ends with the same weights.

@@ -1,6 +1,6 @@
 """Projected `make toy-zoo` time on this machine, from two short builds of the zoo's own code.
 
-    python -m bench.toy_zoo_time [--fraction 0.05] [--threads 2] [--out FILE]
+    python -m bench.studies.toy_zoo_time [--fraction 0.05] [--threads 2] [--out FILE]
 
 `make toy-zoo` from nothing must finish in 20 minutes on 2 cores, and machines of the same
 size differ by up to 1.7x per stage. Rather than 14-21 minutes of training, this builds

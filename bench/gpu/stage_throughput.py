@@ -1,6 +1,6 @@
 """Throughput of DDB's other GPU stages on the real architectures (random weights).
 
-The companion of ``bench/gpu_ddb_throughput.py`` (inpainting): images/s, FLOPs per image
+The companion of ``bench/gpu/ddb_throughput.py`` (inpainting): images/s, FLOPs per image
 (``torch.utils.flop_counter.FlopCounterMode``) and achieved TFLOP/s against the bf16
 matrix-product ceiling of the same GPU, for
 
@@ -18,8 +18,8 @@ Each stage runs as the stage code runs it (its dtype, its batching), so the rati
 what the stage achieves, not what the architecture could. Every phase is time-bounded
 and prints progress; ``--smoke`` runs tiny configs on CPU in seconds (tested).
 
-    python bench/gpu_stage_throughput.py --out gpu_stages.json          # on a CUDA machine
-    python bench/gpu_stage_throughput.py --smoke --out /tmp/stages.json  # anywhere
+    python -m bench.gpu.stage_throughput --out gpu_stages.json          # on a CUDA machine
+    python -m bench.gpu.stage_throughput --smoke --out /tmp/stages.json  # anywhere
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.gpu_ddb_throughput import (  # noqa: E402
+from bench.gpu.ddb_throughput import (
     SD2_SCHEDULER,
     SD2_UNET,
     SD2_VAE,
@@ -103,12 +101,15 @@ def invert_stage(smoke: bool, device: torch.device, min_time: float, deadline: D
 
 
 def segment_stage(smoke: bool, device: torch.device, min_time: float, deadline: Deadline, batch: int) -> dict:
-    from spuraug.ddb import segment, tiny
+    from spuraug.ddb import segment
     from spuraug.ddb.config import SegmentConfig
 
     root = Path(tempfile.mkdtemp(prefix="ddb_segment_"))
     if smoke:
-        det, sam = tiny.save_grounding_dino(root / "gdino"), tiny.save_sam(root / "sam")
+        # the tiny test models, only in --smoke mode (run from a checkout: tests/ is not installed)
+        from tests.tiny_models import save_grounding_dino, save_sam
+
+        det, sam = save_grounding_dino(root / "gdino"), save_sam(root / "sam")
     else:
         det, sam = save_grounding_dino_tiny(root / "gdino"), save_sam_vit_base(root / "sam")
     # thresholds 0: random weights still give boxes, so SAM runs on every image as with a real object
@@ -124,6 +125,18 @@ def segment_stage(smoke: bool, device: torch.device, min_time: float, deadline: 
             "note": "FlopCounterMode has no formula for deformable attention (grid_sample): not counted"}
 
 
+def write_bert_vocab(folder: Path, words) -> Path:
+    """A BERT WordPiece ``vocab.txt`` written here (no download): the special tokens, ``words``
+    and every printable ASCII character alone and as a ``##`` continuation."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = specials + list(dict.fromkeys(list(words) + chars + ["##" + c for c in chars]))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder / "vocab.txt"
+
+
 def save_grounding_dino_tiny(folder: Path) -> Path:
     """GroundingDinoConfig's defaults are IDEA-Research/grounding-dino-tiny's (Swin-T, BERT-base,
     900 queries, 6+6 layers); the processor's image sizes are that model's (800 / 1333)."""
@@ -135,10 +148,9 @@ def save_grounding_dino_tiny(folder: Path) -> Path:
         GroundingDinoProcessor,
     )
 
-    from spuraug.ddb import tiny
-
     torch.manual_seed(0)
-    tok = BertTokenizer(vocab_file=str(tiny.write_bert_vocab(folder / "_vocab")), model_max_length=256)
+    tok = BertTokenizer(vocab_file=str(write_bert_vocab(folder / "_vocab", ["a", "photo", "of", "bird"])),
+                        model_max_length=256)
     GroundingDinoForObjectDetection(GroundingDinoConfig()).save_pretrained(folder)
     GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tok).save_pretrained(folder)
     return folder

@@ -1,6 +1,6 @@
 """Probe: how much digit identity does the toy zoo's VAE keep, and would another VAE recipe keep more?
 
-    python -m bench.toy_vae_probe [--variant NAME KEY=VALUE ...] [--n-eval 384] [--work DIR] [--out FILE]
+    python -m bench.studies.toy_vae_probe [--variant NAME KEY=VALUE ...] [--n-eval 384] [--work DIR] [--out FILE]
 
 Every image DDB's toy pipeline returns is decoded by the zoo's VAE, so what the world
 oracle reads after a bare VAE round trip (encode to the latent mean, decode; nothing
@@ -53,7 +53,7 @@ def train_variant(changes: dict, folder: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.toy_inversion_probe import balanced_test_selection
+    from bench.studies.toy_inversion_probe import balanced_test_selection
     from spuraug.toyworld.recipe import ZooRecipe
     from spuraug.toyworld.zoo.__main__ import recipe_changes
 

@@ -1,10 +1,10 @@
-"""``python -m bench.ray_scaling``: DDB generation throughput on the toy world, local engine vs
+"""``python -m bench.studies.ray_scaling``: DDB generation throughput on the toy world, local engine vs
 Ray with 1 and 2 workers, plus the per-shard overheads of the Ray engine (docs/scaleout.md).
 
-    python -m bench.ray_scaling [--k 24] [--resolution 64] [--steps 10] [--batch 2]
-        [--workers 1 2] [--out results/throughput/ray_scaling.json]
+    python -m bench.studies.ray_scaling [--k 24] [--resolution 64] [--steps 10] [--batch 2]
+        [--workers 1 2] [--out results/studies/ray_scaling/ray_scaling.json]
 
-Models: the tiny inpainting/CLIPSeg models of spuraug/ddb/tiny.py (random weights, built
+Models: the tiny inpainting/CLIPSeg models of tests/tiny_models.py (random weights, built
 into a temporary folder), because the toy zoo (spuraug/toyworld/zoo) is not committed.
 The serial stages (inversion, sources, segmentation) run once, locally; then the inpaint
 stage runs from scratch with each engine. Measured per configuration: wall time, images/s,
@@ -82,9 +82,9 @@ def _timed(fn):
 def measure(args) -> dict:
     import ray
 
-    from spuraug.ddb import tiny
     from spuraug.ddb.engines import LocalEngine, RayEngine, WorkerSpec, connect_ray
     from spuraug.ddb.scaleout import InpaintWorker, inpaint_sharded
+    from tests import tiny_models as tiny  # test models (tests/), from a checkout
 
     torch.set_num_threads(1)  # as each Ray actor (OMP_NUM_THREADS=1)
     root = Path(tempfile.mkdtemp(prefix="ray_scaling_"))
@@ -159,14 +159,14 @@ def measure(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.ray_scaling", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.studies.ray_scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=24, help="sources per class (samples = 2k)")
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--out", default="results/throughput/ray_scaling.json")
+    p.add_argument("--out", default="results/studies/ray_scaling/ray_scaling.json")
     args = p.parse_args(argv)
     t0 = time.time()
     res = measure(args)
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         sha = None
     res.update({
-        "command": " ".join([sys.executable, "-m", "bench.ray_scaling", *(argv if argv is not None else sys.argv[1:])]),
-        "models": "tiny (spuraug/ddb/tiny.py, random weights); toy zoo not committed",
+        "command": " ".join([sys.executable, "-m", "bench.studies.ray_scaling", *(argv if argv is not None else sys.argv[1:])]),
+        "models": "tiny (tests/tiny_models.py, random weights); toy zoo not committed",
         "settings": vars(args), "git": sha, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "total_s": time.time() - t0,
     })

@@ -1,6 +1,8 @@
-"""Tiny versions of every model DDB loads, built from configs with random weights.
+"""Tiny versions of every model DDB loads, built from configs with random weights (test models:
+this file is not part of the spuraug package, which never imports it).
 
-Tests and CPU benchmarks save these with ``save_pretrained`` to a folder and then load
+Tests, the CPU benchmarks (bench/test_ddb_throughput.py), the GPU benchmarks' ``--smoke`` mode
+and bench.studies.ray_scaling save these with ``save_pretrained`` to a folder and then load
 them through the same :mod:`spuraug.ddb.hub` code that loads the real model ids, the way
 diffusers tests its pipelines on "dummy components". Nothing here downloads anything:
 the CLIP and BERT tokenizers are written from a small project-made vocabulary.
@@ -8,12 +10,12 @@ the CLIP and BERT tokenizers are written from a small project-made vocabulary.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from spuraug.toyworld.tokenizer import bytes_to_unicode
+from bench.gpu.stage_throughput import write_bert_vocab
+from spuraug.toyworld.tokenizer import build_clip_tokenizer
 
 #: Words the tiny tokenizers know as single tokens (plus every single character).
 WORDS: tuple[str, ...] = (
@@ -23,42 +25,9 @@ WORDS: tuple[str, ...] = (
 )
 
 
-def write_clip_tokenizer(folder: Path, words: tuple[str, ...] = WORDS, max_length: int = 16) -> Path:
-    """Write a CLIPTokenizer (vocab.json, merges.txt) whose listed words are single tokens."""
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges: list[str] = []
-    for w in words:
-        symbols = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(symbols) > 1:
-            pair = f"{symbols[0]} {symbols[1]}"
-            if pair not in merges:
-                merges.append(pair)
-            symbols = [symbols[0] + symbols[1]] + symbols[2:]
-            vocab.setdefault(symbols[0], len(vocab))
-    vocab.setdefault("<|startoftext|>", len(vocab))
-    vocab.setdefault("<|endoftext|>", len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges],
-                        model_max_length=max_length, pad_token="<|endoftext|>")
-    tok.save_pretrained(folder)
-    return folder
-
-
-def clip_tokenizer(folder: Path, **kw):
-    from transformers import CLIPTokenizer
-
-    write_clip_tokenizer(folder, **kw)
-    return CLIPTokenizer.from_pretrained(folder)
+def clip_tokenizer(folder: Path, words: tuple[str, ...] = WORDS, max_length: int = 16):
+    """A CLIPTokenizer (vocab.json, merges.txt written to ``folder``) whose listed words are single tokens."""
+    return build_clip_tokenizer(folder, list(words), model_max_length=max_length)
 
 
 def _text_encoder(vocab_size: int, max_length: int, hidden: int = 32):
@@ -169,16 +138,6 @@ def save_sam(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def write_bert_vocab(folder: Path, words: tuple[str, ...] = WORDS) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = specials + list(dict.fromkeys(list(words) + chars + ["##" + c for c in chars]))
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return folder / "vocab.txt"
-
-
 def save_grounding_dino(folder: Path, seed: int = 0) -> Path:
     """Save a tiny GroundingDinoForObjectDetection (ResNet backbone, 2-layer BERT) and processor."""
     from transformers import (
@@ -193,7 +152,7 @@ def save_grounding_dino(folder: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     folder = Path(folder)
-    vocab = write_bert_vocab(folder / "_vocab")
+    vocab = write_bert_vocab(folder / "_vocab", WORDS)
     tok = BertTokenizer(vocab_file=str(vocab), model_max_length=32)
     cfg = GroundingDinoConfig(
         backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 32], depths=[1, 1, 1, 1],

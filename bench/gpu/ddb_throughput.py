@@ -17,8 +17,8 @@ ratio to the ceiling; the pipeline is timed with the best UNet variant
 (``--pipeline-variant``). Every phase is time-bounded (``--time-budget``) and prints
 progress. ``--smoke`` runs tiny configs on CPU in seconds (tested by the suite).
 
-    python bench/gpu_ddb_throughput.py --out gpu_ddb.json            # on a CUDA machine
-    python bench/gpu_ddb_throughput.py --smoke --out /tmp/smoke.json  # anywhere
+    python -m bench.gpu.ddb_throughput --out gpu_ddb.json            # on a CUDA machine
+    python -m bench.gpu.ddb_throughput --smoke --out /tmp/smoke.json  # anywhere
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from spuraug.toyworld.tokenizer import build_clip_tokenizer
 
 # The published configs (stabilityai/stable-diffusion-2-inpainting, unet/config.json etc.).
 SD2_UNET = dict(
@@ -121,9 +123,7 @@ def build_text_encoder(smoke: bool, device: torch.device):
     and the OpenCLIP ViT-H text encoder of SD2 (or a tiny one), random weights."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from spuraug.ddb import tiny
-
-    tok = tiny.clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", max_length=77)
+    tok = build_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", PROMPT_WORDS, model_max_length=77)
     cfg = dict(SMOKE_TEXT if smoke else OPENCLIP_VIT_H_TEXT)
     cfg.setdefault("vocab_size", max(len(tok), 64))
     cfg.update(bos_token_id=len(tok) - 2, eos_token_id=len(tok) - 1, pad_token_id=len(tok) - 1)
@@ -150,8 +150,13 @@ def center_mask(size: int):
     return Image.fromarray(m)
 
 
+#: The prompt of every call; its words are single tokens of the project-written tokenizer.
+PROMPT = "a photo of a <class-1> bird"
+PROMPT_WORDS = ["a", "photo", "of", "bird"]
+
+
 def inputs(batch: int, res: int):
-    return ["a photo of a <class-1> bird"] * batch, random_images(1, res) * batch, [center_mask(res)] * batch
+    return [PROMPT] * batch, random_images(1, res) * batch, [center_mask(res)] * batch
 
 
 def call(pipe, batch: int, res: int, steps: int, guidance: float) -> None:
@@ -551,5 +556,4 @@ def write_json(path: str, obj: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -1,13 +1,13 @@
 """Probe: does more UNet training give the toy inpainter better digit control?
 
-    python -m bench.toy_unet_more_steps [--steps 1200] [--work /tmp/unet-more] [--out FILE]
+    python -m bench.studies.toy_unet_more_steps [--steps 1200] [--work /tmp/unet-more] [--out FILE]
 
 Continues the committed zoo's UNet + text encoder (``spuraug/toy-sd-inpainting``) for
 ``--steps`` more steps of the zoo recipe's own training loop (:func:`spuraug.toyworld.recipe.
 train_unet`, resumed at step 2400 from the committed EMA weights with a fresh optimiser; the
 cosine learning-rate schedule stretched to 2400 + steps), writes the continued pipeline to
 ``--work``, and repaints the object boxes (grown 2 px) of 384 balanced toy test images, as
-:mod:`bench.toy_inversion_probe` does, with the other class's true digit word and with the
+:mod:`bench.studies.toy_inversion_probe` does, with the other class's true digit word and with the
 initializer word, under the committed and the continued pipeline. The oracle reads the
 share that shows the requested digit. Not part of the zoo: ``make toy-zoo`` stays within its
 20-minute budget; this asks what more compute would buy. About 5 minutes on 2 cores.
@@ -61,8 +61,8 @@ def continue_unet(steps: int, work: Path) -> Path:
 
 def word_rates(model: str, n_eval: int = 384) -> dict:
     """Target-digit share with the true digit word and with the initializer word (same test
-    images, masks and seed as :mod:`bench.toy_inversion_probe`)."""
-    from bench.toy_inversion_probe import balanced_test_selection, repaint_rates
+    images, masks and seed as :mod:`bench.studies.toy_inversion_probe`)."""
+    from bench.studies.toy_inversion_probe import balanced_test_selection, repaint_rates
     from spuraug.toyworld.check import load_inpainter
     from spuraug.toyworld.oracle import load_oracle
     from spuraug.toyworld.render import DIGIT_WORDS

@@ -1,6 +1,6 @@
 """Does a textual-inversion setting give tokens that draw their class's digit? A probe on the toy zoo.
 
-    python -m bench.toy_inversion_probe [--loss-region image|object|box] [--steps 1000]
+    python -m bench.studies.toy_inversion_probe [--loss-region image|object|box] [--steps 1000]
                                         [--n-eval 384] [--words] [--out FILE]
 
 Learns one token per toy class with :func:`spuraug.ddb.invert.train_token` (30 training

@@ -1,6 +1,6 @@
 """pytest-benchmark of DDB inpainting on the real SD2 architectures (random weights) on a GPU.
 
-The same pipeline, inputs and FLOP count as ``bench/gpu_ddb_throughput.py`` (which also
+The same pipeline, inputs and FLOP count as ``bench/gpu/ddb_throughput.py`` (which also
 times the UNet's speed variants under a time budget); here each batch size is one
 pytest-benchmark record, so ``make throughput`` on a GPU machine files them with the
 other benchmarks in ``results/throughput/<machine-id>/``. ``extra_info`` holds the FLOPs
@@ -9,7 +9,7 @@ per image, the bf16 matmul ceiling measured on the same GPU and the achieved rat
 
 Skipped without CUDA. ``SPURAUG_GPU_BENCH_SMOKE=1`` runs it on CPU with the tiny configs
 (to check the code path); ``SPURAUG_UNET_VARIANT`` picks the UNet's speed variant (default
-``eager``; see ``gpu_ddb_throughput.parse_variant``).
+``eager``; see ``bench.gpu.ddb_throughput.parse_variant``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import pytest
 import torch
 
-from bench import gpu_ddb_throughput as g
+from bench.gpu import ddb_throughput as g
 
 SMOKE = os.environ.get("SPURAUG_GPU_BENCH_SMOKE") == "1"
 if not SMOKE and not torch.cuda.is_available():

@@ -1,6 +1,6 @@
 """Ablation: DDB on the toy when the ERM model starts from a pretrained backbone.
 
-    python -m bench.toy_pretrained_erm [--runs-dir runs-pretrained] [--seeds 0 1 2]
+    python -m bench.studies.toy_pretrained_erm [--runs-dir runs-pretrained] [--seeds 0 1 2]
         [--steps 3000] [--world-per-kind 150] [--invert-from runs] [--set KEY=VALUE ...]
         [--out results/toyworld/pretrained_erm.json]
 
@@ -10,7 +10,7 @@ ToyCNN is first pretrained to name the digit kind of world-corpus images
 (:mod:`spuraug.toyworld.backbone`, ~3 min on 2 cores; its width is the config's
 ``model.width``), then ERM and DDB run unchanged with ``model.pretrained: true`` and
 ``model.weights: <that backbone>`` (every other value from spuraug/configs/toy.yaml and
-``--set``), and the world oracle reads DDB's edits (:mod:`bench.ddb_toy_oracle`), with the
+``--set``), and the world oracle reads DDB's edits (:mod:`bench.studies.ddb_toy_oracle`), with the
 pruning statistics' separability: does an ERM model with digit features let the pruning
 rules judge the edits? (Measured: no; docs/toyworld.md.) Everything lands in
 ``--runs-dir`` (resumable: finished steps are skipped); ``--invert-from`` copies the class
@@ -55,7 +55,7 @@ def _scores(result: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench import ddb_toy_oracle
+    from bench.studies import ddb_toy_oracle
     from spuraug.runs import run_method
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.sweep import parse_overrides
 
     t0 = time.time()
-    command = "python -m bench.toy_pretrained_erm " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.studies.toy_pretrained_erm " + " ".join(argv if argv is not None else sys.argv[1:])
 
     from spuraug.config import load_config
     from spuraug.toyworld.backbone import BackboneRecipe

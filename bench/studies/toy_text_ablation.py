@@ -18,7 +18,7 @@ Switches (each one a difference between this stripped-down run and the zoo recip
 The VAE and tokenizer are the committed zoo's. 1000 steps take about 6 minutes at 2 threads,
 about 7.5 minutes each for two runs side by side at 1 thread.
 
-    python -m bench.toy_text_ablation --steps 1000 --tilt 0.4 --recipe-captions \
+    python -m bench.studies.toy_text_ablation --steps 1000 --tilt 0.4 --recipe-captions \
         --full-share 0.25 --full-weight 0.1 --out results/toyworld/text_ablation/x.json
 """
 
@@ -102,7 +102,7 @@ def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.toy_text_ablation", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.studies.toy_text_ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--tilt", type=float, default=1.0, help="timestep power (1 = uniform)")

@@ -1,6 +1,6 @@
 """Probe: how far two world oracles agree, on real toy images and on DDB's generated ones.
 
-    python -m bench.toy_oracle_agreement OTHER_ORACLE_FOLDER [--runs runs] [--seed 0] [--out FILE]
+    python -m bench.studies.toy_oracle_agreement OTHER_ORACLE_FOLDER [--runs runs] [--seed 0] [--out FILE]
 
 The oracle is the toy world's measuring instrument. `make toy-zoo` from nothing retrains it,
 and on another CPU type floating-point differences give other weights; this reads the 1200

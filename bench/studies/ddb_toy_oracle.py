@@ -1,6 +1,6 @@
 """How well DDB's toy edits worked, read by the toy world's oracle classifier.
 
-    python -m bench.ddb_toy_oracle RUNS_DIR [--seed 0] [--initializer] [--out FILE]
+    python -m bench.studies.ddb_toy_oracle RUNS_DIR [--seed 0] [--initializer] [--out FILE]
 
 For the newest prune table of ``RUNS_DIR/toy/ddb_artifacts/seed<S>/``: the share of
 generated images the oracle (``spuraug/toy-oracle``) reads as the TARGET digit, the share
