@@ -48,13 +48,13 @@ class LeaderboardError(ValueError):
 
 
 def display_name(method: str) -> str:
-    """The method class's ``display_name`` (:func:`spuraug.methods.get_method`), else the
-    upper-cased registry name; a name no method is registered as stays as it is."""
+    """The method class's ``display_name`` (:func:`spuraug.methods.get_method`), else its class
+    name; a name no method is registered as stays as it is."""
     try:
         cls = get_method(method)
     except KeyError:
         return method
-    return getattr(cls, "display_name", None) or method.upper()
+    return getattr(cls, "display_name", None) or cls.__name__
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """How well DDB's toy edits worked, read by the toy world's oracle classifier.
 
-    python -m bench.studies.ddb_toy_oracle RUNS_DIR [--seed 0] [--initializer] [--out FILE]
+    python -m bench.studies.ddb_toy_oracle RUNS_DIR [--seed 0 [1 2]] [--initializer] [--out FILE]
+
+With several seeds the report is ``{"seeds": {"<S>": <the report of seed S>}}``.
 
 For the newest prune table of ``RUNS_DIR/toy/ddb_artifacts/seed<S>/``: the share of
 generated images the oracle (``spuraug/toy-oracle``) reads as the TARGET digit, the share
@@ -184,11 +186,11 @@ def initializer_probe(stage: Path, initializer: str, train, n_classes: int) -> t
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from spuraug.data.toy import ToyConfig, ToyDataset
+    from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs_dir")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, nargs="+", default=[0])
     ap.add_argument("--initializer", action="store_true",
                     help="also repaint every sample with the initializer word instead of the learned token")
     ap.add_argument("--initializer-word", default="digit", help="the toy config's initializer_token")
@@ -198,18 +200,27 @@ def main(argv: list[str] | None = None) -> dict:
                     help="read with this oracle folder instead of the zoo's (how much the readings depend "
                          "on the instrument: e.g. an oracle retrained by `make toy-zoo` on another machine)")
     args = ap.parse_args(argv)
-    base = f"{args.runs_dir}/toy/ddb_artifacts/seed{args.seed}"
-    if not glob.glob(f"{base}/prune-*/table.csv"):
-        raise SystemExit(f"no DDB prune table under {base}")
+    for seed in args.seed:
+        if not glob.glob(f"{args.runs_dir}/toy/ddb_artifacts/seed{seed}/prune-*/table.csv"):
+            raise SystemExit(f"no DDB prune table under {args.runs_dir}/toy/ddb_artifacts/seed{seed}")
+    oracle = load_oracle(args.oracle or ORACLE_MODEL_ID)  # once, for every reading below
+    reports = {str(seed): seed_report(args, seed, oracle) for seed in args.seed}
+    out = reports[str(args.seed[0])] if len(args.seed) == 1 else {"seeds": reports}
+    return emit_report(out, args.out, args.quiet)
+
+
+def seed_report(args, seed: int, oracle) -> dict:
+    """The report of one seed's newest prune table (see the module docstring)."""
+    from spuraug.data.toy import ToyConfig, ToyDataset
+    from spuraug.toyworld.oracle import ORACLE_MODEL_ID
+
+    base = f"{args.runs_dir}/toy/ddb_artifacts/seed{seed}"
     table = _newest(f"{base}/prune-*/table.csv")
     t = pd.read_csv(table, dtype={"source_id": str})
     cfg = ToyConfig()
     train = ToyDataset("train", cfg)
     src_a = np.array([train.a[int(s)] for s in t.source_id])
     images = _load(t.generated_path)
-    from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle
-
-    oracle = load_oracle(args.oracle or ORACLE_MODEL_ID)  # once, for every reading below
     r = _read(oracle, images, t.target_class, t.source_class, src_a, cfg)
     keep = t.keep.to_numpy(bool)
     out = {"prune_table": str(table), "oracle": args.oracle or ORACLE_MODEL_ID,
@@ -247,7 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
                               "all": _rates(ri, np.ones(len(t), bool)),
                               "object_colour_by_target_class": _colours_by_target(
                                   probe_images, list(probe["mask"]), probe.target_class)}
-    return emit_report(out, args.out, args.quiet)
+    return out
+
+
 
 
 if __name__ == "__main__":
