@@ -2,7 +2,7 @@
 
     python -m bench.studies.toy_pretrained_erm [--runs-dir runs-pretrained] [--seeds 0 1 2]
         [--steps 3000] [--world-per-kind 150] [--invert-from runs] [--set KEY=VALUE ...]
-        [--out results/toyworld/pretrained_erm.json]
+        [--out results/studies/toy_pretrained_erm/pretrained_erm.json]
 
 The paper's ERM model is an ImageNet-pretrained ResNet-50; the toy config's ToyCNN is
 trained from scratch and reads only the background (worst-group accuracy 0). Here the

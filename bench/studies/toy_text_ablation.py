@@ -19,7 +19,7 @@ The VAE and tokenizer are the committed zoo's. 1000 steps take about 6 minutes a
 about 7.5 minutes each for two runs side by side at 1 thread.
 
     python -m bench.studies.toy_text_ablation --steps 1000 --tilt 0.4 --recipe-captions \
-        --full-share 0.25 --full-weight 0.1 --out results/toyworld/text_ablation/x.json
+        --full-share 0.25 --full-weight 0.1 --out results/studies/toy_text_ablation/x.json
 """
 
 from __future__ import annotations
