@@ -9,6 +9,7 @@ import pytest
 
 from bench import check
 from bench.check import compare, load_reference, measure
+from bench.summary import read_runs_jsonl
 from bench.sweep import run_sweep
 
 #: A tiny ERM-only sweep: small toy benchmark, one epoch (a few seconds on 2 cores).
@@ -132,7 +133,11 @@ def test_gate_on_a_real_tiny_sweep(tmp_path, monkeypatch, capsys):
     assert df.worst_group_acc_mean.iloc[0] == pytest.approx(got["erm"]["worst_group_acc"])
     prov = json.loads((vdir / "provenance.json").read_text())
     assert prov["annotation"]["erm"] == {"train_group_labels": False, "val_group_labels": True}
-    assert (vdir / "runs" / "erm" / "seed0" / "metrics.jsonl").read_text().strip()
+    # the version folder's runs.jsonl holds the real run's result (its per-epoch lines stay in runs/)
+    (line,) = read_runs_jsonl(vdir / "runs.jsonl")
+    assert line["method"] == "erm" and line["seed"] == 0 and line["config_hash"] == prov["config_hashes"]["erm/seed0"]
+    assert line["test"]["worst_group_acc"] == pytest.approx(got["erm"]["worst_group_acc"])
+    assert (runs / "toy" / "erm" / "seed0" / "metrics.jsonl").read_text().strip()
 
 
 def test_subprocess_launcher_passes_the_same_config():
