@@ -62,7 +62,7 @@ class ZooRecipe:
     vae_channels: tuple[int, ...] = (16, 32, 32)
     #: 2000 steps, not 600: a bare round trip through the 600-step VAE kept the digit of only
     #: 70% of toy test images (eights 59%), which capped DDB's composition success; 2000 steps
-    #: keep 92.5% (results/toyworld/zoo_58660efb1898/vae_probe.json).
+    #: keep 92.5% (results/studies/toy_vae_probe/zoo_58660efb1898.json).
     vae_steps: int = 2000
     vae_batch: int = 32
     #: The VAE has no attention, so it trains on random crops (4x cheaper) and runs at 64x64.
