@@ -244,7 +244,7 @@ def test_ray_launcher_runs_a_tiny_sweep_into_a_version_folder(local_ray, tmp_pat
     assert status == {"erm": "done", "no-such-method": "failed"}  # a failing run does not sink the sweep
     assert (runs / "toy" / "erm" / "seed0" / "done").is_file()
     assert out is not None and out.parent == results / "toy"
-    assert [json.loads(f.read_text())["method"] for f in out.rglob("result.json")] == ["erm"]
+    assert [json.loads(line)["method"] for line in (out / "runs.jsonl").read_text().splitlines()] == ["erm"]
     prov = json.loads((out / "provenance.json").read_text())
     assert [o["status"] for o in prov["sweep"]["outcomes"]] == ["done", "failed"]
     assert len(df) == 1
