@@ -35,7 +35,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from spuraug import engine
+from spuraug import atomic, engine
 from spuraug.methods import Method, Param, param, register_method
 from spuraug.metrics import evaluate_predictions
 
@@ -158,7 +158,7 @@ class DFR(Method):
             out[f"{split}_x"] = engine.predict(model, ds, ctx.device, ctx.config["eval"]["batch_size"],
                                                features=True, num_workers=ctx.num_workers, progress=ctx.progress)
             out[f"{split}_y"], out[f"{split}_a"] = ds.y, ds.a
-        engine.atomic_write_bytes(path, lambda h: np.savez(h, **out))
+        atomic.write_bytes(path, lambda h: np.savez(h, **out))
         return out
 
     def run(self, ctx) -> dict:
@@ -180,8 +180,8 @@ class DFR(Method):
         with torch.no_grad():
             model.fc.weight.copy_(torch.from_numpy(w))
             model.fc.bias.copy_(torch.from_numpy(b))
-        engine.atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()},
-                                 ctx.dir / "checkpoints" / "best.pt")
+        atomic.torch_save(ctx.dir / "checkpoints" / "best.pt",
+                          {k: v.cpu() for k, v in model.state_dict().items()})
         counts = ctx.train_group_counts()
         metrics = {}
         for split, ds in (("val", val), ("test", test)):
@@ -190,7 +190,7 @@ class DFR(Method):
         line = {"epoch": 1, "step": 0, "train_loss": None, "images_per_s": None, "step_time_s": None,
                 "peak_mem_mb": engine.peak_memory_mb(ctx.device), **metrics,
                 "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}}
-        engine.atomic_write_bytes(ctx.dir / "metrics.jsonl", lambda h: h.write((json.dumps(line) + "\n").encode()))
+        atomic.write_text(ctx.dir / "metrics.jsonl", json.dumps(line) + "\n")
         return {"selected_epoch": 1, "val": metrics["val"], "test": metrics["test"],
                 "dfr": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}, "erm_run": str(erm_dir),
                         "val_metrics_in_sample": True}}

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from spuraug import engine
+from spuraug import atomic, engine
 from spuraug.engine import TrainSource, WeightedObjective
 from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method
 
@@ -89,10 +89,10 @@ class JTT(Method):
                                 num_workers=ctx.num_workers)
         errors = error_set(logits, train_eval.y)
         groups = np.bincount(train_eval.g[errors], minlength=train_eval.n_groups).tolist()
-        engine.atomic_write_json(
+        atomic.write_json(
+            ctx.dir / "error_set.json",
             {"indices": errors.tolist(), "ids": [train_eval.ids[i] for i in errors], "n_errors": len(errors),
              "n_train": len(train_eval), "errors_per_group": groups, "stage1": stage1_from},
-            ctx.dir / "error_set.json",
         )
         train = ctx.load_split("train", "train")
         if hp["upweight"] == "upsample":

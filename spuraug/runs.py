@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spuraug import engine
+from spuraug import atomic, engine
 from spuraug.config import ConfigError, load_config
 from spuraug.data.base import SpuriousDataset
 from spuraug.data.registry import get_dataset
@@ -292,7 +292,7 @@ def run_method(
     elif force and (d / "done").is_file():
         _move_aside(d)
     d.mkdir(parents=True, exist_ok=True)
-    engine.atomic_write_json(config, d / "config.json")
+    atomic.write_json(d / "config.json", config)
     t0 = time.perf_counter()
     if progress:
         print(f"[{dataset}/{method}/seed{seed}] training in {d} on {ctx.device}", file=sys.stderr)
@@ -313,8 +313,8 @@ def run_method(
     for k, v in out.items():
         if k not in result:
             result[k] = _jsonable(v)
-    engine.atomic_write_json(result, d / "result.json")
-    engine.atomic_write_bytes(d / "done", lambda h: h.write(b"done\n"))
+    atomic.write_json(d / "result.json", result)
+    atomic.write_bytes(d / "done", b"done\n")
     return result
 
 
