@@ -136,8 +136,8 @@ class DFR(Method):
         "erm_checkpoint": param("last", choices=("last", "best"),
                                 help="the ERM model whose features are used (paper: the final checkpoint)"),
         "c_grid": param(list(PAPER_C_GRID), list),
-        "tune_repeats": param(1, int, help="random validation halves for tuning C"),
-        "final_repeats": param(20, int, help="balanced subsets averaged in the final head"),
+        "tune_repeats": param(1, int, ge=1, help="random validation halves for tuning C"),
+        "final_repeats": param(20, int, ge=1, help="balanced subsets averaged in the final head"),
         "balance_val": param(True, bool),
         "standardize": param(True, bool),
     }

@@ -44,13 +44,13 @@ class JTT(Method):
     uses_erm: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {
         **TRAIN_PARAMS,
-        "stage1_epochs": param(1, int, help="T: epochs of the stage-1 ERM model"),
+        "stage1_epochs": param(1, int, ge=1, help="T: epochs of the stage-1 ERM model"),
         "stage1_optimizer": param("sgd", choices=("sgd", "adam", "adamw")),
-        "stage1_lr": param(1e-3, float),
-        "stage1_weight_decay": param(1e-4, float),
-        "stage1_momentum": param(0.9, float),
-        "stage1_batch_size": param(32, int),
-        "lambda_up": param(50, int, help="how many times an error-set example counts"),
+        "stage1_lr": param(1e-3, float, gt=0),
+        "stage1_weight_decay": param(1e-4, float, ge=0),
+        "stage1_momentum": param(0.9, float, ge=0, le=1),
+        "stage1_batch_size": param(32, int, ge=1),
+        "lambda_up": param(50, int, ge=1, help="how many times an error-set example counts"),
         "upweight": param("upsample", choices=("upsample", "loss")),
         "reuse_erm": param(True, bool, help="take stage 1 from the ERM run when the recipes match"),
     }

@@ -29,8 +29,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bench.launch import flatten_overrides
 from bench.summary import SUMMARY_COLUMNS
+from spuraug.config import flatten_overrides
 
 #: Folders directly under results/ that are not datasets.
 RESERVED = {"reference", "submissions", "leaderboard", "throughput"}

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from bench.launch import RunOutcome, RunSpec, make_launcher
 from bench.provenance import git_state, hardware, new_version_dir, software, write_json
 from bench.summary import RunRecord, copy_runs, find_runs, format_console, summarize, write_summary
+from spuraug.config import ConfigError, check_seed, load_config, parse_overrides
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
@@ -37,48 +37,14 @@ def default_methods() -> list[str]:
     return list(method_names())
 
 
-def parse_overrides(items: Sequence[str]) -> dict:
-    """``["erm.epochs=2", "dataset.n_train=400"]`` -> ``{"erm": {"epochs": 2}, "dataset": {"n_train": 400}}``.
-
-    Values are parsed as YAML scalars/lists (``2`` -> int, ``1e-3`` -> float, ``[1,2]`` -> list).
-    """
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. erm.epochs=2)")
-        key, text = item.split("=", 1)
-        value = yaml.safe_load(text)
-        if isinstance(value, str) and _looks_float(value):
-            value = float(value)
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r} conflicts with an earlier override of {p!r}")
-        node[leaf] = value
-    return out
-
-
-def _looks_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def merge_overrides(base: dict | None, extra: dict | None) -> dict | None:
-    """Deep-merge two nested override dicts (``extra`` wins)."""
-    if not base:
-        return extra or None
-    out = json.loads(json.dumps(base))
-    for k, v in (extra or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_overrides(out[k], v)
-        else:
-            out[k] = v
-    return out
+def check_sweep(dataset: str, methods: Sequence[str], seeds: Sequence[int], config_file: str | None,
+                overrides: dict | None) -> None:
+    """Every seed and every method's resolved config (types and ranges), before anything runs
+    or is written: :class:`~spuraug.config.ConfigError` naming the value."""
+    for s in seeds:
+        check_seed(s)
+    for m in methods:
+        load_config(dataset, m, config_file, overrides)
 
 
 # -- DDB generation throughput --------------------------------------------------------
@@ -207,7 +173,8 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
 
     Returns ``(version_dir, summary, outcomes)``; ``version_dir`` is ``None`` when no run
     finished (nothing to summarise). Runs are skipped/resumed as ``run_method`` does;
-    ``run=False`` only collects what ``runs_dir`` already holds.
+    ``run=False`` only collects what ``runs_dir`` already holds. With ``run``, every config
+    and seed is checked first (:func:`check_sweep`): a bad one raises before anything runs.
     """
     methods = list(methods) if methods else default_methods()
     seeds = [int(s) for s in seeds]
@@ -216,6 +183,7 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
     t0 = time.monotonic()
     outcomes: list[RunOutcome] = []
     if run:
+        check_sweep(dataset, methods, seeds, config_file, overrides)
         la = make_launcher(launcher)
         for m in methods:
             for s in seeds:
@@ -274,15 +242,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        overrides = parse_overrides(args.overrides)
-    except ValueError as e:
-        print(f"bench.sweep: error: {e}", file=sys.stderr)
-        return 2
-    try:
         out, df, outcomes = run_sweep(
             args.dataset, args.methods, args.seeds, args.runs_dir, args.results_dir, args.data_dir,
-            args.config_file, overrides or None, args.launcher, args.force, run=not args.no_run,
+            args.config_file, parse_overrides(args.overrides) or None, args.launcher, args.force, run=not args.no_run,
         )
+    except (ConfigError, KeyError) as e:  # a bad --set, --seeds, --config or method name: nothing ran
+        print(f"bench.sweep: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("bench.sweep: interrupted; finished runs are kept, re-run to resume", file=sys.stderr)
         return 130
@@ -298,4 +264,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["run_sweep", "parse_overrides", "ddb_generation_throughput", "default_methods", "main"]
+__all__ = ["run_sweep", "check_sweep", "ddb_generation_throughput", "default_methods", "main"]
