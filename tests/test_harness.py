@@ -13,7 +13,7 @@ from harness_runs import make_run
 from bench.launch import LocalLauncher, RunSpec
 from bench.provenance import new_version_dir
 from bench.summary import SUMMARY_COLUMNS, find_runs, load_run, summarize
-from bench.sweep import ddb_generation_throughput, parse_overrides, run_sweep
+from bench.sweep import ddb_generation_throughput, run_sweep
 
 
 @pytest.fixture
@@ -125,6 +125,8 @@ def test_sweep_writes_version_folder_with_provenance(toy_runs, tmp_path, capsys)
 
 
 def test_parse_overrides():
+    from spuraug.config import parse_overrides
+
     assert parse_overrides(["erm.epochs=2", "erm.lr=1e-3", "dataset.n_train=400", "seed_list=[1, 2]"]) == {
         "erm": {"epochs": 2, "lr": 1e-3}, "dataset": {"n_train": 400}, "seed_list": [1, 2]}
     with pytest.raises(ValueError, match="KEY=VALUE"):
