@@ -156,7 +156,7 @@ def _read_file(path: Path) -> tuple[dict, dict[str, str]]:
     except (yaml.YAMLError, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: not valid YAML: {first}") from None
-    if data is None:
+    if not data:  # YAML with only comments reads as nothing
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")

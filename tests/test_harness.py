@@ -203,3 +203,21 @@ def test_local_launcher_skips_finished_and_survives_failures(tmp_path, monkeypat
     assert "boom" in outcomes[1].error
     assert logs[0].startswith("[1/3] toy/erm/seed0: already finished")
     assert any(line.startswith("[3/3] toy/erm/seed1: done in") for line in logs)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--set", "erm.epochs=-3"], "erm.epochs: expected a number >= 1, got -3"),
+    (["--set", "jtt.lambda_up=0"], "jtt.lambda_up: expected a number >= 1"),
+    (["--seeds", "0", "-1"], "seed -1"),
+    (["--set", "erm.epochs"], "expected KEY=VALUE"),
+])
+def test_sweep_checks_every_config_before_running(tmp_path, capsys, extra, needle):
+    """`make bench SET=...`: a bad value is one line and exit 2 before any run or folder."""
+    from bench.sweep import main as sweep_main
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    rc = sweep_main(["--dataset", "toy", "--methods", "erm", "jtt", "--runs-dir", str(runs),
+                     "--results-dir", str(results), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not runs.exists() and not results.exists()

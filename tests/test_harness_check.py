@@ -140,8 +140,7 @@ def test_subprocess_launcher_passes_the_same_config():
     of the in-process run (so the two launchers share run folders)."""
     from bench.launch import LocalLauncher, RunSpec
     from spuraug.cli import build_parser
-    from spuraug.config import load_config
-    from spuraug.config import parse_overrides
+    from spuraug.config import load_config, parse_overrides
 
     cmd = LocalLauncher.train_command(RunSpec("toy", "erm", 3, "some/runs", overrides=TINY))
     assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--out") + 1] == "some/runs"
