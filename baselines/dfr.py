@@ -38,6 +38,7 @@ from sklearn.preprocessing import StandardScaler
 from spuraug import atomic, engine
 from spuraug.methods import Method, Param, param, register_method
 from spuraug.metrics import evaluate_predictions
+from spuraug.records import EpochLine
 
 #: The paper's grid of inverse L1 strengths.
 PAPER_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
@@ -187,10 +188,9 @@ class DFR(Method):
         for split, ds in (("val", val), ("test", test)):
             pred = (emb[f"{split}_x"] @ w.T + b).argmax(1)
             metrics[split] = evaluate_predictions(ds.y, ds.a, pred, n_classes, n_attr, counts)
-        line = {"epoch": 1, "step": 0, "train_loss": None, "images_per_s": None, "step_time_s": None,
-                "peak_mem_mb": engine.peak_memory_mb(ctx.device), **metrics,
-                "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}}
-        atomic.write_text(ctx.dir / "metrics.jsonl", json.dumps(line) + "\n")
+        line = EpochLine(epoch=1, step=0, peak_mem_mb=engine.peak_memory_mb(ctx.device),
+                         extra={**metrics, "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}})
+        atomic.write_text(ctx.dir / "metrics.jsonl", json.dumps(line.to_dict()) + "\n")
         return {"selected_epoch": 1, "val": metrics["val"], "test": metrics["test"],
                 "dfr": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}, "erm_run": str(erm_dir),
                         "val_metrics_in_sample": True}}

@@ -13,7 +13,6 @@ run's result.json, metrics.jsonl and config.json). See docs/harness.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -26,6 +25,8 @@ from bench.launch import RunOutcome, RunSpec, make_launcher
 from bench.provenance import git_state, hardware, new_version_dir, software, write_json
 from bench.summary import RunRecord, copy_runs, find_runs, format_console, summarize, write_summary
 from spuraug.config import ConfigError, check_seed, load_config, parse_overrides
+from spuraug.ddb.artifacts import DONE, MANIFEST
+from spuraug.records import RecordError, StageManifest
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
@@ -50,64 +51,28 @@ def check_sweep(dataset: str, methods: Sequence[str], seeds: Sequence[int], conf
 # -- DDB generation throughput --------------------------------------------------------
 
 def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
-    """Images/s of DDB's generation stages, read from the stage manifests under
-    ``runs/<dataset>/ddb_artifacts/`` (spuraug/ddb/pipeline.py: inpaint and prune record
-    ``images_per_s``) or ``runs/<dataset>/ddb/``.
-
-    Any ``manifest*.json`` below those folders counts. A manifest (or each entry of its
-    ``stages`` list/dict) contributes a row when it has ``images_per_s``, or a count of
-    images (``n_generated``, ``n_images`` or ``images``) plus ``wall_time_s``/``seconds``.
-    Missing artifacts give an empty list.
+    """Images/s of DDB's stages, from the manifests of the finished stage folders under
+    ``runs/<dataset>/ddb_artifacts/`` (or ``runs/<dataset>/ddb/``), read as
+    :class:`spuraug.records.StageManifest`: a stage with ``images_per_s`` gives a row with
+    its ``images`` and ``wall_time_s``. Unfinished stages (no ``done``) and manifests that do
+    not follow the schema are skipped; missing artifacts give an empty list.
     """
     from bench.ddb_examples import ddb_artifact_dirs
 
     rows: list[dict] = []
-    manifests = [p for base in ddb_artifact_dirs(runs_dir, dataset) for p in sorted(base.rglob("manifest*.json"))]
-    for path in manifests:
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(manifest, dict):
-            continue
-        entries: list[tuple[str, dict]] = [(str(manifest.get("stage", path.parent.name)), manifest)]
-        stages = manifest.get("stages")
-        if isinstance(stages, dict):
-            entries += [(str(k), v) for k, v in stages.items() if isinstance(v, dict)]
-        elif isinstance(stages, list):
-            entries += [(str(v.get("stage", v.get("name", i))), v) for i, v in enumerate(stages) if isinstance(v, dict)]
-        for stage, entry in entries:
-            ips = _images_per_s(entry)
-            if ips is not None:
-                rows.append({"manifest": str(path), "stage": stage, "images_per_s": ips,
-                             "images": _images(entry), "wall_time_s": _seconds(entry)})
+    for base in ddb_artifact_dirs(runs_dir, dataset):
+        for path in sorted(base.rglob(MANIFEST)):
+            if not (path.parent / DONE).is_file():
+                continue
+            try:
+                m = StageManifest.read(path)
+            except RecordError:
+                continue
+            if m.images_per_s is not None:
+                rows.append({"manifest": str(path), "stage": m.stage, "images_per_s": float(m.images_per_s),
+                             "images": None if m.images is None else float(m.images),
+                             "wall_time_s": m.wall_time_s})
     return rows
-
-
-def _images(d: dict) -> float | None:
-    counts = d.get("counts") if isinstance(d.get("counts"), dict) else {}
-    for v in [*(d.get(k) for k in ("n_generated", "n_images", "images")), counts.get("generated")]:
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, list):
-            return float(len(v))
-    return None
-
-
-def _seconds(d: dict) -> float | None:
-    for k in ("wall_time_s", "seconds", "elapsed_s", "time_s"):
-        v = d.get(k)
-        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
-            return float(v)
-    return None
-
-
-def _images_per_s(d: dict) -> float | None:
-    v = d.get("images_per_s")
-    if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
-        return float(v)
-    n, s = _images(d), _seconds(d)
-    return n / s if n and s else None
 
 
 def throughput_markdown(rows: list[dict]) -> str:

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from spuraug import atomic
 from spuraug.metrics import evaluate_predictions
+from spuraug.records import EpochLine
 
 #: Model-selection rules: name -> (evaluation split, metric). ``test_oracle`` is a
 #: labelled reference only (it looks at test labels).
@@ -513,14 +514,14 @@ def fit(
             if max_steps_per_epoch is not None and n_steps >= max_steps_per_epoch:
                 break
         bar.close()
-        line: dict[str, Any] = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": loss_sum / max(n_seen, 1),
-            "images_per_s": n_seen / t_train if t_train > 0 else None,
-            "step_time_s": t_train / max(n_steps, 1),
-            "peak_mem_mb": peak_memory_mb(device),
-        }
+        line: dict[str, Any] = EpochLine(
+            epoch=epoch,
+            step=step,
+            train_loss=loss_sum / max(n_seen, 1),
+            images_per_s=n_seen / t_train if t_train > 0 else None,
+            step_time_s=t_train / max(n_steps, 1),
+            peak_mem_mb=peak_memory_mb(device),
+        ).to_dict()
         if epoch % eval_every == 0 or epoch == epochs:
             for name, ds in eval_sets.items():
                 line[name] = evaluate(model, ds, device, eval_batch_size, train_group_counts, num_workers)

@@ -36,6 +36,7 @@ from spuraug.data.base import SpuriousDataset
 from spuraug.data.registry import get_dataset
 from spuraug.methods import get_method
 from spuraug.models import ToyCNN, build_model, load_toy_backbone_state
+from spuraug.records import RunConfig, RunResult
 
 __all__ = [
     "ConfigError",
@@ -292,28 +293,27 @@ def run_method(
     elif force and (d / "done").is_file():
         _move_aside(d)
     d.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(d / "config.json", config)
+    RunConfig.from_dict(config).write(d / "config.json")
     t0 = time.perf_counter()
     if progress:
         print(f"[{dataset}/{method}/seed{seed}] training in {d} on {ctx.device}", file=sys.stderr)
     out = method_obj.run(ctx)
-    result = {
-        "dataset": dataset,
-        "method": method,
-        "seed": int(seed),
-        "selection": config["hparams"].get("selection", "val_worst_group_acc"),
-        "selected_epoch": out.get("selected_epoch"),
-        "annotation": method_obj.annotation_for(config["hparams"]),
-        "val": out.get("val"),
-        "test": out.get("test"),
-        "config_hash": config["config_hash"],
-        "wall_time_s": time.perf_counter() - t0,
-        "config": config,
-    }
-    for k, v in out.items():
-        if k not in result:
-            result[k] = _jsonable(v)
-    atomic.write_json(d / "result.json", result)
+    record = RunResult(
+        dataset=dataset,
+        method=method,
+        seed=int(seed),
+        selection=config["hparams"].get("selection", "val_worst_group_acc"),
+        selected_epoch=out.get("selected_epoch"),
+        annotation=method_obj.annotation_for(config["hparams"]),
+        val=out.get("val"),
+        test=out.get("test"),
+        config_hash=config["config_hash"],
+        wall_time_s=time.perf_counter() - t0,
+        config=config,
+    )
+    record.extra = {k: _jsonable(v) for k, v in out.items() if k not in record.to_dict()}
+    record.write(d / "result.json")
+    result = record.to_dict()
     atomic.write_bytes(d / "done", b"done\n")
     return result
 

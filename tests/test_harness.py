@@ -134,15 +134,25 @@ def test_parse_overrides():
 
 
 def test_ddb_throughput_read_from_manifests(tmp_path):
-    d = tmp_path / "toy" / "ddb_artifacts" / "seed0" / "inpaint-abc"
-    d.mkdir(parents=True)
-    (d / "manifest.json").write_text(json.dumps({"stage": "inpaint", "n_generated": 120, "wall_time_s": 60.0}))
-    (tmp_path / "toy" / "ddb" / "seed0").mkdir(parents=True)
-    (tmp_path / "toy" / "ddb" / "seed0" / "manifest.json").write_text(
-        json.dumps({"stages": {"prune": {"images_per_s": 4.0}}}))
+    """The throughput rows come from the stage manifests the DDB artifacts write
+    (spuraug.records.StageManifest): finished stages only, images and seconds as written."""
+    from spuraug.ddb.artifacts import Artifact
+
+    seed_root = tmp_path / "toy" / "ddb_artifacts" / "seed0"
+    inpaint = Artifact(seed_root, "inpaint", {"k": 1})
+    inpaint.prepare()
+    inpaint.record_partial_time(20.0)  # an interrupted attempt: its time counts
+    inpaint.finish({"images": 120, "images_per_s": 3.0, "wall_time_s": 40.0, "counts": {"generated": 120}})
+    sources = Artifact(seed_root, "sources", {"k": 2})  # no images processed one by one: no row
+    sources.prepare()
+    sources.finish({"counts": {"sources": 10}, "wall_time_s": 1.0})
+    unfinished = Artifact(seed_root, "prune", {"k": 3})
+    unfinished.prepare()
+    unfinished.record_partial_time(5.0)
     rows = ddb_generation_throughput(tmp_path, "toy")
-    got = {r["stage"]: r["images_per_s"] for r in rows}
-    assert got == {"inpaint": pytest.approx(2.0), "prune": pytest.approx(4.0)}
+    assert [(r["stage"], r["images"], r["wall_time_s"], r["images_per_s"]) for r in rows] == [
+        ("inpaint", 120.0, 60.0, 3.0)]
+    assert rows[0]["manifest"] == str(inpaint.path / "manifest.json")
     assert ddb_generation_throughput(tmp_path, "celeba") == []
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spuraug import atomic
+from spuraug.records import StageManifest
 
 MANIFEST = "manifest.json"
 DONE = "done"
@@ -90,7 +91,7 @@ class Artifact:
         # Wall time accumulates over interrupted attempts.
         merged["wall_time_s"] = float(old.get("wall_time_s_partial", 0.0)) + float(manifest.get("wall_time_s", 0.0))
         merged.pop("wall_time_s_partial", None)
-        write_json_sorted(self.path / MANIFEST, merged)
+        StageManifest.from_dict(merged, str(self.path / MANIFEST)).write(self.path / MANIFEST)
         atomic.write_text(self.path / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
     def record_partial_time(self, seconds: float) -> None:

@@ -323,7 +323,7 @@ class Stages:
         models = ({"detector": cfg.detector, "sam": cfg.sam} if cfg.backend == "grounded_sam"
                   else {"clipseg": cfg.clipseg})
         art.finish({"counts": counts, "models": {k: {"id": v, "revision": hub.revision_of(v)} for k, v in models.items()},
-                    "images_per_s": len(table) / max(t["wall_time_s"], 1e-9), "backend": cfg.backend, "prompt": cfg.prompt, "wall_time_s": t["wall_time_s"],
+                    "images": len(table), "images_per_s": len(table) / max(t["wall_time_s"], 1e-9), "backend": cfg.backend, "prompt": cfg.prompt, "wall_time_s": t["wall_time_s"],
                     "config": asdict(cfg)})
         return art
 
@@ -368,7 +368,7 @@ class Stages:
         art.finish({"counts": {"planned": len(plan), "generated": int(len(table)), "per_source_class": per},
                     "models": {"inpainting": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
                     "tokens": self.tokens(), "seeds": {"base": cfg.seed, "per_sample": "sha256(base|source_id|target)"},
-                    "label": cfg.label, "images_per_s": len(plan) / max(t["wall_time_s"], 1e-9),
+                    "label": cfg.label, "images": len(plan), "images_per_s": len(plan) / max(t["wall_time_s"], 1e-9),
                     "engine": engine or {"engine": "local", "workers": 1},
                     "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
         return art
@@ -412,7 +412,8 @@ class Stages:
                 atomic.write_text(art.path / "scores.csv", scores.to_csv(index=False))
                 partial.unlink(missing_ok=True)
             art.finish({"counts": {"generated": int(len(scores))}, "ig": {"n_steps": cfg.n_steps,
-                        "target": cfg.ig_target}, "images_per_s": len(scores) / max(t["wall_time_s"], 1e-9),
+                        "target": cfg.ig_target}, "images": int(len(scores)),
+                        "images_per_s": len(scores) / max(t["wall_time_s"], 1e-9),
                         "wall_time_s": t["wall_time_s"], "config": asdict(cfg),
                         "engine": engine or {"engine": "local", "workers": 1}})
         scores = pd.read_csv(art.path / "scores.csv", dtype={"source_id": str, "sample_id": str})
