@@ -18,6 +18,21 @@ import sys
 from pathlib import Path
 
 
+def check_runtime_options(args: argparse.Namespace) -> None:
+    """``--threads`` >= 1 and a ``--device`` torch knows, as one-line errors."""
+    from spuraug.cli import UserError
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: expected an integer >= 1")
+    if args.device not in (None, "auto"):
+        import torch  # deferred: torch is heavy and argument checks should not need it otherwise
+
+        try:
+            torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UserError(f"--device {args.device!r}: not a device (cpu, cuda, cuda:1, mps)") from None
+
+
 def check_out_dir(out: str) -> None:
     """``--out`` must be a folder this user can write to (or one that can be made)."""
     from spuraug.cli import UserError
@@ -42,6 +57,7 @@ def train_command(args: argparse.Namespace) -> int:
         raise UserError(f"unknown dataset {args.dataset!r}; known datasets: {', '.join(dataset_names())}")
     if args.method not in method_names():
         raise UserError(f"unknown method {args.method!r}; known methods: {', '.join(method_names())}")
+    check_runtime_options(args)
     if args.threads:
         import torch
 

@@ -179,6 +179,9 @@ def _one_line_error(capsys, *needles):
         (["ddb", "run", "--dataset", "toy", "--set", "retrain.epochs=0"], "ddb.retrain.epochs"),
         (["ddb", "invert", "--dataset", "toy", "--seed", "-1"], "seed -1"),
         (["ddb", "invert", "--dataset", "toy", "--set", "inpaint=3"], "expected STAGE.OPTION=VALUE"),
+        (["train", "--dataset", "toy", "--method", "erm", "--threads", "-1"], "--threads -1"),
+        (["train", "--dataset", "toy", "--method", "erm", "--device", "gpu7"], "--device 'gpu7'"),
+        (["ddb", "invert", "--dataset", "toy", "--device", "nonsense"], "--device 'nonsense'"),
     ],
 )
 def test_cli_bad_values_one_line_exit_2_nothing_written(tmp_path, capsys, argv, needle):

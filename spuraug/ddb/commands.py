@@ -113,10 +113,11 @@ def handle(args: argparse.Namespace) -> int:
 
 def _handle(args: argparse.Namespace) -> int:
     from spuraug.config import check_seed
-    from spuraug.train_cli import check_out_dir
+    from spuraug.train_cli import check_out_dir, check_runtime_options
 
     cmd = args.ddb_command
     check_seed(args.seed)
+    check_runtime_options(args)
     check_out_dir(args.out)
     if args.threads:
         import torch

@@ -321,17 +321,3 @@ def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDB
                 raise ValueError(f"{where}.{stage}.{key}: unknown option; known: {', '.join(sorted(known))}")
             setattr(obj, key, _check(stage, obj, key, value, f"{where}.{stage}.{key}"))
     return cfg
-
-
-def apply_overrides(cfg: DDBConfig, overrides: dict[str, Any]) -> DDBConfig:
-    """Set dotted options (``{"inpaint.batch_size": 4}``) on ``cfg``; ``None`` values are skipped."""
-    nested: dict[str, dict] = {}
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        stage, _, key = dotted.partition(".")
-        nested.setdefault(stage, {})[key] = value
-    current = cfg.to_dict()
-    for stage, values in nested.items():
-        current.setdefault(stage, {}).update(values)
-    return ddb_config(current)
