@@ -26,6 +26,7 @@ from bench.provenance import git_state, hardware, new_version_dir, software, wri
 from bench.summary import RunRecord, copy_runs, find_runs, format_console, summarize, write_summary
 from spuraug.config import ConfigError, check_seed, load_config, parse_overrides
 from spuraug.ddb.artifacts import DONE, MANIFEST
+from spuraug.methods import method_names
 from spuraug.records import RecordError, StageManifest
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
@@ -33,19 +34,20 @@ DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 def default_methods() -> list[str]:
     """Every method registered in :mod:`spuraug.methods`."""
-    from spuraug.methods import method_names
-
     return list(method_names())
 
 
 def check_sweep(dataset: str, methods: Sequence[str], seeds: Sequence[int], config_file: str | None,
                 overrides: dict | None) -> None:
-    """Every seed and every method's resolved config (types and ranges), before anything runs
-    or is written: :class:`~spuraug.config.ConfigError` naming the value."""
+    """Every seed and every known method's resolved config (types and ranges), before anything
+    runs or is written: :class:`~spuraug.config.ConfigError` naming the value. An unknown
+    method is left to its run, which fails alone (the sweep goes on)."""
     for s in seeds:
         check_seed(s)
+    known = set(method_names())
     for m in methods:
-        load_config(dataset, m, config_file, overrides)
+        if m in known:
+            load_config(dataset, m, config_file, overrides)
 
 
 # -- DDB generation throughput --------------------------------------------------------
@@ -211,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset, args.methods, args.seeds, args.runs_dir, args.results_dir, args.data_dir,
             args.config_file, parse_overrides(args.overrides) or None, args.launcher, args.force, run=not args.no_run,
         )
-    except (ConfigError, KeyError) as e:  # a bad --set, --seeds, --config or method name: nothing ran
-        print(f"bench.sweep: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except ConfigError as e:  # a bad --set, --seeds or --config: nothing ran
+        print(f"bench.sweep: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench.sweep: interrupted; finished runs are kept, re-run to resume", file=sys.stderr)

@@ -36,7 +36,7 @@ from spuraug.data.base import SpuriousDataset
 from spuraug.data.registry import get_dataset
 from spuraug.methods import get_method
 from spuraug.models import ToyCNN, build_model, load_toy_backbone_state
-from spuraug.records import RunConfig, RunResult
+from spuraug.records import EpochLine, RunConfig, RunResult
 
 __all__ = [
     "ConfigError",
@@ -62,9 +62,12 @@ def run_dir(runs_dir: str | os.PathLike, dataset: str, method: str, seed: int) -
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The JSON lines of a run folder's ``metrics.jsonl`` (or of that file itself)."""
+    """The JSON lines of a run folder's ``metrics.jsonl`` (or of that file itself), each
+    checked as a :class:`spuraug.records.EpochLine` (a line without ``epoch`` is a
+    :class:`~spuraug.records.RecordError` naming the file)."""
     p = Path(path)
-    return engine.read_jsonl(p / "metrics.jsonl" if p.is_dir() else p)
+    f = p / "metrics.jsonl" if p.is_dir() else p
+    return [EpochLine.from_dict(line, str(f)).to_dict() for line in engine.read_jsonl(f)]
 
 
 def build_model_from_config(model_config: dict, n_classes: int, pretrained: bool | None = None) -> nn.Module:
