@@ -9,6 +9,9 @@ Layout (``/work/brief/contracts.md``)::
         result.json     the selected epoch's metrics, annotation setting, timing
         done            written last
 
+The files' fields are those of :mod:`spuraug.records` (``RunConfig``, ``EpochLine``,
+``RunResult``): they are written through it, and read through it by the harness.
+
 :func:`run_method` skips a finished run (unless ``force``), resumes an unfinished one,
 and refuses to mix configs: a run folder made with another config is an error naming
 both hashes (``force`` moves the old folder aside to ``.seed<S>.previous``, so nothing
