@@ -35,9 +35,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from spuraug import engine
+from spuraug import atomic, engine
 from spuraug.methods import Method, Param, param, register_method
 from spuraug.metrics import evaluate_predictions
+from spuraug.records import EpochLine
 
 #: The paper's grid of inverse L1 strengths.
 PAPER_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
@@ -136,8 +137,8 @@ class DFR(Method):
         "erm_checkpoint": param("last", choices=("last", "best"),
                                 help="the ERM model whose features are used (paper: the final checkpoint)"),
         "c_grid": param(list(PAPER_C_GRID), list),
-        "tune_repeats": param(1, int, help="random validation halves for tuning C"),
-        "final_repeats": param(20, int, help="balanced subsets averaged in the final head"),
+        "tune_repeats": param(1, int, ge=1, help="random validation halves for tuning C"),
+        "final_repeats": param(20, int, ge=1, help="balanced subsets averaged in the final head"),
         "balance_val": param(True, bool),
         "standardize": param(True, bool),
     }
@@ -158,7 +159,7 @@ class DFR(Method):
             out[f"{split}_x"] = engine.predict(model, ds, ctx.device, ctx.config["eval"]["batch_size"],
                                                features=True, num_workers=ctx.num_workers, progress=ctx.progress)
             out[f"{split}_y"], out[f"{split}_a"] = ds.y, ds.a
-        engine.atomic_write_bytes(path, lambda h: np.savez(h, **out))
+        atomic.write_bytes(path, lambda h: np.savez(h, **out))
         return out
 
     def run(self, ctx) -> dict:
@@ -180,17 +181,16 @@ class DFR(Method):
         with torch.no_grad():
             model.fc.weight.copy_(torch.from_numpy(w))
             model.fc.bias.copy_(torch.from_numpy(b))
-        engine.atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()},
-                                 ctx.dir / "checkpoints" / "best.pt")
+        atomic.torch_save(ctx.dir / "checkpoints" / "best.pt",
+                          {k: v.cpu() for k, v in model.state_dict().items()})
         counts = ctx.train_group_counts()
         metrics = {}
         for split, ds in (("val", val), ("test", test)):
             pred = (emb[f"{split}_x"] @ w.T + b).argmax(1)
             metrics[split] = evaluate_predictions(ds.y, ds.a, pred, n_classes, n_attr, counts)
-        line = {"epoch": 1, "step": 0, "train_loss": None, "images_per_s": None, "step_time_s": None,
-                "peak_mem_mb": engine.peak_memory_mb(ctx.device), **metrics,
-                "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}}
-        engine.atomic_write_bytes(ctx.dir / "metrics.jsonl", lambda h: h.write((json.dumps(line) + "\n").encode()))
+        line = EpochLine(epoch=1, step=0, peak_mem_mb=engine.peak_memory_mb(ctx.device),
+                         extra={**metrics, "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}})
+        atomic.write_text(ctx.dir / "metrics.jsonl", json.dumps(line.to_dict()) + "\n")
         return {"selected_epoch": 1, "val": metrics["val"], "test": metrics["test"],
                 "dfr": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}, "erm_run": str(erm_dir),
                         "val_metrics_in_sample": True}}

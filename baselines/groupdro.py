@@ -81,8 +81,8 @@ class GroupDRO(Method):
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": True, "val_group_labels": True}
     params: ClassVar[dict[str, Param]] = {
         **TRAIN_PARAMS,
-        "eta": param(0.01, float, help="robust step size of the group weights"),
-        "generalization_adjustment": param(0.0, float, help="C of the C/sqrt(n_g) group-size prior"),
+        "eta": param(0.01, float, ge=0, help="robust step size of the group weights"),
+        "generalization_adjustment": param(0.0, float, ge=0, help="C of the C/sqrt(n_g) group-size prior"),
         "group_balanced_sampling": param(True, bool),
     }
 

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from spuraug import engine
+from spuraug import atomic, engine
 from spuraug.engine import TrainSource, WeightedObjective
 from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method
 
@@ -44,13 +44,13 @@ class JTT(Method):
     uses_erm: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {
         **TRAIN_PARAMS,
-        "stage1_epochs": param(1, int, help="T: epochs of the stage-1 ERM model"),
+        "stage1_epochs": param(1, int, ge=1, help="T: epochs of the stage-1 ERM model"),
         "stage1_optimizer": param("sgd", choices=("sgd", "adam", "adamw")),
-        "stage1_lr": param(1e-3, float),
-        "stage1_weight_decay": param(1e-4, float),
-        "stage1_momentum": param(0.9, float),
-        "stage1_batch_size": param(32, int),
-        "lambda_up": param(50, int, help="how many times an error-set example counts"),
+        "stage1_lr": param(1e-3, float, gt=0),
+        "stage1_weight_decay": param(1e-4, float, ge=0),
+        "stage1_momentum": param(0.9, float, ge=0, le=1),
+        "stage1_batch_size": param(32, int, ge=1),
+        "lambda_up": param(50, int, ge=1, help="how many times an error-set example counts"),
         "upweight": param("upsample", choices=("upsample", "loss")),
         "reuse_erm": param(True, bool, help="take stage 1 from the ERM run when the recipes match"),
     }
@@ -89,10 +89,10 @@ class JTT(Method):
                                 num_workers=ctx.num_workers)
         errors = error_set(logits, train_eval.y)
         groups = np.bincount(train_eval.g[errors], minlength=train_eval.n_groups).tolist()
-        engine.atomic_write_json(
+        atomic.write_json(
+            ctx.dir / "error_set.json",
             {"indices": errors.tolist(), "ids": [train_eval.ids[i] for i in errors], "n_errors": len(errors),
              "n_train": len(train_eval), "errors_per_group": groups, "stage1": stage1_from},
-            ctx.dir / "error_set.json",
         )
         train = ctx.load_split("train", "train")
         if hp["upweight"] == "upsample":

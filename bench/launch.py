@@ -11,7 +11,6 @@ executes. :class:`LocalLauncher` runs them one after another on this machine;
 from __future__ import annotations
 
 import abc
-import json
 import shlex
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from spuraug.config import format_overrides
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,8 @@ class LocalLauncher(Launcher):
             cmd += ["--data-dir", spec.data_dir]
         if spec.config_file:
             cmd += ["--config", spec.config_file]
-        for key, value in flatten_overrides(spec.overrides or {}).items():
-            cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is valid YAML
+        for item in format_overrides(spec.overrides):
+            cmd += ["--set", item]
         if spec.force:
             cmd.append("--force")
         return cmd
@@ -174,18 +175,6 @@ class LocalLauncher(Launcher):
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
             raise RuntimeError(f"`{shlex.join(cmd)}` exited with {proc.returncode}")
-
-
-def flatten_overrides(overrides: dict, prefix: str = "") -> dict:
-    """``{"erm": {"epochs": 2}}`` -> ``{"erm.epochs": 2}`` (the ``--set`` form of ``spuraug train``)."""
-    out: dict = {}
-    for k, v in overrides.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten_overrides(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _ray_run_spec(spec: RunSpec, threads: int) -> float:

@@ -32,9 +32,8 @@ import pandas as pd
 import yaml
 
 from bench.ddb_examples import EXAMPLES_PNG
-from bench.launch import flatten_overrides
 from bench.summary import SUMMARY_COLUMNS
-from spuraug.config import CONFIG_DIR
+from spuraug.config import CONFIG_DIR, flatten_overrides
 from spuraug.methods import get_method
 
 #: Folders directly under results/ that are not datasets.

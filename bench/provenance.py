@@ -13,6 +13,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from spuraug import atomic
+
 #: Distributions whose versions every provenance record lists.
 PACKAGES: tuple[str, ...] = (
     "spuraug", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "scipy", "pillow",
@@ -139,11 +141,7 @@ def write_json(path: Path, obj: dict) -> None:
             return [clean(v) for v in o]
         return o
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(obj), indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, clean(obj), default=str)
 
 
 def emit_report(report: dict, out: str | Path | None = None, quiet: bool = False) -> dict:

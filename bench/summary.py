@@ -18,7 +18,6 @@ Conventions (also in docs/harness.md):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from spuraug.records import RecordError, RunResult
 
 #: The fixed leading columns of summary.csv, in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -69,20 +70,13 @@ def load_run(path: str | Path) -> RunRecord:
     result_file = path / "result.json"
     if not (path / "done").exists():
         raise RunFolderError(f"{path}: run not finished (no 'done' marker)")
+    if not result_file.is_file():
+        raise RunFolderError(f"{result_file}: missing (the run has a 'done' marker but no result)")
     try:
-        result = json.loads(result_file.read_text())
-    except FileNotFoundError:
-        raise RunFolderError(f"{result_file}: missing (the run has a 'done' marker but no result)") from None
-    except json.JSONDecodeError as e:
-        raise RunFolderError(f"{result_file}: not valid JSON ({e})") from None
-    for key in ("dataset", "method", "seed", "test"):
-        if key not in result:
-            raise RunFolderError(f"{result_file}: missing field {key!r}")
-    test = result["test"]
-    for key in (*SUMMARY_METRICS, "groups"):
-        if key not in test:
-            raise RunFolderError(f"{result_file}: field 'test' has no {key!r}")
-    return RunRecord(path, str(result["dataset"]), str(result["method"]), int(result["seed"]), result)
+        result = RunResult.read(result_file)
+    except RecordError as e:
+        raise RunFolderError(str(e)) from None
+    return RunRecord(path, str(result.dataset), str(result.method), int(result.seed), result.to_dict())
 
 
 def find_runs(runs_dir: str | Path, dataset: str, methods: Sequence[str] | None = None,

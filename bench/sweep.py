@@ -15,7 +15,6 @@ See docs/harness.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -23,126 +22,60 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from bench.ddb_examples import EXAMPLES_PNG, ddb_artifact_dirs, ddb_grid
 from bench.launch import RunOutcome, RunSpec, make_launcher
 from bench.provenance import git_state, hardware, new_version_dir, software, write_json
 from bench.summary import RunRecord, find_runs, format_console, summarize, write_runs_jsonl, write_summary
+from spuraug.config import ConfigError, check_seed, load_config, parse_overrides
+from spuraug.ddb.artifacts import DONE, MANIFEST
+from spuraug.methods import method_names
+from spuraug.records import RecordError, StageManifest
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
 def default_methods() -> list[str]:
     """Every method registered in :mod:`spuraug.methods`."""
-    from spuraug.methods import method_names
-
     return list(method_names())
 
 
-def parse_overrides(items: Sequence[str]) -> dict:
-    """``["erm.epochs=2", "dataset.n_train=400"]`` -> ``{"erm": {"epochs": 2}, "dataset": {"n_train": 400}}``.
-
-    Values are parsed as YAML scalars/lists (``2`` -> int, ``1e-3`` -> float, ``[1,2]`` -> list).
-    """
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. erm.epochs=2)")
-        key, text = item.split("=", 1)
-        value = yaml.safe_load(text)
-        if isinstance(value, str) and _looks_float(value):
-            value = float(value)
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r} conflicts with an earlier override of {p!r}")
-        node[leaf] = value
-    return out
-
-
-def _looks_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def merge_overrides(base: dict | None, extra: dict | None) -> dict | None:
-    """Deep-merge two nested override dicts (``extra`` wins)."""
-    if not base:
-        return extra or None
-    out = json.loads(json.dumps(base))
-    for k, v in (extra or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_overrides(out[k], v)
-        else:
-            out[k] = v
-    return out
+def check_sweep(dataset: str, methods: Sequence[str], seeds: Sequence[int], config_file: str | None,
+                overrides: dict | None) -> None:
+    """Every seed and every known method's resolved config (types and ranges), before anything
+    runs or is written: :class:`~spuraug.config.ConfigError` naming the value. An unknown
+    method is left to its run, which fails alone (the sweep goes on)."""
+    for s in seeds:
+        check_seed(s)
+    known = set(method_names())
+    for m in methods:
+        if m in known:
+            load_config(dataset, m, config_file, overrides)
 
 
 # -- DDB generation throughput --------------------------------------------------------
 
 def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
-    """Images/s of DDB's generation stages, read from the stage manifests under
-    ``runs/<dataset>/ddb_artifacts/`` (spuraug/ddb/pipeline.py: inpaint and prune record
-    ``images_per_s``) or ``runs/<dataset>/ddb/``.
-
-    Any ``manifest*.json`` below those folders counts. A manifest (or each entry of its
-    ``stages`` list/dict) contributes a row when it has ``images_per_s``, or a count of
-    images (``n_generated``, ``n_images`` or ``images``) plus ``wall_time_s``/``seconds``.
-    Missing artifacts give an empty list.
+    """Images/s of DDB's stages, from the manifests of the finished stage folders under
+    ``runs/<dataset>/ddb_artifacts/`` (or ``runs/<dataset>/ddb/``), read as
+    :class:`spuraug.records.StageManifest`: a stage with ``images_per_s`` gives a row with
+    its ``images`` and ``wall_time_s``. Unfinished stages (no ``done``) and manifests that do
+    not follow the schema are skipped; missing artifacts give an empty list.
     """
     rows: list[dict] = []
-    manifests = [p for base in ddb_artifact_dirs(runs_dir, dataset) for p in sorted(base.rglob("manifest*.json"))]
-    for path in manifests:
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(manifest, dict):
-            continue
-        entries: list[tuple[str, dict]] = [(str(manifest.get("stage", path.parent.name)), manifest)]
-        stages = manifest.get("stages")
-        if isinstance(stages, dict):
-            entries += [(str(k), v) for k, v in stages.items() if isinstance(v, dict)]
-        elif isinstance(stages, list):
-            entries += [(str(v.get("stage", v.get("name", i))), v) for i, v in enumerate(stages) if isinstance(v, dict)]
-        for stage, entry in entries:
-            ips = _images_per_s(entry)
-            if ips is not None:
-                rows.append({"manifest": str(path), "stage": stage, "images_per_s": ips,
-                             "images": _images(entry), "wall_time_s": _seconds(entry)})
+    for base in ddb_artifact_dirs(runs_dir, dataset):
+        for path in sorted(base.rglob(MANIFEST)):
+            if not (path.parent / DONE).is_file():
+                continue
+            try:
+                m = StageManifest.read(path)
+            except RecordError:
+                continue
+            if m.images_per_s is not None:
+                rows.append({"manifest": str(path), "stage": m.stage, "images_per_s": float(m.images_per_s),
+                             "images": None if m.images is None else float(m.images),
+                             "wall_time_s": m.wall_time_s})
     return rows
-
-
-def _images(d: dict) -> float | None:
-    counts = d.get("counts") if isinstance(d.get("counts"), dict) else {}
-    for v in [*(d.get(k) for k in ("n_generated", "n_images", "images")), counts.get("generated")]:
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, list):
-            return float(len(v))
-    return None
-
-
-def _seconds(d: dict) -> float | None:
-    for k in ("wall_time_s", "seconds", "elapsed_s", "time_s"):
-        v = d.get(k)
-        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
-            return float(v)
-    return None
-
-
-def _images_per_s(d: dict) -> float | None:
-    v = d.get("images_per_s")
-    if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
-        return float(v)
-    n, s = _images(d), _seconds(d)
-    return n / s if n and s else None
 
 
 def throughput_markdown(rows: list[dict]) -> str:
@@ -208,7 +141,8 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
 
     Returns ``(version_dir, summary, outcomes)``; ``version_dir`` is ``None`` when no run
     finished (nothing to summarise). Runs are skipped/resumed as ``run_method`` does;
-    ``run=False`` only collects what ``runs_dir`` already holds.
+    ``run=False`` only collects what ``runs_dir`` already holds. With ``run``, every config
+    and seed is checked first (:func:`check_sweep`): a bad one raises before anything runs.
     """
     methods = list(methods) if methods else default_methods()
     seeds = [int(s) for s in seeds]
@@ -217,6 +151,7 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
     t0 = time.monotonic()
     outcomes: list[RunOutcome] = []
     if run:
+        check_sweep(dataset, methods, seeds, config_file, overrides)
         la = make_launcher(launcher)
         for m in methods:
             for s in seeds:
@@ -276,15 +211,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        overrides = parse_overrides(args.overrides)
-    except ValueError as e:
-        print(f"bench.sweep: error: {e}", file=sys.stderr)
-        return 2
-    try:
         out, df, outcomes = run_sweep(
             args.dataset, args.methods, args.seeds, args.runs_dir, args.results_dir, args.data_dir,
-            args.config_file, overrides or None, args.launcher, args.force, run=not args.no_run,
+            args.config_file, parse_overrides(args.overrides) or None, args.launcher, args.force, run=not args.no_run,
         )
+    except ConfigError as e:  # a bad --set, --seeds or --config: nothing ran
+        print(f"bench.sweep: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("bench.sweep: interrupted; finished runs are kept, re-run to resume", file=sys.stderr)
         return 130
@@ -300,4 +233,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["run_sweep", "parse_overrides", "ddb_generation_throughput", "default_methods", "main"]
+__all__ = ["run_sweep", "check_sweep", "ddb_generation_throughput", "default_methods", "main"]

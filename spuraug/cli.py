@@ -41,10 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
+    from spuraug.config import ConfigError
     from spuraug.data.base import DataError
     from spuraug.models import WeightsMissingError
 
-    return (UserError, DataError, WeightsMissingError, FileNotFoundError)
+    # OSErrors a user's path causes (a file where a folder must be, a read-only folder)
+    return (UserError, ConfigError, DataError, WeightsMissingError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, FileExistsError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,4 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m spuraug.cli`: run the main of the imported module `spuraug.cli`, not of
+    # `__main__`, so that UserError is one class whichever way a command module imports it.
+    from spuraug.cli import main as _main
+
+    sys.exit(_main())

@@ -5,8 +5,12 @@ A config file has top-level sections ``dataset_options``, ``model``, ``eval`` an
 ``ddb``). Every value carries a ``# comment`` citing the paper or repository it comes
 from; :func:`load_config` keeps those comments as the resolved config's ``sources``.
 
-Unknown keys and values of the wrong type are :class:`ConfigError` naming the file and
-the key. ``overrides`` (``{"erm.lr": 0.01}`` or nested dicts) are validated alike.
+Unknown keys, values of the wrong type and numbers out of range (``epochs: 0``,
+``lr: -1``) are :class:`ConfigError` naming the file and the key; the one validator is
+:meth:`spuraug.methods.Param.check`. ``overrides`` (nested dicts, or ``{"erm.lr": 0.01}``)
+are validated alike. The one override parser is :func:`parse_overrides` (OmegaConf
+dot-lists): ``spuraug train --set``, ``spuraug ddb ... --set`` and ``make bench SET=`` /
+``python -m bench.sweep --set`` all go through it; :func:`format_overrides` is its inverse.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from spuraug.methods import Param, get_method, method_names, param
 from spuraug.models import MODEL_NAMES
@@ -31,25 +37,74 @@ KNOWN_METHOD_SECTIONS: tuple[str, ...] = ("erm", "groupdro", "jtt", "dfr", "ddb"
 
 MODEL_PARAMS: dict[str, Param] = {
     "name": param("resnet50", choices=MODEL_NAMES),
-    "width": param(32, int, help="toy_cnn only: channels of the second block"),
+    "width": param(32, int, ge=1, help="toy_cnn only: channels of the second block"),
     "pretrained": param(True, bool),
     "weights": param(None, str, type(None),
                      help="resnet50: an ImageNet state-dict file; toy_cnn: a pretrained toy backbone folder or file"),
 }
 EVAL_PARAMS: dict[str, Param] = {
-    "batch_size": param(256, int),
-    "every": param(1, int, help="evaluate val and test every N epochs (and after the last)"),
+    "batch_size": param(256, int, ge=1),
+    "every": param(1, int, ge=1, help="evaluate val and test every N epochs (and after the last)"),
 }
 LOADER_PARAMS: dict[str, Param] = {
-    "num_workers": param(0, int),
+    "num_workers": param(0, int, ge=0),
 }
 SECTION_PARAMS: dict[str, dict[str, Param]] = {"model": MODEL_PARAMS, "eval": EVAL_PARAMS, "loader": LOADER_PARAMS}
+#: Ranges of the toy dataset's options (the types come from :class:`spuraug.data.toy.ToyConfig`).
+TOY_RANGES: dict[str, dict[str, float]] = {
+    "n_train": {"ge": 1}, "n_val": {"ge": 1}, "n_test": {"ge": 1},
+    "class0_share": {"ge": 0, "le": 1}, "correlation": {"ge": 0, "le": 1}, "seed": {"ge": 0},
+}
 #: Keys that do not change results and so stay out of the config hash.
 RUNTIME_KEYS: tuple[str, ...] = ("loader", "config_file", "sources", "config_hash")
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the key."""
+
+
+def parse_overrides(items: list[str] | tuple[str, ...] | None, prefix: str = "") -> dict:
+    """``["erm.epochs=2", "erm.lr=1e-5"]`` -> ``{"erm": {"epochs": 2, "lr": 1e-05}}``.
+
+    The one parser of ``--set KEY=VALUE`` (OmegaConf dot-lists: values read as YAML, so
+    ``2`` is an int, ``1e-5`` a float, ``[1, 2]`` a list, ``null`` None). ``prefix`` goes
+    before every key (``spuraug ddb`` takes ``inpaint.batch_size=4`` for ``ddb.inpaint...``).
+    """
+    items = list(items or [])
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. erm.epochs=2")
+    try:
+        conf = OmegaConf.from_dotlist([prefix + item.strip() for item in items])
+        return OmegaConf.to_container(conf, resolve=False)  # type: ignore[return-value]
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--set {' '.join(items)}: {first}") from None
+
+
+def flatten_overrides(overrides: dict | None, prefix: str = "") -> dict:
+    """``{"erm": {"epochs": 2}}`` -> ``{"erm.epochs": 2}``."""
+    out: dict = {}
+    for k, v in (overrides or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_overrides(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def format_overrides(overrides: dict | None) -> list[str]:
+    """The ``--set`` items of nested ``overrides``: the inverse of :func:`parse_overrides`."""
+    return [f"{k}={json.dumps(v)}" for k, v in flatten_overrides(overrides).items()]  # JSON is valid YAML
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int >= 0, else :class:`ConfigError`."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, str)) or not str(seed).lstrip("+").isdigit():
+        raise ConfigError(f"seed {seed!r}: expected an integer >= 0")
+    return int(seed)
 
 
 def config_path(dataset: str) -> Path:
@@ -84,13 +139,25 @@ def read_citations(text: str) -> dict[str, str]:
 
 def _read_file(path: Path) -> tuple[dict, dict[str, str]]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8 YAML) file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: config file is empty")
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        # OmegaConf's YAML reading, as for --set: 1e-5 is a float (YAML 1.1 reads a string).
+        data = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML: {first}") from None
+    if not data:  # YAML with only comments reads as nothing
+        raise ConfigError(f"{path}: config file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data, read_citations(text)
@@ -164,7 +231,7 @@ def _check_dataset_options(where: str, dataset: str, options: Any) -> dict:
                 raise ConfigError(f"{where}: dataset_options.{key}: expected a list of {len(default)}, got {value!r}")
             value = list(value)
         else:
-            why = param(default, type(default)).check(value)
+            why = param(default, type(default), **TOY_RANGES.get(key, {})).check(value)
             if why:
                 raise ConfigError(f"{where}: dataset_options.{key}: {why}")
         out[key] = value
@@ -187,6 +254,9 @@ def validate(data: dict, dataset: str, where: str) -> dict:
     for name in KNOWN_METHOD_SECTIONS + tuple(sorted(known_methods - set(KNOWN_METHOD_SECTIONS))):
         if name in known_methods:
             out[name] = _check_section(where, name, data.get(name), get_method(name).params)
+            check = getattr(get_method(name), "check_hparams", None)
+            if check is not None:  # a method whose sections hold more than flat values (DDB's stages)
+                check(out[name], f"{where}: {name}")
         elif name in data:
             out[name] = data[name]  # a method whose module is not installed: kept, unchecked
     return out

@@ -45,7 +45,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from spuraug import atomic
 from spuraug.metrics import evaluate_predictions
+from spuraug.records import EpochLine
 
 #: Model-selection rules: name -> (evaluation split, metric). ``test_oracle`` is a
 #: labelled reference only (it looks at test labels).
@@ -80,28 +82,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A seed for ``(run seed, epoch, stream)``: the same on every resume."""
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
-
-
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` that never leaves a half-written file at ``path``."""
-    atomic_write_bytes(path, lambda h: torch.save(obj, h))
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, lambda h: h.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def load_state(path: Path, device: str | torch.device = "cpu") -> dict:
@@ -534,14 +514,14 @@ def fit(
             if max_steps_per_epoch is not None and n_steps >= max_steps_per_epoch:
                 break
         bar.close()
-        line: dict[str, Any] = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": loss_sum / max(n_seen, 1),
-            "images_per_s": n_seen / t_train if t_train > 0 else None,
-            "step_time_s": t_train / max(n_steps, 1),
-            "peak_mem_mb": peak_memory_mb(device),
-        }
+        line: dict[str, Any] = EpochLine(
+            epoch=epoch,
+            step=step,
+            train_loss=loss_sum / max(n_seen, 1),
+            images_per_s=n_seen / t_train if t_train > 0 else None,
+            step_time_s=t_train / max(n_steps, 1),
+            peak_mem_mb=peak_memory_mb(device),
+        ).to_dict()
         if epoch % eval_every == 0 or epoch == epochs:
             for name, ds in eval_sets.items():
                 line[name] = evaluate(model, ds, device, eval_batch_size, train_group_counts, num_workers)
@@ -554,18 +534,16 @@ def fit(
                 if score > best_score:
                     best_score, best_epoch = score, epoch
                     if ckpt_dir is not None:
-                        atomic_torch_save(_cpu_state(model), ckpt_dir / "best.pt")
+                        atomic.torch_save(ckpt_dir / "best.pt", _cpu_state(model))
             if metrics_path is not None:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(line) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                atomic.append_jsonl(metrics_path, line)
             if progress:
                 _print_epoch(line, eval_sets)
         if ckpt_dir is not None:
             if epoch in set(keep_epochs):
-                atomic_torch_save(_cpu_state(model), ckpt_dir / f"epoch{epoch:03d}.pt")
-            atomic_torch_save(
+                atomic.torch_save(ckpt_dir / f"epoch{epoch:03d}.pt", _cpu_state(model))
+            atomic.torch_save(
+                ckpt_dir / "last.pt",
                 {
                     "model": _cpu_state(model),
                     "optimizer": optimizer.state_dict(),
@@ -576,7 +554,6 @@ def fit(
                     "best_epoch": best_epoch,
                     "torch_rng": torch.get_rng_state(),
                 },
-                ckpt_dir / "last.pt",
             )
     selected = None
     if history and SELECTION_RULES[selection][0] in history[0]:
@@ -591,7 +568,7 @@ def _cpu_state(model: nn.Module) -> dict:
 def _rewrite_jsonl(path: Path | None, lines: list[dict]) -> None:
     if path is None:
         return
-    atomic_write_bytes(path, lambda h: h.write("".join(json.dumps(x) + "\n" for x in lines).encode()))
+    atomic.write_text(path, "".join(json.dumps(x) + "\n" for x in lines))
 
 
 def _print_epoch(line: dict, eval_sets: Mapping[str, Any]) -> None:

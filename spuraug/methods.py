@@ -36,12 +36,16 @@ _LOADED = False
 
 @dataclass(frozen=True)
 class Param:
-    """One hyperparameter: its default, the types a config value may have, allowed choices."""
+    """One hyperparameter: its default, the types a config value may have, allowed choices,
+    and the range of a number (``ge``: >=, ``gt``: >, ``le``: <=)."""
 
     default: Any
     types: tuple[type, ...]
     choices: tuple | None = None
     help: str = ""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
 
     def check(self, value: Any) -> str | None:
         """``None`` if ``value`` is acceptable, else why not."""
@@ -58,22 +62,28 @@ class Param:
             return f"expected {names}, got {type(value).__name__} {value!r}"
         if self.choices is not None and value not in self.choices:
             return f"expected one of {', '.join(map(str, self.choices))}, got {value!r}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            for op, bound, ok in ((">=", self.ge, lambda b: value >= b), (">", self.gt, lambda b: value > b),
+                                  ("<=", self.le, lambda b: value <= b)):
+                if bound is not None and not ok(bound):
+                    return f"expected a number {op} {bound}, got {value!r}"
         return None
 
 
-def param(default: Any, *types: type, choices: tuple | None = None, help: str = "") -> Param:
+def param(default: Any, *types: type, choices: tuple | None = None, help: str = "",
+          ge: float | None = None, gt: float | None = None, le: float | None = None) -> Param:
     """A :class:`Param`; the types default to the type of ``default``."""
-    return Param(default, types or (type(default),), choices, help)
+    return Param(default, types or (type(default),), choices, help, ge, gt, le)
 
 
 #: Hyperparameters of every method that trains a network with :func:`spuraug.engine.fit`.
 TRAIN_PARAMS: dict[str, Param] = {
     "optimizer": param("sgd", choices=("sgd", "adam", "adamw")),
-    "lr": param(1e-3, float),
-    "momentum": param(0.9, float),
-    "weight_decay": param(1e-4, float),
-    "batch_size": param(32, int),
-    "epochs": param(10, int),
+    "lr": param(1e-3, float, gt=0),
+    "momentum": param(0.9, float, ge=0, le=1),
+    "weight_decay": param(1e-4, float, ge=0),
+    "batch_size": param(32, int, ge=1),
+    "epochs": param(10, int, ge=1),
     "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),
 }
 

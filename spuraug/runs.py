@@ -9,6 +9,9 @@ Layout::
         result.json     the selected epoch's metrics, annotation setting, timing
         done            written last
 
+The files' fields are those of :mod:`spuraug.records` (``RunConfig``, ``EpochLine``,
+``RunResult``): they are written through it, and read through it by the harness.
+
 :func:`run_method` skips a finished run (unless ``force``), resumes an unfinished one,
 and refuses to mix configs: a run folder made with another config is an error naming
 both hashes (``force`` moves the old folder aside to ``.seed<S>.previous``, so nothing
@@ -30,12 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from spuraug import engine
+from spuraug import atomic, engine
 from spuraug.config import ConfigError, load_config
 from spuraug.data.base import SpuriousDataset
 from spuraug.data.registry import get_dataset
 from spuraug.methods import get_method
 from spuraug.models import ToyCNN, build_model, load_toy_backbone_state
+from spuraug.records import EpochLine, RunConfig, RunResult
 
 __all__ = [
     "ConfigError",
@@ -61,9 +65,12 @@ def run_dir(runs_dir: str | os.PathLike, dataset: str, method: str, seed: int) -
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The JSON lines of a run folder's ``metrics.jsonl`` (or of that file itself)."""
+    """The JSON lines of a run folder's ``metrics.jsonl`` (or of that file itself), each
+    checked as a :class:`spuraug.records.EpochLine` (a line without ``epoch`` is a
+    :class:`~spuraug.records.RecordError` naming the file)."""
     p = Path(path)
-    return engine.read_jsonl(p / "metrics.jsonl" if p.is_dir() else p)
+    f = p / "metrics.jsonl" if p.is_dir() else p
+    return [EpochLine.from_dict(line, str(f)).to_dict() for line in engine.read_jsonl(f)]
 
 
 def build_model_from_config(model_config: dict, n_classes: int, pretrained: bool | None = None) -> nn.Module:
@@ -292,29 +299,28 @@ def run_method(
     elif force and (d / "done").is_file():
         _move_aside(d)
     d.mkdir(parents=True, exist_ok=True)
-    engine.atomic_write_json(config, d / "config.json")
+    RunConfig.from_dict(config).write(d / "config.json")
     t0 = time.perf_counter()
     if progress:
         print(f"[{dataset}/{method}/seed{seed}] training in {d} on {ctx.device}", file=sys.stderr)
     out = method_obj.run(ctx)
-    result = {
-        "dataset": dataset,
-        "method": method,
-        "seed": int(seed),
-        "selection": config["hparams"].get("selection", "val_worst_group_acc"),
-        "selected_epoch": out.get("selected_epoch"),
-        "annotation": method_obj.annotation_for(config["hparams"]),
-        "val": out.get("val"),
-        "test": out.get("test"),
-        "config_hash": config["config_hash"],
-        "wall_time_s": time.perf_counter() - t0,
-        "config": config,
-    }
-    for k, v in out.items():
-        if k not in result:
-            result[k] = _jsonable(v)
-    engine.atomic_write_json(result, d / "result.json")
-    engine.atomic_write_bytes(d / "done", lambda h: h.write(b"done\n"))
+    record = RunResult(
+        dataset=dataset,
+        method=method,
+        seed=int(seed),
+        selection=config["hparams"].get("selection", "val_worst_group_acc"),
+        selected_epoch=out.get("selected_epoch"),
+        annotation=method_obj.annotation_for(config["hparams"]),
+        val=out.get("val"),
+        test=out.get("test"),
+        config_hash=config["config_hash"],
+        wall_time_s=time.perf_counter() - t0,
+        config=config,
+    )
+    record.extra = {k: _jsonable(v) for k, v in out.items() if k not in record.to_dict()}
+    record.write(d / "result.json")
+    result = record.to_dict()
+    atomic.write_bytes(d / "done", b"done\n")
     return result
 
 

@@ -13,35 +13,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-import yaml
 
-
-def _parse_set(items: list[str]) -> dict:
+def check_runtime_options(args: argparse.Namespace) -> None:
+    """``--threads`` >= 1 and a ``--device`` torch knows, as one-line errors."""
     from spuraug.cli import UserError
 
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. erm.lr=0.01")
-        key, value = item.split("=", 1)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: expected an integer >= 1")
+    if args.device not in (None, "auto"):
+        import torch  # deferred: torch is heavy and argument checks should not need it otherwise
+
         try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise UserError(f"--set {item!r}: value is not valid YAML ({e})") from None
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-5 as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key.strip()] = parsed
-    return out
+            torch.device(args.device)
+        except (RuntimeError, ValueError):
+            raise UserError(f"--device {args.device!r}: not a device (cpu, cuda, cuda:1, mps)") from None
+
+
+def check_out_dir(out: str) -> None:
+    """``--out`` must be a folder this user can write to (or one that can be made)."""
+    from spuraug.cli import UserError
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write to {existing} (read-only or not a folder)")
 
 
 def train_command(args: argparse.Namespace) -> int:
     from spuraug.cli import UserError
-    from spuraug.config import ConfigError
+    from spuraug.config import ConfigError, check_seed, parse_overrides
     from spuraug.data.registry import dataset_names
     from spuraug.engine import NonFiniteLossError
     from spuraug.methods import method_names
@@ -51,13 +57,19 @@ def train_command(args: argparse.Namespace) -> int:
         raise UserError(f"unknown dataset {args.dataset!r}; known datasets: {', '.join(dataset_names())}")
     if args.method not in method_names():
         raise UserError(f"unknown method {args.method!r}; known methods: {', '.join(method_names())}")
+    check_runtime_options(args)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    overrides = _parse_set(args.set)
-    if args.weights:
-        overrides["model.weights"] = args.weights
+    try:
+        for seed in args.seed:
+            check_seed(seed)
+        overrides = parse_overrides([*(args.set or []), *([f"model.weights={json.dumps(args.weights)}"]
+                                                           if args.weights else [])])
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    check_out_dir(args.out)
     for seed in args.seed:
         d = run_dir(args.out, args.dataset, args.method, seed)
         was_done = (d / "done").is_file()

@@ -12,6 +12,9 @@ import tiny_models as tiny
 import torch
 import yaml
 
+from bench.sweep import ddb_generation_throughput
+from spuraug.records import RunConfig, RunResult, StageManifest
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -73,6 +76,14 @@ def test_ddb_method_writes_a_run_folder(config_file, tmp_path):
         (folder,) = list((art / "seed0").glob(f"{stage}-*"))
         m = json.loads((folder / "manifest.json").read_text())
         assert (folder / "done").is_file() and m["config_hash"] in folder.name and "counts" in m, stage
+        sm = StageManifest.read(folder / "manifest.json")  # the schema every reader uses
+        assert sm.stage == stage and sm.wall_time_s > 0
+        if stage != "sources":  # each stage records the images it processed: 5 sources, 5 samples
+            assert sm.images == 5 and sm.images_per_s == pytest.approx(5 / sm.wall_time_s, rel=0.05), stage
+    rows = {r["stage"]: r for r in ddb_generation_throughput(runs, "toy")}
+    assert set(rows) == {"segment", "inpaint", "prune"} and all(r["images"] == 5 for r in rows.values())
+    assert RunResult.read(d / "result.json").extra["ddb"]["n_generated_kept"] == info["n_generated_kept"]
+    assert RunConfig.read(d / "config.json").config_hash == saved["config_hash"]
     src = pd.read_csv(next((art / "seed0").glob("sources-*")) / "sources.csv")
     assert src.groupby("source_class").size().tolist() == [3, 2]
     assert (src.groupby("source_class")["loss"].apply(lambda s: s.is_monotonic_increasing)).all()

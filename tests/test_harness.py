@@ -20,7 +20,7 @@ from bench.summary import (
     records_from_runs_jsonl,
     summarize,
 )
-from bench.sweep import ddb_generation_throughput, parse_overrides, run_sweep
+from bench.sweep import ddb_generation_throughput, run_sweep
 
 
 @pytest.fixture
@@ -136,6 +136,8 @@ def test_sweep_writes_version_folder_with_provenance(toy_runs, tmp_path, capsys)
 
 
 def test_parse_overrides():
+    from spuraug.config import parse_overrides
+
     assert parse_overrides(["erm.epochs=2", "erm.lr=1e-3", "dataset.n_train=400", "seed_list=[1, 2]"]) == {
         "erm": {"epochs": 2, "lr": 1e-3}, "dataset": {"n_train": 400}, "seed_list": [1, 2]}
     with pytest.raises(ValueError, match="KEY=VALUE"):
@@ -143,15 +145,25 @@ def test_parse_overrides():
 
 
 def test_ddb_throughput_read_from_manifests(tmp_path):
-    d = tmp_path / "toy" / "ddb_artifacts" / "seed0" / "inpaint-abc"
-    d.mkdir(parents=True)
-    (d / "manifest.json").write_text(json.dumps({"stage": "inpaint", "n_generated": 120, "wall_time_s": 60.0}))
-    (tmp_path / "toy" / "ddb" / "seed0").mkdir(parents=True)
-    (tmp_path / "toy" / "ddb" / "seed0" / "manifest.json").write_text(
-        json.dumps({"stages": {"prune": {"images_per_s": 4.0}}}))
+    """The throughput rows come from the stage manifests the DDB artifacts write
+    (spuraug.records.StageManifest): finished stages only, images and seconds as written."""
+    from spuraug.ddb.artifacts import Artifact
+
+    seed_root = tmp_path / "toy" / "ddb_artifacts" / "seed0"
+    inpaint = Artifact(seed_root, "inpaint", {"k": 1})
+    inpaint.prepare()
+    inpaint.record_partial_time(20.0)  # an interrupted attempt: its time counts
+    inpaint.finish({"images": 120, "images_per_s": 3.0, "wall_time_s": 40.0, "counts": {"generated": 120}})
+    sources = Artifact(seed_root, "sources", {"k": 2})  # no images processed one by one: no row
+    sources.prepare()
+    sources.finish({"counts": {"sources": 10}, "wall_time_s": 1.0})
+    unfinished = Artifact(seed_root, "prune", {"k": 3})
+    unfinished.prepare()
+    unfinished.record_partial_time(5.0)
     rows = ddb_generation_throughput(tmp_path, "toy")
-    got = {r["stage"]: r["images_per_s"] for r in rows}
-    assert got == {"inpaint": pytest.approx(2.0), "prune": pytest.approx(4.0)}
+    assert [(r["stage"], r["images"], r["wall_time_s"], r["images_per_s"]) for r in rows] == [
+        ("inpaint", 120.0, 60.0, 3.0)]
+    assert rows[0]["manifest"] == str(inpaint.path / "manifest.json")
     assert ddb_generation_throughput(tmp_path, "celeba") == []
 
 
@@ -212,3 +224,21 @@ def test_local_launcher_skips_finished_and_survives_failures(tmp_path, monkeypat
     assert "boom" in outcomes[1].error
     assert logs[0].startswith("[1/3] toy/erm/seed0: already finished")
     assert any(line.startswith("[3/3] toy/erm/seed1: done in") for line in logs)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--set", "erm.epochs=-3"], "erm.epochs: expected a number >= 1, got -3"),
+    (["--set", "jtt.lambda_up=0"], "jtt.lambda_up: expected a number >= 1"),
+    (["--seeds", "0", "-1"], "seed -1"),
+    (["--set", "erm.epochs"], "expected KEY=VALUE"),
+])
+def test_sweep_checks_every_config_before_running(tmp_path, capsys, extra, needle):
+    """`make bench SET=...`: a bad value is one line and exit 2 before any run or folder."""
+    from bench.sweep import main as sweep_main
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    rc = sweep_main(["--dataset", "toy", "--methods", "erm", "jtt", "--runs-dir", str(runs),
+                     "--results-dir", str(results), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not runs.exists() and not results.exists()

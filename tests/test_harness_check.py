@@ -145,15 +145,14 @@ def test_subprocess_launcher_passes_the_same_config():
     of the in-process run (so the two launchers share run folders)."""
     from bench.launch import LocalLauncher, RunSpec
     from spuraug.cli import build_parser
-    from spuraug.config import load_config
-    from spuraug.train_cli import _parse_set
+    from spuraug.config import load_config, parse_overrides
 
     cmd = LocalLauncher.train_command(RunSpec("toy", "erm", 3, "some/runs", overrides=TINY))
     assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--out") + 1] == "some/runs"
     args = build_parser().parse_args(cmd[3:])
-    flat = _parse_set(args.set)
-    assert flat["dataset_options.n_train"] == 200 and flat["erm.keep_epochs"] == []
-    assert load_config("toy", "erm", None, flat)["config_hash"] == load_config("toy", "erm", None, TINY)["config_hash"]
+    parsed = parse_overrides(args.set)
+    assert parsed["dataset_options"]["n_train"] == 200 and parsed["erm"]["keep_epochs"] == []
+    assert load_config("toy", "erm", None, parsed)["config_hash"] == load_config("toy", "erm", None, TINY)["config_hash"]
 
 
 def test_write_reference_pools_this_machine_with_the_reference_machines(tmp_path, monkeypatch, capsys):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 from spuraug.toyworld.tokenizer import build_clip_tokenizer
+from spuraug.atomic import write_json
 
 # The published configs (stabilityai/stable-diffusion-2-inpainting, unet/config.json etc.).
 SD2_UNET = dict(
@@ -545,14 +545,6 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"wrote {args.out}")
     print(json.dumps(report, indent=2))
     return report
-
-
-def write_json(path: str, obj: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, p)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    from bench.sweep import parse_overrides
+    from spuraug.config import parse_overrides
 
     t0 = time.time()
     command = "python -m bench.studies.toy_pretrained_erm " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from spuraug import atomic
+from spuraug.records import StageManifest
 
 MANIFEST = "manifest.json"
 DONE = "done"
@@ -32,39 +33,9 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_save_image(path: Path, image: Any) -> None:
-    """Save a PIL image atomically (format from the suffix, PNG by default)."""
-    import io
-
-    buf = io.BytesIO()
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
-    image.save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue())
+def write_json_sorted(path: Path, obj: Any) -> None:
+    """A DDB artifact's JSON file: sorted keys, anything else as ``str``."""
+    atomic.write_json(path, obj, sort_keys=True, default=str)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -108,7 +79,7 @@ class Artifact:
         self.path.mkdir(parents=True, exist_ok=True)
         key_file = self.path / "key.json"
         if not key_file.is_file():
-            atomic_write_json(key_file, self.key_material)
+            write_json_sorted(key_file, self.key_material)
         return self.path
 
     def finish(self, manifest: dict) -> None:
@@ -120,14 +91,14 @@ class Artifact:
         # Wall time accumulates over interrupted attempts.
         merged["wall_time_s"] = float(old.get("wall_time_s_partial", 0.0)) + float(manifest.get("wall_time_s", 0.0))
         merged.pop("wall_time_s_partial", None)
-        atomic_write_json(self.path / MANIFEST, merged)
-        atomic_write_text(self.path / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        StageManifest.from_dict(merged, str(self.path / MANIFEST)).write(self.path / MANIFEST)
+        atomic.write_text(self.path / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
     def record_partial_time(self, seconds: float) -> None:
         """Keep the time spent by an interrupted attempt so the final manifest counts it."""
         old = self.manifest()
         old["wall_time_s_partial"] = float(old.get("wall_time_s_partial", 0.0)) + seconds
-        atomic_write_json(self.path / MANIFEST, old)
+        write_json_sorted(self.path / MANIFEST, old)
 
 
 @contextmanager

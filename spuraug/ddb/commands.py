@@ -13,8 +13,6 @@ import argparse
 import json
 import sys
 
-import yaml
-
 STAGE_COMMANDS = ("invert", "sources", "segment", "inpaint", "prune", "retrain", "run")
 
 _HELP = {
@@ -28,34 +26,30 @@ _HELP = {
 }
 
 
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            from spuraug.cli import UserError
-
-            raise UserError(f"--set {item!r}: expected STAGE.OPTION=VALUE, e.g. inpaint.batch_size=16")
-        out[f"ddb.{key.strip()}"] = yaml.safe_load(value)
-    return out
-
-
 def overrides_from_args(args: argparse.Namespace) -> dict:
-    ov = _parse_set(args.set)
+    """The nested config overrides of the command line: ``--set STAGE.OPTION=VALUE`` items
+    and the shortcut options, all read by :func:`spuraug.config.parse_overrides` under ``ddb.``."""
+    from spuraug.config import ConfigError, parse_overrides
+
+    items = []
+    for item in args.set or []:
+        if "." not in item.partition("=")[0]:
+            raise ConfigError(f"--set {item!r}: expected STAGE.OPTION=VALUE, e.g. inpaint.batch_size=16")
+        items.append(item)
     shortcuts = {
-        "invert_model": "ddb.invert.model", "inpaint_model": "ddb.inpaint.model",
-        "segment_backend": "ddb.segment.backend", "detector_model": "ddb.segment.detector",
-        "sam_model": "ddb.segment.sam", "clipseg_model": "ddb.segment.clipseg",
+        "invert_model": "invert.model", "inpaint_model": "inpaint.model",
+        "segment_backend": "segment.backend", "detector_model": "segment.detector",
+        "sam_model": "segment.sam", "clipseg_model": "segment.clipseg",
     }
     for attr, key in shortcuts.items():
         v = getattr(args, attr, None)
         if v is not None:
-            ov[key] = v
+            items.append(f"{key}={json.dumps(v)}")
     for attr in ("engine", "workers"):  # scale-out (docs/scaleout.md): both sharded stages
         v = getattr(args, attr, None)
         if v is not None:
-            ov[f"ddb.inpaint.{attr}"] = ov[f"ddb.prune.{attr}"] = v
-    return ov
+            items += [f"inpaint.{attr}={json.dumps(v)}", f"prune.{attr}={json.dumps(v)}"]
+    return parse_overrides(items, prefix="ddb.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,7 +112,13 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _handle(args: argparse.Namespace) -> int:
+    from spuraug.config import check_seed
+    from spuraug.train_cli import check_out_dir, check_runtime_options
+
     cmd = args.ddb_command
+    check_seed(args.seed)
+    check_runtime_options(args)
+    check_out_dir(args.out)
     if args.threads:
         import torch
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from spuraug.methods import Param, param
+
 #: diffusers' textual-inversion object templates, with the class noun after the token
 #: (the public code's ``textual_inversion.py`` appends " animal"; DDB uses the class noun).
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -237,42 +239,71 @@ _CHOICES = {
 }
 
 
-def _coerce(obj: Any, key: str, value: Any, where: str) -> Any:
-    """``value`` checked against the type of the field's default (YAML reads ``1e9`` as a string)."""
+#: Ranges of numeric options (``ge``: >=, ``gt``: >, ``le``: <=), checked by
+#: :meth:`spuraug.methods.Param.check` like every other config value.
+_RANGES: dict[tuple[str, str], dict[str, float]] = {
+    **{("invert", k): {"ge": 1} for k in ("n_images", "resolution", "train_batch_size", "gradient_accumulation_steps",
+                                          "max_train_steps", "checkpoint_every")},
+    ("invert", "learning_rate"): {"gt": 0},
+    ("invert", "adam_beta1"): {"ge": 0, "le": 1},
+    ("invert", "adam_beta2"): {"ge": 0, "le": 1},
+    ("invert", "adam_weight_decay"): {"ge": 0},
+    ("invert", "adam_epsilon"): {"gt": 0},
+    ("invert", "seed"): {"ge": 0},
+    ("invert", "image_seed"): {"ge": 0},
+    ("sources", "batch_size"): {"ge": 1},
+    ("segment", "box_threshold"): {"ge": 0, "le": 1},
+    ("segment", "text_threshold"): {"ge": 0, "le": 1},
+    ("segment", "clipseg_threshold"): {"ge": 0, "le": 1},
+    ("segment", "batch_size"): {"ge": 1},
+    ("inpaint", "resolution"): {"ge": 8},
+    ("inpaint", "num_inference_steps"): {"ge": 1},
+    ("inpaint", "guidance_scale"): {"ge": 0},
+    ("inpaint", "strength"): {"gt": 0, "le": 1},
+    ("inpaint", "mask_dilation"): {"ge": 0},
+    ("inpaint", "batch_size"): {"ge": 1},
+    ("inpaint", "seed"): {"ge": 0},
+    ("inpaint", "workers"): {"ge": 0},
+    ("prune", "n_steps"): {"ge": 1},
+    ("prune", "internal_batch_size"): {"ge": 1},
+    ("prune", "batch_size"): {"ge": 1},
+    ("prune", "workers"): {"ge": 0},
+    ("retrain", "lr"): {"gt": 0},
+    ("retrain", "batch_size"): {"ge": 1},
+    ("retrain", "epochs"): {"ge": 1},
+    ("retrain", "weight_decay"): {"ge": 0},
+}
+#: Each element of these list options must be >= 0 (K per class, gamma per class).
+_NON_NEGATIVE_LISTS = {("sources", "k"), ("retrain", "gamma")}
+
+
+def _param(stage: str, obj: Any, key: str) -> Param:
+    """The :class:`~spuraug.methods.Param` of one option: the type of its default, its choices, its range."""
     default = getattr(obj, key)
-    if value is None or default is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if isinstance(default, int):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if isinstance(default, str):
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if isinstance(default, list):
-            if not isinstance(value, (list, tuple)):
-                raise TypeError
-            return list(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected {type(default).__name__}, got {type(value).__name__} {value!r}") from None
+    types = (object,) if default is None else (type(default),)
+    return param(default, *types, choices=_CHOICES.get((stage, key)), **_RANGES.get((stage, key), {}))
+
+
+def _check(stage: str, obj: Any, key: str, value: Any, where: str) -> Any:
+    """``value`` checked by the option's :class:`Param` (an int for a float option becomes a float)."""
+    why = _param(stage, obj, key).check(value)
+    if why is None and (stage, key) in _NON_NEGATIVE_LISTS:
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0]
+        why = f"expected numbers >= 0, got {value!r}" if bad else None
+    if why:
+        raise ValueError(f"{where}: {why}")
+    if isinstance(getattr(obj, key), float) and isinstance(value, int):
+        return float(value)
+    if isinstance(value, tuple):
+        return list(value)
     return value
 
 
 def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDBConfig:
     """Build a :class:`DDBConfig` from a ``ddb:`` mapping of ``{stage: {field: value}}``.
 
-    Keys not given keep the defaults. An unknown stage or field, or a value outside a
-    field's choices, raises ``ValueError`` naming ``where.stage.field``.
+    Keys not given keep the defaults. An unknown stage or field, a value of the wrong type,
+    outside a field's choices or out of its range raises ``ValueError`` naming ``where.stage.field``.
     """
     section = dict(section or {})
     cfg = DDBConfig()
@@ -288,23 +319,5 @@ def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDB
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"{where}.{stage}.{key}: unknown option; known: {', '.join(sorted(known))}")
-            value = _coerce(obj, key, value, f"{where}.{stage}.{key}")
-            choices = _CHOICES.get((stage, key))
-            if choices is not None and value not in choices:
-                raise ValueError(f"{where}.{stage}.{key}: {value!r} is not one of {choices}")
-            setattr(obj, key, value)
+            setattr(obj, key, _check(stage, obj, key, value, f"{where}.{stage}.{key}"))
     return cfg
-
-
-def apply_overrides(cfg: DDBConfig, overrides: dict[str, Any]) -> DDBConfig:
-    """Set dotted options (``{"inpaint.batch_size": 4}``) on ``cfg``; ``None`` values are skipped."""
-    nested: dict[str, dict] = {}
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        stage, _, key = dotted.partition(".")
-        nested.setdefault(stage, {})[key] = value
-    current = cfg.to_dict()
-    for stage, values in nested.items():
-        current.setdefault(stage, {}).update(values)
-    return ddb_config(current)

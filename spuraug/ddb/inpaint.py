@@ -27,10 +27,12 @@ import torch
 from PIL import Image, ImageFilter
 from tqdm.auto import tqdm
 
+from spuraug import atomic
 from spuraug.ddb import hub
-from spuraug.ddb.artifacts import atomic_save_image, atomic_write_json, read_json, safe_name
+from spuraug.ddb.artifacts import read_json, safe_name, write_json_sorted
 from spuraug.ddb.config import ATTENTION_BACKENDS, InpaintConfig
-from spuraug.ddb.invert import mask_image, resolve_device
+from spuraug.ddb.invert import mask_image
+from spuraug.engine import resolve_device
 
 _SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -252,7 +254,7 @@ def inpaint(
                     continue
                 final = paste_back(src, gen_img, mfull) if cfg.paste_back else gen_img.resize(src.size, Image.Resampling.BICUBIC)
                 img_path = img_dir / f"{p.sample_id}.png"
-                atomic_save_image(img_path, final)
+                atomic.save_image(img_path, final)
                 label = p.target_class if cfg.label == "new" else p.source.source_class
                 record = {
                     "sample_id": p.sample_id, "file": str(img_path.relative_to(rel_root)),
@@ -264,7 +266,7 @@ def inpaint(
                     "resolution": r, "paste_back": cfg.paste_back, "mask_dilation": cfg.mask_dilation,
                     "mask_mode": cfg.mask_mode,
                 }
-                atomic_write_json(img_dir / f"{p.sample_id}.json", record)
+                write_json_sorted(img_dir / f"{p.sample_id}.json", record)
                 done.add(p.sample_id)
                 pbar.update(1)
                 if on_written is not None:

@@ -27,17 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from spuraug import atomic
 from spuraug.ddb import hub
-from spuraug.ddb.artifacts import atomic_write_bytes
 from spuraug.ddb.config import InvertConfig
+from spuraug.engine import resolve_device
 
 EMBEDS_FILE = "learned_embeds.safetensors"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def class_tokens(cfg_tokens: Sequence[str] | None, n_classes: int) -> list[str]:
@@ -164,7 +159,7 @@ def save_learned_embeds(path: Path, token: str, vector: torch.Tensor) -> None:
     from safetensors.torch import save
 
     data = save({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, metadata={"format": "pt"})
-    atomic_write_bytes(Path(path), data)
+    atomic.write_bytes(Path(path), data)
 
 
 def load_learned_embeds(path: Path) -> dict[str, torch.Tensor]:
@@ -365,4 +360,4 @@ def _save_checkpoint(path: Path, sub: RowSubstitution, opt, lr_sched, gen: torch
     buf = io.BytesIO()
     torch.save({"rows": sub.rows.detach().cpu(), "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
                 "generator": gen.get_state(), "step": step}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())

@@ -38,6 +38,12 @@ class DDB(Method):
         "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),
     }
 
+    @staticmethod
+    def check_hparams(hparams: dict, where: str) -> None:
+        """Validate every stage's options (types, choices, ranges) when the config is loaded,
+        before any file is written (:func:`spuraug.config.validate` calls this)."""
+        config_from_hparams(hparams, where=where)
+
     def stale_reason(self, ctx, result: dict) -> str | None:
         """A finished DDB run is stale when the weights behind its models changed since (a
         retrained toy zoo, another snapshot in a local folder): same config, other images."""

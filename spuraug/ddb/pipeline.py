@@ -30,10 +30,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from spuraug import atomic
 from spuraug.ddb import hub
-from spuraug.ddb.artifacts import Artifact, atomic_save_image, atomic_write_text, read_json, safe_name, timed
+from spuraug.ddb.artifacts import Artifact, read_json, safe_name, timed, write_json_sorted
 from spuraug.ddb.config import DDBConfig
-from spuraug.ddb.invert import EMBEDS_FILE, class_tokens, resolve_device
+from spuraug.ddb.invert import EMBEDS_FILE, class_tokens
+from spuraug.engine import resolve_device
 
 #: Options that change speed or memory but not results: left out of artifact keys.
 RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size", "engine", "workers",
@@ -278,7 +280,7 @@ class Stages:
                 losses = torch.nn.functional.cross_entropy(lg, torch.as_tensor(np.array(train.y)), reduction="none").numpy()
                 probs = lg.softmax(1).numpy()
                 table = select_sources(train.y, losses, probs, self.cfg.sources.k, train.ids)
-                atomic_write_text(art.path / "sources.csv", table.to_csv(index=False))
+                atomic.write_text(art.path / "sources.csv", table.to_csv(index=False))
             counts = {str(c): int((table.source_class == c).sum()) for c in range(self.n_classes)}
             art.finish({"counts": {"sources": int(len(table)), "per_class": counts},
                         "psi": {str(k): v for k, v in psi(table).items()}, "erm": erm_key,
@@ -317,11 +319,11 @@ class Stages:
                 if self.source_path(int(r.position)) is None:
                     f = src_dir / f"{safe_name(str(r.source_id))}.png"
                     if not f.is_file():
-                        atomic_save_image(f, self.source_image(int(r.position)))
+                        atomic.save_image(f, self.source_image(int(r.position)))
         models = ({"detector": cfg.detector, "sam": cfg.sam} if cfg.backend == "grounded_sam"
                   else {"clipseg": cfg.clipseg})
         art.finish({"counts": counts, "models": {k: {"id": v, "revision": hub.revision_of(v)} for k, v in models.items()},
-                    "images_per_s": len(table) / max(t["wall_time_s"], 1e-9), "backend": cfg.backend, "prompt": cfg.prompt, "wall_time_s": t["wall_time_s"],
+                    "images": len(table), "images_per_s": len(table) / max(t["wall_time_s"], 1e-9), "backend": cfg.backend, "prompt": cfg.prompt, "wall_time_s": t["wall_time_s"],
                     "config": asdict(cfg)})
         return art
 
@@ -361,12 +363,12 @@ class Stages:
                 from spuraug.ddb.scaleout import inpaint_sharded
 
                 table, engine = inpaint_sharded(self, plan, embeds, art.path)
-            atomic_write_text(art.path / "samples.csv", table.to_csv(index=False))
+            atomic.write_text(art.path / "samples.csv", table.to_csv(index=False))
         per = {str(c): int((table.source_class == c).sum()) for c in range(self.n_classes)} if len(table) else {}
         art.finish({"counts": {"planned": len(plan), "generated": int(len(table)), "per_source_class": per},
                     "models": {"inpainting": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
                     "tokens": self.tokens(), "seeds": {"base": cfg.seed, "per_sample": "sha256(base|source_id|target)"},
-                    "label": cfg.label, "images_per_s": len(plan) / max(t["wall_time_s"], 1e-9),
+                    "label": cfg.label, "images": len(plan), "images_per_s": len(plan) / max(t["wall_time_s"], 1e-9),
                     "engine": engine or {"engine": "local", "workers": 1},
                     "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
         return art
@@ -405,24 +407,23 @@ class Stages:
                     psi=psi(sources), transform=self.eval_transform, ig_target=cfg.ig_target,
                     n_steps=cfg.n_steps, internal_batch_size=cfg.internal_batch_size, batch_size=cfg.batch_size,
                     device=self.torch_device, done=done,
-                    on_batch=lambda df: atomic_write_text(partial, df.to_csv(index=False)),
+                    on_batch=lambda df: atomic.write_text(partial, df.to_csv(index=False)),
                 )
-                atomic_write_text(art.path / "scores.csv", scores.to_csv(index=False))
+                atomic.write_text(art.path / "scores.csv", scores.to_csv(index=False))
                 partial.unlink(missing_ok=True)
             art.finish({"counts": {"generated": int(len(scores))}, "ig": {"n_steps": cfg.n_steps,
-                        "target": cfg.ig_target}, "images_per_s": len(scores) / max(t["wall_time_s"], 1e-9),
+                        "target": cfg.ig_target}, "images": int(len(scores)),
+                        "images_per_s": len(scores) / max(t["wall_time_s"], 1e-9),
                         "wall_time_s": t["wall_time_s"], "config": asdict(cfg),
                         "engine": engine or {"engine": "local", "workers": 1}})
         scores = pd.read_csv(art.path / "scores.csv", dtype={"source_id": str, "sample_id": str})
         table = self.verdicts(scores, samples, sources)
-        atomic_write_text(art.path / "table.csv", table.to_csv(index=False))
+        atomic.write_text(art.path / "table.csv", table.to_csv(index=False))
         counts = prune_counts(table)
         manifest = art.manifest()
         manifest.setdefault("verdicts", {})[f"P={cfg.threshold},rho={cfg.rho}"] = counts
         manifest["counts"] = counts
-        from spuraug.ddb.artifacts import atomic_write_json
-
-        atomic_write_json(art.path / "manifest.json", manifest)
+        write_json_sorted(art.path / "manifest.json", manifest)
         return table
 
     def verdicts(self, scores: pd.DataFrame, samples: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:

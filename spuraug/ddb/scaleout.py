@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from spuraug.ddb.artifacts import atomic_write_json, read_json
+from spuraug.ddb.artifacts import read_json, write_json_sorted
 from spuraug.ddb.engines import Engine, Shard, WorkerSpec, chunk, make_engine
 
 #: Shards hold this many of the stage's batches (retry granularity vs per-shard overhead).
@@ -217,7 +217,7 @@ class PruneWorker:
                 row = {"sample_id": r["sample_id"], "source_id": r["source_id"],
                        "source_class": int(r["source_class"]), "target_class": int(r["target_class"]),
                        "label": int(r["label"]), "psi": float(self.psi[int(r["source_class"])]), **s}
-                atomic_write_json(f, row)
+                write_json_sorted(f, row)
                 self.count += 1
                 if self.fault is not None:
                     self.fault.hit(self.count)

@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from spuraug import atomic
 from spuraug.ddb import hub
-from spuraug.ddb.artifacts import atomic_save_image, atomic_write_json, read_json, safe_name
+from spuraug.ddb.artifacts import read_json, safe_name, write_json_sorted
 from spuraug.ddb.config import SegmentConfig
-from spuraug.ddb.invert import resolve_device
+from spuraug.engine import resolve_device
 
 #: ``segmenter(images, prompt) -> [(mask bool[H, W] or None, score)]``
 Segmenter = Callable[[list[Image.Image], str], list[tuple[np.ndarray | None, float]]]
@@ -178,8 +179,8 @@ def segment_sources(
                 meta = {"source_id": sid, "found": mask is not None, "score": score,
                         "area": float(mask.mean()) if mask is not None else 0.0, "size": [im.width, im.height]}
                 if mask is not None:
-                    atomic_save_image(mask_path(mask_dir, sid), Image.fromarray((mask * 255).astype(np.uint8)))
-                atomic_write_json(mask_dir / f"{safe_name(sid)}.json", meta)
+                    atomic.save_image(mask_path(mask_dir, sid), Image.fromarray((mask * 255).astype(np.uint8)))
+                write_json_sorted(mask_dir / f"{safe_name(sid)}.json", meta)
                 pbar.update(1)
     finally:
         pbar.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from spuraug import atomic
 from spuraug.toyworld.render import (
     BACKGROUNDS,
     COLOR_WORDS,
@@ -147,11 +148,8 @@ def generate_world(config: WorldConfig = WorldConfig(), cache_dir: str | None = 
     if world is None:
         world = _render(config)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, images=world.images, masks=world.masks, digits=world.digits,
-                     backgrounds=world.backgrounds, colors=world.colors)
-            os.replace(tmp, path)
+            atomic.write_bytes(path, lambda h: np.savez(h, images=world.images, masks=world.masks, digits=world.digits,
+                                                        backgrounds=world.backgrounds, colors=world.colors))
     for arr in (world.images, world.masks, world.digits, world.backgrounds, world.colors):
         arr.setflags(write=False)
     return world

@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def recipe_changes(recipe, items: list[str], flag: str = "--set") -> dict:
-    """``FIELD=VALUE`` items as recipe field changes (YAML values; lists become tuples);
-    ``SystemExit`` naming ``flag`` and the item for anything else."""
+    """``FIELD=VALUE`` items as recipe field changes (values read by the suite's one override
+    parser, :func:`spuraug.config.parse_overrides`; lists become tuples); ``SystemExit``
+    naming ``flag`` and the item for anything else."""
     from dataclasses import fields
 
-    import yaml
+    from spuraug.config import ConfigError, parse_overrides
 
     known = {f.name for f in fields(recipe)}
     changes = {}
@@ -63,7 +64,10 @@ def recipe_changes(recipe, items: list[str], flag: str = "--set") -> dict:
         if not sep or key not in known:
             raise SystemExit(f"{flag} {item!r}: not KEY=VALUE; expected FIELD=VALUE with FIELD one of the "
                              f"recipe's fields ({', '.join(sorted(known))})")
-        parsed = yaml.safe_load(value)
+        try:
+            parsed = parse_overrides([item])[key]
+        except ConfigError as e:
+            raise SystemExit(f"{flag} {item!r}: {e}") from None
         changes[key] = tuple(parsed) if isinstance(parsed, list) else parsed
     return changes
 
