@@ -252,3 +252,38 @@ def test_torn_prune_partial_is_dropped(tmp_path, capsys):
     assert list(_read_partial(good, samples).sample_id) == ["s1"]
     good.write_text("sample_id,source_id,p\ns1,a,0.5\ns2,\x00\x00")
     assert _read_partial(good, samples) is None and "torn" in capsys.readouterr().err and not good.exists()
+
+
+# ---------------------------------------------------------------------------- 6. network
+
+
+def test_loading_without_offline_variables_fails_fast_in_one_line(tmp_path):
+    """HF_HUB_OFFLINE unset and no network: a loading command does not retry the hub; it names
+    the model id and `make weights` in one line (exit 2). The timeout is the hang check."""
+    env = {k: v for k, v in _env().items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SPURAUG_OFFLINE", "SPURAUG_ONLINE")}
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache
+    model = "nosuch-org/nosuch-diffusion-model"
+    cli = "import sys; from spuraug.cli import main; sys.exit(main())"  # what the `spuraug` script runs
+    p = subprocess.run([sys.executable, "-c", cli, "ddb", "invert", "--dataset", "toy", "--out",
+                        str(tmp_path / "runs"), "--invert-model", model, "--set", "invert.resolution=16"],
+                       env=env, capture_output=True, text=True, timeout=240)
+    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert len(err) == 1 and model in err[0] and "make weights" in err[0], p.stderr[-2000:]
+
+
+def test_network_allowed_only_when_asked(monkeypatch):
+    from spuraug.weights import network_allowed
+
+    for v in ("HF_HUB_OFFLINE", "SPURAUG_OFFLINE", "SPURAUG_ONLINE"):
+        monkeypatch.delenv(v, raising=False)
+    assert not network_allowed()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert network_allowed()
+    monkeypatch.setenv("SPURAUG_OFFLINE", "1")
+    assert not network_allowed()
+    monkeypatch.delenv("SPURAUG_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("SPURAUG_ONLINE", "1")
+    assert network_allowed()
