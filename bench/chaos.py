@@ -7,9 +7,10 @@ and compare everything with an uninterrupted run.
 Two runs folders are made with the same tiny settings (tiny diffusion and CLIPSeg models
 from :mod:`spuraug.ddb.tiny`, a small toy benchmark, a few epochs; see :func:`tiny_config`):
 the reference runs each target once through the CLI; the chaos run starts the same command,
-sends SIGKILL to its process group after a seeded random delay (a fraction of the
-reference's time for that target), and repeats until the planned kills of that target are
-spent, then lets it finish. Targets, in order: ERM training (``spuraug train --method erm``),
+watches the files it writes and sends SIGKILL to its process group at a seeded random
+point of its progress (after the k-th file write of the ones the reference made, k drawn
+from those still to come, plus up to half a second), and repeats until the planned kills of
+that target are spent, then lets it finish. Targets, in order: ERM training (``spuraug train --method erm``),
 the DDB stages (``spuraug ddb invert|sources|segment|inpaint|prune``) and DDB's retraining
 (``spuraug train --method ddb``). Kills are spread over the targets round robin.
 
@@ -34,6 +35,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,32 +97,51 @@ def _env() -> dict:
             "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
 
 
-def run_to_end(cmd: list[str], log) -> float:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[3:])} failed (exit {p.returncode}): {p.stderr[-2000:]}")
-    log(p.stderr)
-    return time.perf_counter() - t0
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every result file under ``root`` and its (mtime, size): bookkeeping and temporaries out."""
+    out = {}
+    if root.is_dir():
+        for f in root.rglob("*"):
+            if f.name in SKIP_NAMES or f.name.endswith((".lock", ".tmp")):
+                continue
+            try:
+                st = f.stat()
+            except OSError:  # renamed meanwhile
+                continue
+            if not f.is_dir():
+                out[str(f)] = (st.st_mtime_ns, st.st_size)
+    return out
 
 
-def run_and_kill(cmd: list[str], delay: float, log) -> bool:
-    """Start ``cmd`` in its own process group, SIGKILL the group after ``delay`` seconds;
-    whether the kill landed (the command was still running)."""
+def run_watched(cmd: list[str], root: Path, kill_at: int | None = None, extra_s: float = 0.0,
+                poll_s: float = 0.05) -> tuple[int, bool]:
+    """Run ``cmd`` (its own process group), counting the files it writes under ``root``
+    (polled). With ``kill_at``: SIGKILL the group ``extra_s`` seconds after the
+    ``kill_at``-th write, so kills land at a moment of its progress, not of the clock (the
+    machine's load changes how long anything takes). Returns (writes seen, killed)."""
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
-    try:
-        p.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        p.stderr.close()
-        return True
-    log(p.stderr.read())
-    p.stderr.close()
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True)
+    reader.start()
+    seen, before = 0, _snapshot(root)
+    while p.poll() is None:
+        time.sleep(poll_s)
+        now = _snapshot(root)
+        seen += sum(1 for k, v in now.items() if before.get(k) != v)
+        before = now
+        if kill_at is not None and seen >= kill_at:
+            time.sleep(extra_s)
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                reader.join()
+                return seen, True
+    reader.join()
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[3:])} failed (exit {p.returncode})")
-    return False
+        raise RuntimeError(f"{' '.join(cmd[3:])} failed (exit {p.returncode}): {''.join(err)[-2000:]}")
+    now = _snapshot(root)
+    return seen + sum(1 for k, v in now.items() if before.get(k) != v), False
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -258,33 +279,38 @@ def run_chaos(dataset: str = "toy", kills: int = 10, seed: int = 0, targets: lis
     rng = random.Random(seed)
     plan = plan_kills(targets, kills)
 
-    def quiet(text: str) -> None:
-        pass
-
     t_start = time.perf_counter()
 
-    durations = {}
+    durations, writes = {}, {}
     for t in chain:
-        durations[t] = run_to_end(command(t, ref, cfg_path), quiet)
-        log(f"reference {t}: {durations[t]:.1f} s")
+        t0 = time.perf_counter()
+        writes[t], _ = run_watched(command(t, ref, cfg_path), ref)
+        durations[t] = time.perf_counter() - t0
+        log(f"reference {t}: {durations[t]:.1f} s, {writes[t]} file writes")
     landed = dict.fromkeys(chain, 0)
-    moments: dict[str, list[float]] = {t: [] for t in chain}
+    moments: dict[str, list[str]] = {t: [] for t in chain}
     for t in chain:
+        done_writes = 0
         for _ in range(plan.get(t, 0)):
-            delay = rng.uniform(0.3, 0.95) * durations[t]
-            hit = run_and_kill(command(t, got, cfg_path), delay, quiet)
+            # a random point of the remaining progress, plus up to half a second
+            left = max(1, writes[t] - done_writes)
+            k = rng.randint(1, max(1, left - 1))
+            extra = round(rng.uniform(0.0, 0.5), 2)
+            seen, hit = run_watched(command(t, got, cfg_path), got, kill_at=k, extra_s=extra)
+            done_writes += seen
             landed[t] += hit
-            moments[t].append(round(delay, 2))
-            log(f"chaos {t}: SIGKILL after {delay:.1f} s " + ("(landed)" if hit else "(missed: it had finished)"))
+            moments[t].append(f"write {k}+{extra}s")
+            log(f"chaos {t}: SIGKILL {extra} s after write {k} of about {left} left "
+                + ("(landed)" if hit else "(missed: it had finished)"))
             if not hit:
                 break
-        run_to_end(command(t, got, cfg_path), quiet)
+        run_watched(command(t, got, cfg_path), got)
     cmp = compare(ref, got)
     rows = []
     for t in chain:
         c = cmp.get(t, {"files": 0, "lost": 0, "duplicated": 0, "extra": 0, "tmp_leftovers": 0,
                         "byte_identical": 0, "identical": 0, "different": [], "metrics_equal": None})
-        rows.append({"target": t, "kills": landed[t], "kill_after_s": moments[t], **c})
+        rows.append({"target": t, "kills": landed[t], "kill_points": moments[t], **c})
     total = {"target": "total", "kills": sum(r["kills"] for r in rows),
              **{k: sum(r[k] for r in rows) for k in ("files", "lost", "duplicated", "extra", "tmp_leftovers",
                                                      "byte_identical", "identical")}}
