@@ -8,8 +8,8 @@ Two runs folders are made with the same tiny settings (tiny diffusion and CLIPSe
 from :mod:`spuraug.ddb.tiny`, a small toy benchmark, a few epochs; see :func:`tiny_config`):
 the reference runs each target once through the CLI; the chaos run starts the same command,
 watches the files it writes and sends SIGKILL to its process group at a seeded random
-point of its progress (after the k-th file write of the ones the reference made, k drawn
-from those still to come, plus up to half a second), and repeats until the planned kills of
+point of its progress (after the k-th file write of the ones the reference made, the i-th
+of n kills drawn from the i-th n-th of them, plus up to half a second), and repeats until the planned kills of
 that target are spent, then lets it finish. Targets, in order: ERM training (``spuraug train --method erm``),
 the DDB stages (``spuraug ddb invert|sources|segment|inpaint|prune``) and DDB's retraining
 (``spuraug train --method ddb``). Kills are spread over the targets round robin.
@@ -290,17 +290,19 @@ def run_chaos(dataset: str = "toy", kills: int = 10, seed: int = 0, targets: lis
     landed = dict.fromkeys(chain, 0)
     moments: dict[str, list[str]] = {t: [] for t in chain}
     for t in chain:
-        done_writes = 0
-        for _ in range(plan.get(t, 0)):
-            # a random point of the remaining progress, plus up to half a second
-            left = max(1, writes[t] - done_writes)
-            k = rng.randint(1, max(1, left - 1))
+        done_writes, n = 0, plan.get(t, 0)
+        for i in range(n):
+            # the i-th of n kills lands in the i-th n-th of the target's progress (its k-th file
+            # write of the reference's, counted over the attempts so far), plus up to half a second
+            lo, hi = 1 + (i * writes[t]) // n, max(1 + (i * writes[t]) // n, ((i + 1) * writes[t]) // n - 1)
+            k_abs = rng.randint(lo, hi)
+            k = max(1, k_abs - done_writes)
             extra = round(rng.uniform(0.0, 0.5), 2)
             seen, hit = run_watched(command(t, got, cfg_path), got, kill_at=k, extra_s=extra)
             done_writes += seen
             landed[t] += hit
-            moments[t].append(f"write {k}+{extra}s")
-            log(f"chaos {t}: SIGKILL {extra} s after write {k} of about {left} left "
+            moments[t].append(f"write {k_abs}/{writes[t]}+{extra}s")
+            log(f"chaos {t}: SIGKILL {extra} s after write {k_abs} of {writes[t]} "
                 + ("(landed)" if hit else "(missed: it had finished)"))
             if not hit:
                 break
