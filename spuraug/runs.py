@@ -357,7 +357,8 @@ def run_method(
     inputs changed), it is moved aside (``.seed<S>.previous``) and redone.
     """
     ctx = _context(dataset, method, seed, runs_dir, data_dir, config_file, overrides, device, progress)
-    ctx.load_split("train", "eval")  # missing data fails here, before any folder is made
+    if force or not (ctx.dir / "done").is_file():
+        ctx.load_split("train", "eval")  # missing data fails here, before any folder (or lock) is made
     label = f"{dataset}/{method}/seed{seed}"
     with run_lock(ctx.dir, label):
         return _run_locked(ctx, get_method(method)(), force, label)
@@ -375,6 +376,7 @@ def _run_locked(ctx: RunContext, method_obj, force: bool, label: str) -> dict:
         result, stale = _finished(ctx, method_obj, old)
         if result is not None:
             return result
+    ctx.load_split("train", "eval")  # cached when checked above
     kept = None
     if stale is not None:
         kept = _move_aside(d)
