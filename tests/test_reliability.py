@@ -325,3 +325,38 @@ def test_chaos_bench_smoke_one_kill(tmp_path):
     assert rc == 0, report
     assert t["files"] >= 5 and t["lost"] == 0 and t["duplicated"] == 0 and t["identical"] == t["files"]
     assert [r["target"] for r in report["rows"]] == ["erm"] and report["planned_kills"] == {"erm": 1}
+
+
+def test_torn_inversion_checkpoint_restarts_the_token(tmp_path, capsys, one_thread):
+    """A finished invert stage whose embedding file was truncated and whose checkpoint is torn:
+    one line each, the token is trained again and comes out the same."""
+    import yaml
+
+    from spuraug.config import load_config
+    from spuraug.ddb import artifacts, tiny
+    from spuraug.ddb.method import config_from_hparams
+    from spuraug.ddb.pipeline import Stages
+
+    sd = tiny.save_stable_diffusion(tmp_path / "sd9", in_channels=9, image_size=16)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80},
+        "model": {"name": "toy_cnn", "width": 8, "pretrained": False},
+        "ddb": {"invert": {"model": str(sd), "resolution": 16, "max_train_steps": 4, "checkpoint_every": 2,
+                           "n_images": 2, "initializer_token": "digit", "noun": "digit"}},
+    }))
+    resolved = load_config("toy", "ddb", cfg_file)
+    cfg = config_from_hparams(resolved["hparams"], where="test")
+    stages = Stages("toy", 0, cfg, runs_dir=tmp_path / "runs", dataset_options=resolved["dataset_options"],
+                    device="cpu")
+    art = stages.invert()
+    emb = art.path / "class0" / "learned_embeds.safetensors"
+    good = emb.read_bytes()
+    emb.write_bytes(good[: len(good) // 2])
+    (art.path / "class0" / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    artifacts._VERIFIED.clear()
+    capsys.readouterr()
+    art = stages.invert()
+    err = capsys.readouterr().err
+    assert "class0/learned_embeds.safetensors" in err and "checkpoint.pt: unreadable" in err
+    assert art.done and emb.read_bytes() == good
