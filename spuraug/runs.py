@@ -354,7 +354,10 @@ def run_method(
     A finished run (``done`` present, same config, not stale) is returned as is; an
     unfinished one resumes from ``checkpoints/last.pt``. Every input is validated before any
     file is touched. With ``force``, or when the method finds the finished run stale (its
-    inputs changed), it is moved aside (``.seed<S>.previous``) and redone.
+    inputs changed), it is moved aside (``.seed<S>.previous``) and redone; if the new run
+    fails before it starts (nothing beyond ``config.json`` written), the previous one is put
+    back. The run's file lock (:func:`run_lock`) is held throughout: a second process on the
+    same run waits for this one.
     """
     ctx = _context(dataset, method, seed, runs_dir, data_dir, config_file, overrides, device, progress)
     if force or not (ctx.dir / "done").is_file():
