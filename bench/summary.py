@@ -18,6 +18,7 @@ Conventions (also in docs/harness.md):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spuraug import atomic
 from spuraug.records import RecordError, RunResult
 
 #: The fixed leading columns of summary.csv, in order.
@@ -261,7 +263,7 @@ def run_line(record: RunRecord) -> dict:
 def write_runs_jsonl(records: Iterable[RunRecord], out_dir: Path) -> Path:
     """Write ``out_dir/runs.jsonl``: one :func:`run_line` per finished run, by method then seed."""
     path = out_dir / RUNS_FILE
-    path.write_text("".join(json.dumps(run_line(r), allow_nan=True) + "\n" for r in records))
+    atomic.write_text(path, "".join(json.dumps(run_line(r), allow_nan=True) + "\n" for r in records))
     return path
 
 

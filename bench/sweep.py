@@ -10,6 +10,11 @@ summary.csv, summary.md, summary.tex, provenance.json, ``runs.jsonl`` (one line 
 method, seed, config hash, selected epoch, metrics) and, when DDB's artifacts are under the
 runs folder, ``ddb_examples.png``. Per-epoch lines and checkpoints stay in the runs folder.
 See docs/harness.md.
+
+One sweep at a time per runs folder and dataset (a file lock, ``<runs-dir>/<dataset>/.sweep.lock``):
+a second sweep started meanwhile says so in one line and exits 0 without training or
+writing a version folder (the first one's holds the results); each run also has its own
+lock (:func:`spuraug.runs.run_lock`), so a ``spuraug train`` on a run being swept waits.
 """
 
 from __future__ import annotations
@@ -132,6 +137,15 @@ def build_provenance(command: str, dataset: str, methods: Sequence[str], seeds: 
     }
 
 
+class SweepBusy(RuntimeError):
+    """Another sweep holds the runs folder's sweep lock."""
+
+
+def sweep_lock_path(runs_dir: str | Path, dataset: str) -> Path:
+    """The lock a sweep holds on ``runs_dir/<dataset>`` while it trains and writes its version folder."""
+    return Path(runs_dir) / dataset / ".sweep.lock"
+
+
 def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = DEFAULT_SEEDS,
               runs_dir: str = "runs", results_dir: str = "results", data_dir: str | None = None,
               config_file: str | None = None, overrides: dict | None = None, launcher: str = "local",
@@ -150,6 +164,28 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
     git = git_state()
     t0 = time.monotonic()
     outcomes: list[RunOutcome] = []
+    lock = None
+    if run:
+        from filelock import FileLock, Timeout
+
+        path = sweep_lock_path(runs_dir, dataset)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SweepBusy(f"another sweep is running on {Path(runs_dir) / dataset} (lock {path}); "
+                            "this one skips: that sweep's version folder will hold the results") from None
+    try:
+        return _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, config_file, overrides,
+                             launcher, force, run, command, log, git, t0, outcomes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, config_file, overrides, launcher,
+                  force, run, command, log, git, t0, outcomes):
     if run:
         check_sweep(dataset, methods, seeds, config_file, overrides)
         la = make_launcher(launcher)
@@ -221,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench.sweep: interrupted; finished runs are kept, re-run to resume", file=sys.stderr)
         return 130
+    except SweepBusy as e:
+        print(f"bench.sweep: {e}", file=sys.stderr)
+        return 0
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         print(f"bench.sweep: {len(failed)} run(s) failed: " + ", ".join(o.spec.label for o in failed),

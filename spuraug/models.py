@@ -93,8 +93,9 @@ def load_imagenet_resnet50_state(weights_path: str | os.PathLike | None = None) 
     cached = Path(get_dir()) / "checkpoints" / filename
     if cached.is_file():
         return torch.load(cached, map_location="cpu", weights_only=True)
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("SPURAUG_OFFLINE") == "1"
-    if offline:
+    from spuraug.weights import network_allowed
+
+    if not network_allowed():  # loading stays offline unless asked (`make weights` downloads)
         raise WeightsMissingError(
             f"ImageNet ResNet-50 weights not found: expected {cached}. Download {weights.url} "
             f"on a machine with network (or run `make weights`) and copy it there, "

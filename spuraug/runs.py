@@ -16,6 +16,16 @@ The files' fields are those of :mod:`spuraug.records` (``RunConfig``, ``EpochLin
 and refuses to mix configs: a run folder made with another config is an error naming
 both hashes (``force`` moves the old folder aside to ``.seed<S>.previous``, so nothing
 finished is lost).
+
+Safety around a run folder:
+
+- a file lock (``.seed<S>.lock`` beside the folder, :func:`run_lock`): a second process on
+  the same run waits for the first one and then finds it done (one line says so);
+- ``force`` keeps the previous run until the new one has started cleanly: a forced run that
+  fails (or is killed) before its first training file keeps/restores the previous run, and
+  a finished ``.seed<S>.previous`` is never replaced by an unfinished folder;
+- ``attempts.json`` holds every attempt's seconds (persisted while it runs, so a killed
+  attempt's time counts): ``result.json``'s ``wall_time_s`` is their sum.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ import json
 import os
 import shutil
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +68,51 @@ __all__ = [
 
 class RunConfigMismatch(ConfigError):
     """A run folder already holds a run made with a different config."""
+
+
+class DamagedRunError(ConfigError):
+    """A file of a finished run cannot be read (truncated or damaged)."""
+
+
+def _redo_hint(d: Path) -> str:
+    """The command that redoes the run in folder ``d`` (``<out>/<dataset>/<method>/seed<S>``)."""
+    seed = d.name[4:] if d.name.startswith("seed") else "S"
+    return (f"spuraug train --dataset {d.parent.parent.name} --method {d.parent.name} --seed {seed} "
+            f"--out {d.parent.parent.parent} --force")
+
+
+def lock_path(d: str | os.PathLike) -> Path:
+    """The lock file of run folder ``d``: ``.seed<S>.lock`` beside it (not inside, so moving
+    the folder aside does not move its lock)."""
+    d = Path(d)
+    return d.parent / f".{d.name}.lock"
+
+
+@contextmanager
+def run_lock(d: str | os.PathLike, label: str | None = None, wait: bool = True) -> Iterator[bool]:
+    """Hold the file lock of run folder ``d`` (``filelock``, released when the process dies).
+
+    When another process holds it, one line says so and this one waits for it (``wait``)
+    or yields ``False`` at once without the lock (the caller skips the run)."""
+    from filelock import FileLock, Timeout
+
+    path = lock_path(d)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        what = f"[{label}] " if label else ""
+        if not wait:
+            print(f"{what}skipped: another process is running {d} (lock {path})", file=sys.stderr)
+            yield False
+            return
+        print(f"{what}another process is running {d} (lock {path}); waiting for it to finish", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def run_dir(runs_dir: str | os.PathLike, dataset: str, method: str, seed: int) -> Path:
@@ -98,7 +154,14 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> nn.Module:
     ckpt = d / "checkpoints" / f"{which}.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no such checkpoint (has the run finished an epoch?)")
-    state = engine.load_state(ckpt)
+    try:
+        state = engine.load_state(ckpt)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... on a torn file
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedRunError(
+            f"{ckpt}: cannot be read ({type(e).__name__}: {first}; truncated or damaged?); "
+            f"redo that run: {_redo_hint(d)}"
+        ) from None
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     from spuraug.data.registry import dataset_info
@@ -204,13 +267,39 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _previous(d: Path) -> Path:
+    return d.with_name(f".{d.name}.previous")
+
+
 def _move_aside(d: Path) -> Path:
-    """Move a run folder to ``.seed<S>.previous`` next to it (replacing an older one)."""
-    target = d.with_name(f".{d.name}.previous")
+    """Move a run folder to ``.seed<S>.previous`` next to it (replacing an older one), except
+    that a finished ``.previous`` is never replaced by an unfinished folder: that one goes to
+    ``.seed<S>.unfinished`` instead."""
+    target = _previous(d)
+    if not (d / "done").is_file() and (target / "done").is_file():
+        target = d.with_name(f".{d.name}.unfinished")
     if target.exists():
         shutil.rmtree(target)
     os.replace(d, target)
     return target
+
+
+def _started(d: Path) -> bool:
+    """Whether a run folder holds anything its training wrote (beyond ``config.json``)."""
+    return d.is_dir() and any(p.name not in ("config.json", "attempts.json") for p in d.iterdir())
+
+
+def _restore_previous(d: Path, why: str, label: str) -> bool:
+    """Put a finished ``.previous`` back in place of a run folder that never started (a forced
+    run that failed or was killed before its first training file)."""
+    prev = _previous(d)
+    if not (prev / "done").is_file() or _started(d) or (d / "done").is_file():
+        return False
+    if d.exists():
+        shutil.rmtree(d)
+    os.replace(prev, d)
+    print(f"[{label}] {why}; the previous run is restored in {d}", file=sys.stderr)
+    return True
 
 
 def _context(dataset: str, method: str, seed: int, runs_dir, data_dir, config_file, overrides,
@@ -272,21 +361,36 @@ def run_method(
     A finished run (``done`` present, same config, not stale) is returned as is; an
     unfinished one resumes from ``checkpoints/last.pt``. Every input is validated before any
     file is touched. With ``force``, or when the method finds the finished run stale (its
-    inputs changed), it is moved aside (``.seed<S>.previous``) and redone.
+    inputs changed), it is moved aside (``.seed<S>.previous``) and redone; if the new run
+    fails before it starts (nothing beyond ``config.json`` written), the previous one is put
+    back. The run's file lock (:func:`run_lock`) is held throughout: a second process on the
+    same run waits for this one.
     """
     ctx = _context(dataset, method, seed, runs_dir, data_dir, config_file, overrides, device, progress)
+    if force or not (ctx.dir / "done").is_file():
+        ctx.load_split("train", "eval")  # missing data fails here, before any folder (or lock) is made
+    label = f"{dataset}/{method}/seed{seed}"
+    with run_lock(ctx.dir, label):
+        return _run_locked(ctx, get_method(method)(), force, label)
+
+
+def _run_locked(ctx: RunContext, method_obj, force: bool, label: str) -> dict:
+    """:func:`run_method` with the run's lock held."""
+    from spuraug.ddb.artifacts import AttemptClock
+
     config, d = ctx.config, ctx.dir
+    _restore_previous(d, "the last forced run did not start", label)
     old = _read_json(d / "config.json")
-    method_obj = get_method(method)()
     stale = None
     if not force:
         result, stale = _finished(ctx, method_obj, old)
         if result is not None:
             return result
-    ctx.load_split("train", "eval")  # missing data fails here, before any folder is made
+    ctx.load_split("train", "eval")  # cached when checked above
+    kept = None
     if stale is not None:
         kept = _move_aside(d)
-        print(f"[{dataset}/{method}/seed{seed}] redoing the finished run in {d}: {stale}; "
+        print(f"[{label}] redoing the finished run in {d}: {stale}; "
               f"the old one is kept as {kept}", file=sys.stderr)
     elif d.exists() and old is not None and old.get("config_hash") != config["config_hash"]:
         if not force:
@@ -295,26 +399,31 @@ def run_method(
                 f"but this config is {config['config_hash']}; use --force to redo it "
                 f"(the old folder is kept as .{d.name}.previous) or another --out"
             )
-        _move_aside(d)
+        kept = _move_aside(d)
     elif force and (d / "done").is_file():
-        _move_aside(d)
+        kept = _move_aside(d)
     d.mkdir(parents=True, exist_ok=True)
     RunConfig.from_dict(config).write(d / "config.json")
-    t0 = time.perf_counter()
-    if progress:
-        print(f"[{dataset}/{method}/seed{seed}] training in {d} on {ctx.device}", file=sys.stderr)
-    out = method_obj.run(ctx)
+    if ctx.progress:
+        print(f"[{label}] training in {d} on {ctx.device}", file=sys.stderr)
+    try:
+        with AttemptClock(d / "attempts.json") as clock:
+            out = method_obj.run(ctx)
+    except BaseException as e:
+        if kept is not None and kept == _previous(d):
+            _restore_previous(d, f"the forced run failed before it started ({type(e).__name__})", label)
+        raise
     record = RunResult(
-        dataset=dataset,
-        method=method,
-        seed=int(seed),
+        dataset=ctx.dataset,
+        method=ctx.method,
+        seed=int(ctx.seed),
         selection=config["hparams"].get("selection", "val_worst_group_acc"),
         selected_epoch=out.get("selected_epoch"),
         annotation=method_obj.annotation_for(config["hparams"]),
         val=out.get("val"),
         test=out.get("test"),
         config_hash=config["config_hash"],
-        wall_time_s=time.perf_counter() - t0,
+        wall_time_s=clock.total_seconds,
         config=config,
     )
     record.extra = {k: _jsonable(v) for k, v in out.items() if k not in record.to_dict()}

@@ -329,9 +329,26 @@ def format_status_table(statuses: list[WeightsStatus]) -> str:
 # --------------------------------------------------------------------------- fetch (network)
 
 
+_TRUE = ("1", "ON", "YES", "TRUE")
+_FALSE = ("0", "OFF", "NO", "FALSE")
+
+
 def _offline() -> bool:
-    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "SPURAUG_OFFLINE"))
+    return any(os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "SPURAUG_OFFLINE"))
+
+
+def network_allowed() -> bool:
+    """Whether a command that only loads models may download them.
+
+    Loading stays offline unless asked: only ``HF_HUB_OFFLINE=0`` or ``SPURAUG_OFFLINE=0``
+    (what ``make weights`` sets) or ``SPURAUG_ONLINE=1`` allow it. With the variables unset, a
+    missing model fails at once with one line naming the id and ``make weights`` instead of
+    retrying the hub for minutes. ``spuraug weights fetch`` downloads regardless (it is the ask).
+    """
+    if _offline():
+        return False
+    return (os.environ.get("SPURAUG_ONLINE", "").upper() in _TRUE
+            or any(os.environ.get(v, "").upper() in _FALSE for v in ("HF_HUB_OFFLINE", "SPURAUG_OFFLINE")))
 
 
 def fetch_hub_model(model: HubModel, cache_dir: str | os.PathLike | None = None, fp16: bool = False) -> WeightsStatus:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from spuraug.toyworld.tokenizer import build_clip_tokenizer
 from spuraug.atomic import write_json
+from spuraug.toyworld.tokenizer import build_clip_tokenizer
 
 # The published configs (stabilityai/stable-diffusion-2-inpainting, unet/config.json etc.).
 SD2_UNET = dict(

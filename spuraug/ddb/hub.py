@@ -42,15 +42,17 @@ def resolve(model_id: str) -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SPURAUG_OFFLINE"))
+    """Loading stays offline unless asked (:func:`spuraug.weights.network_allowed`)."""
+    from spuraug.weights import network_allowed
+
+    return not network_allowed() or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
 
 
 def missing_message(model_id: str, detail: str = "") -> str:
-    where = "offline mode (HF_HUB_OFFLINE=1) and it is not in the Hugging Face cache" if _offline() else (
-        "it could not be downloaded"
-    )
+    where = ("it is not in the Hugging Face cache and loading does not download (run `make weights`, or set "
+             "HF_HUB_OFFLINE=0 to let this command download)") if _offline() else "it could not be downloaded"
     msg = (
-        f"model {model_id!r} is not available: {where}. Provide a local copy: on a machine with "
+        f"model {model_id!r} is not available: {where}. Or provide a local copy: on a machine with "
         f"network run `hf download {model_id} --local-dir DIR` (or `huggingface-cli download`), copy DIR "
         "here and pass DIR in place of the id (the `spuraug ddb` --*-model options, or the ddb: section of "
         "spuraug/configs/<dataset>.yaml), or fill the cache that HF_HOME points to."
@@ -68,6 +70,8 @@ def load(cls: Any, model_id: str, subfolder: str | None = None, revision: str | 
     if revision is not None and not Path(path).is_dir():
         kwargs["revision"] = revision
     local = Path(path).is_dir()
+    if not local and _offline():  # the cache only: no hub retries for minutes (issue 20)
+        kwargs.setdefault("local_files_only", True)
     if local and subfolder is not None and not (Path(path) / subfolder).is_dir():
         raise ModelMissingError(f"model folder {path} (for {model_id!r}) has no subfolder {subfolder!r}")
     try:

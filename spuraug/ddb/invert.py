@@ -17,6 +17,7 @@ each image's object region and takes the loss there (docs/ddb.md).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,8 +227,14 @@ def train_token(
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=opt, num_warmup_steps=0, num_training_steps=cfg.max_train_steps)
     step = 0
     ckpt = out_dir / "checkpoint.pt"
+    state = None
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a torn or damaged file: this class starts over (issue 20)
+            print(f"{ckpt}: unreadable ({type(e).__name__}); training this token from step 0", file=sys.stderr)
+            ckpt.unlink()
+    if state is not None:
         with torch.no_grad():
             sub.rows.copy_(state["rows"].to(device))
         opt.load_state_dict(state["optimizer"])

@@ -19,8 +19,9 @@ after an interruption. :class:`Stages` is what the CLI and the ``ddb`` method us
 
 from __future__ import annotations
 
+import io
 import os
-import time
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from PIL import Image
 
 from spuraug import atomic
 from spuraug.ddb import hub
-from spuraug.ddb.artifacts import Artifact, read_json, safe_name, timed, write_json_sorted
+from spuraug.ddb.artifacts import Artifact, AttemptClock, read_json, safe_name, timed, write_json_sorted
 from spuraug.ddb.config import DDBConfig
 from spuraug.ddb.invert import EMBEDS_FILE, class_tokens
 from spuraug.engine import resolve_device
@@ -230,10 +231,10 @@ class Stages:
                         segmenter = build_segmenter(self.cfg.segment, self.device)
                     objects, regions = self._inversion_regions(segmenter, images, image_ids, out / "masks")
                     info["regions_found"] = sum(r is not None for r in regions)
-                t0 = time.perf_counter()
-                inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
-                                desc=f"invert class {c} {tokens[c]}", regions=regions, objects=objects)
-                dt = time.perf_counter() - t0
+                with AttemptClock(out / "attempts.json") as clock:  # a resumed class counts every attempt
+                    inv.train_token(comps, images, tokens[c], ids[c], cfg, out, self.device,
+                                    desc=f"invert class {c} {tokens[c]}", regions=regions, objects=objects)
+                dt = clock.total_seconds
                 n_seen = cfg.max_train_steps * cfg.train_batch_size * cfg.gradient_accumulation_steps
                 info.update({"wall_time_s": dt, "steps_per_s": cfg.max_train_steps / max(dt, 1e-9),
                              "images_per_s": n_seen / max(dt, 1e-9)})
@@ -389,7 +390,7 @@ class Stages:
         if not art.done:
             art.prepare()
             partial = art.path / "scores.partial.csv"
-            done = pd.read_csv(partial, dtype={"source_id": str, "sample_id": str}) if partial.is_file() else None
+            done = _read_partial(partial, samples)
             engine = None
             with timed(art) as t:
                 model, _ = self.erm()
@@ -471,6 +472,24 @@ class Stages:
             out[name] = {"path": str(art.path), "done": art.done, "counts": m.get("counts"),
                          "wall_time_s": m.get("wall_time_s"), "config_hash": m.get("config_hash")}
         return out
+
+
+def _read_partial(path: Path, samples: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows an interrupted prune stage scored (``scores.partial.csv``), or None; a torn
+    or damaged file is dropped with one line (its rows are scored again)."""
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    try:  # written whole (atomically) it ends with a newline and names only planned samples
+        done = pd.read_csv(io.BytesIO(raw), dtype={"source_id": str, "sample_id": str})
+        ok = raw.endswith(b"\n") and "sample_id" in done and done["sample_id"].isin(samples["sample_id"]).all()
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        ok, done = False, None
+    if not ok:
+        print(f"{path}: torn or damaged; scoring its rows again", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
+    return done
 
 
 def kept_arrays(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
