@@ -51,14 +51,8 @@ def l1_logistic_regression(c: float, seed: int = 0) -> LogisticRegression:
     return LogisticRegression(penalty="l1", C=c, solver="liblinear", random_state=seed)
 
 
-def balanced_subset(g: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a random group-balanced subset: every non-empty group cut to the size of
-    the smallest non-empty group."""
-    g = np.asarray(g)
-    by_group = [np.flatnonzero(g == k) for k in range(n_groups)]
-    by_group = [ix for ix in by_group if len(ix)]
-    m = min(len(ix) for ix in by_group)
-    return np.concatenate([rng.permutation(ix)[:m] for ix in by_group])
+#: A random group-balanced subset (every non-empty group cut to the smallest one's size).
+balanced_subset = engine.group_balanced_subset
 
 
 def worst_group_acc(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
@@ -129,6 +123,11 @@ def fold_head(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: 
 class DFR(Method):
     """Last-layer retraining on group-balanced validation subsets (the paper's protocol)."""
 
+    display_name: ClassVar[str] = "DFR"
+    citation: ClassVar[str] = (
+        "Kirichenko, Izmailov, Wilson. Last Layer Re-Training is Sufficient for Robustness to Spurious Correlations. ICLR 2023; PolinaKirichenko/deep_feature_reweighting"
+    )
+    order: ClassVar[int] = 30
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
     uses_erm: ClassVar[bool] = True
     val_labels_beyond_selection: ClassVar[bool] = True

@@ -175,6 +175,16 @@ def group_balanced_weights(g: np.ndarray, n_groups: int) -> np.ndarray:
     return 1.0 / counts[g]
 
 
+def group_balanced_subset(g: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a random group-balanced subset: every non-empty group cut to the size of
+    the smallest non-empty group (DFR's validation subsets, SUBG's training set)."""
+    g = np.asarray(g)
+    by_group = [np.flatnonzero(g == k) for k in range(n_groups)]
+    by_group = [ix for ix in by_group if len(ix)]
+    m = min(len(ix) for ix in by_group)
+    return np.concatenate([rng.permutation(ix)[:m] for ix in by_group])
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,

@@ -84,13 +84,16 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from spuraug.methods import method_names
+
+    names = ", ".join(method_names())
     p = subparsers.add_parser(
         "train",
-        help="train and evaluate a method (erm, groupdro, jtt, dfr, ddb) on a dataset",
+        help=f"train and evaluate a method ({names}) on a dataset",
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--dataset", required=True, help="toy, waterbirds, celeba, metashift")
-    p.add_argument("--method", required=True, help="erm, groupdro, jtt, dfr (ddb when installed)")
+    p.add_argument("--method", required=True, help=f"one of the registered methods: {names}")
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (default 0)")
     p.add_argument("--data-dir", default=None, help="where the real datasets live (default $SPURAUG_DATA_DIR or ./data)")
     p.add_argument("--out", default="runs", help="runs folder (default ./runs)")
