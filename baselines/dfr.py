@@ -179,8 +179,7 @@ class DFR(Method):
         with torch.no_grad():
             model.fc.weight.copy_(torch.from_numpy(w))
             model.fc.bias.copy_(torch.from_numpy(b))
-        engine.atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()},
-                                 ctx.dir / "checkpoints" / "best.pt")
+        engine.atomic_torch_save(engine.cpu_state(model), ctx.dir / "checkpoints" / "best.pt")
         counts = ctx.train_group_counts()
         metrics = {}
         for split, ds in (("val", val), ("test", test)):
@@ -189,7 +188,9 @@ class DFR(Method):
         line = {"epoch": 1, "step": 0, "train_loss": None, "images_per_s": None, "step_time_s": None,
                 "peak_mem_mb": engine.peak_memory_mb(ctx.device), **metrics,
                 "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}}
-        engine.atomic_write_bytes(ctx.dir / "metrics.jsonl", lambda h: h.write((json.dumps(line) + "\n").encode()))
+        log = engine.MetricsLog(ctx.dir / "metrics.jsonl")
+        log.reset()
+        log.append(line)
         return {"selected_epoch": 1, "val": metrics["val"], "test": metrics["test"],
                 "dfr": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}, "erm_run": str(erm_dir),
                         "val_metrics_in_sample": True}}
