@@ -43,7 +43,7 @@ def train_command(args: argparse.Namespace) -> int:
     from spuraug.cli import UserError
     from spuraug.config import ConfigError
     from spuraug.data.registry import dataset_names
-    from spuraug.engine import NonFiniteLossError
+    from spuraug.engine import NonFiniteLossError, UnreadableCheckpoint
     from spuraug.methods import method_names
     from spuraug.runs import run_dir, run_method
 
@@ -70,6 +70,8 @@ def train_command(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from None
         except NonFiniteLossError as e:
             raise UserError(f"{d}: {e}") from None
+        except UnreadableCheckpoint as e:  # a finished run's checkpoint another method starts from
+            raise UserError(f"{e}; redo that run with --force") from None
         test, val = result.get("test") or {}, result.get("val") or {}
         status = "already done (use --force to redo)" if was_done and not args.force else "done"
         print(

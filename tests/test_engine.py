@@ -266,3 +266,19 @@ def test_selection_rules_pick_the_right_line():
     assert engine.select_line(lines, "test_oracle")["epoch"] == 1
     with pytest.raises(KeyError, match="unknown selection rule"):
         engine.select_line(lines, "best_guess")
+
+
+def test_dfr_on_an_erm_run_with_a_truncated_checkpoint_says_one_line(tmp_path, tiny, capsys):
+    from spuraug.cli import main
+
+    run_method("toy", "erm", 0, runs_dir=tmp_path, overrides={**tiny, "erm.epochs": 1}, progress=False)
+    last = run_dir(tmp_path, "toy", "erm", 0) / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    capsys.readouterr()
+    sets = [x for k, v in {**tiny, "erm.epochs": 1}.items() if k != "dataset_options"
+            for x in ("--set", f"{k}={v}")]
+    sets += [x for k, v in tiny["dataset_options"].items() for x in ("--set", f"dataset_options.{k}={v}")]
+    rc = main(["train", "--dataset", "toy", "--method", "dfr", "--out", str(tmp_path), *sets])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(last) in err and "Traceback" not in err
+    assert len([s for s in err.strip().splitlines() if "last.pt" in s]) == 1
