@@ -52,14 +52,8 @@ def l1_logistic_regression(c: float, seed: int = 0) -> LogisticRegression:
     return LogisticRegression(penalty="l1", C=c, solver="liblinear", random_state=seed)
 
 
-def balanced_subset(g: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a random group-balanced subset: every non-empty group cut to the size of
-    the smallest non-empty group."""
-    g = np.asarray(g)
-    by_group = [np.flatnonzero(g == k) for k in range(n_groups)]
-    by_group = [ix for ix in by_group if len(ix)]
-    m = min(len(ix) for ix in by_group)
-    return np.concatenate([rng.permutation(ix)[:m] for ix in by_group])
+#: A random group-balanced subset (every non-empty group cut to the smallest one's size).
+balanced_subset = engine.group_balanced_subset
 
 
 def worst_group_acc(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
@@ -130,6 +124,11 @@ def fold_head(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: 
 class DFR(Method):
     """Last-layer retraining on group-balanced validation subsets (the paper's protocol)."""
 
+    display_name: ClassVar[str] = "DFR"
+    citation: ClassVar[str] = (
+        "Kirichenko, Izmailov, Wilson. Last Layer Re-Training is Sufficient for Robustness to Spurious Correlations. ICLR 2023; PolinaKirichenko/deep_feature_reweighting"
+    )
+    order: ClassVar[int] = 30
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
     uses_erm: ClassVar[bool] = True
     val_labels_beyond_selection: ClassVar[bool] = True
@@ -181,8 +180,7 @@ class DFR(Method):
         with torch.no_grad():
             model.fc.weight.copy_(torch.from_numpy(w))
             model.fc.bias.copy_(torch.from_numpy(b))
-        atomic.torch_save(ctx.dir / "checkpoints" / "best.pt",
-                          {k: v.cpu() for k, v in model.state_dict().items()})
+        atomic.torch_save(ctx.dir / "checkpoints" / "best.pt", engine.cpu_state(model))
         counts = ctx.train_group_counts()
         metrics = {}
         for split, ds in (("val", val), ("test", test)):
@@ -190,7 +188,9 @@ class DFR(Method):
             metrics[split] = evaluate_predictions(ds.y, ds.a, pred, n_classes, n_attr, counts)
         line = EpochLine(epoch=1, step=0, peak_mem_mb=engine.peak_memory_mb(ctx.device),
                          extra={**metrics, "objective": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}}})
-        atomic.write_text(ctx.dir / "metrics.jsonl", json.dumps(line.to_dict()) + "\n")
+        log = engine.MetricsLog(ctx.dir / "metrics.jsonl")
+        log.reset()
+        log.append(line.to_dict())
         return {"selected_epoch": 1, "val": metrics["val"], "test": metrics["test"],
                 "dfr": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}, "erm_run": str(erm_dir),
                         "val_metrics_in_sample": True}}

@@ -16,6 +16,11 @@ class ERM(Method):
     so that JTT can take its stage-1 model from this run when its recipe equals ERM's.
     """
 
+    display_name: ClassVar[str] = "ERM"
+    citation: ClassVar[str] = (
+        "Vapnik 1992 (empirical risk minimisation); recipe of Sagawa et al. 2020, kohpangwei/group_DRO"
+    )
+    order: ClassVar[int] = 0
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
     params: ClassVar[dict[str, Param]] = {
         **TRAIN_PARAMS,

@@ -78,6 +78,11 @@ class GroupDROObjective(Objective):
 class GroupDRO(Method):
     """GroupDRO on the engine (online group weights, optional adjustment, balanced sampling)."""
 
+    display_name: ClassVar[str] = "GroupDRO"
+    citation: ClassVar[str] = (
+        "Sagawa, Koh, Hashimoto, Liang. Distributionally Robust Neural Networks. ICLR 2020; kohpangwei/group_DRO"
+    )
+    order: ClassVar[int] = 10
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": True, "val_group_labels": True}
     params: ClassVar[dict[str, Param]] = {
         **TRAIN_PARAMS,

@@ -40,6 +40,11 @@ def upsampled_indices(n: int, errors: np.ndarray, lambda_up: int) -> np.ndarray:
 class JTT(Method):
     """JTT on the engine: ERM stage 1, error set, upweighted stage 2."""
 
+    display_name: ClassVar[str] = "JTT"
+    citation: ClassVar[str] = (
+        "Liu, Haghgoo, Chen, Raghunathan, Koh, Sagawa, Liang, Finn. Just Train Twice. ICML 2021; anniesch/jtt"
+    )
+    order: ClassVar[int] = 20
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
     uses_erm: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {

@@ -1,8 +1,7 @@
 """Per-dataset run configurations (``spuraug/configs/<dataset>.yaml``), validated.
 
 A config file has top-level sections ``dataset_options``, ``model``, ``eval`` and
-``loader`` and one section per method (``erm``, ``groupdro``, ``jtt``, ``dfr``,
-``ddb``). Every value carries a ``# comment`` citing the paper or repository it comes
+``loader`` and one section per registered method (:func:`spuraug.methods.method_names`). Every value carries a ``# comment`` citing the paper or repository it comes
 from; :func:`load_config` keeps those comments as the resolved config's ``sources``.
 
 Unknown keys, values of the wrong type and numbers out of range (``epochs: 0``,
@@ -31,9 +30,6 @@ from spuraug.models import MODEL_NAMES
 
 #: Where ``<dataset>.yaml`` live: package data of spuraug (``spuraug/configs/``).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-#: Method sections a config may carry even when that method's module is not installed.
-KNOWN_METHOD_SECTIONS: tuple[str, ...] = ("erm", "groupdro", "jtt", "dfr", "ddb")
 
 MODEL_PARAMS: dict[str, Param] = {
     "name": param("resnet50", choices=MODEL_NAMES),
@@ -245,20 +241,17 @@ def validate(data: dict, dataset: str, where: str) -> dict:
     for key in data:
         if key in ("dataset_options", *SECTION_PARAMS):
             continue
-        if key not in known_methods and key not in KNOWN_METHOD_SECTIONS:
-            allowed = ["dataset_options", *SECTION_PARAMS, *sorted(set(KNOWN_METHOD_SECTIONS) | known_methods)]
+        if key not in known_methods:
+            allowed = ["dataset_options", *SECTION_PARAMS, *method_names()]
             raise ConfigError(f"{where}: {key}: unknown section; allowed sections: {', '.join(allowed)}")
     out["dataset_options"] = _check_dataset_options(where, dataset, data.get("dataset_options"))
     for section, schema in SECTION_PARAMS.items():
         out[section] = _check_section(where, section, data.get(section), schema)
-    for name in KNOWN_METHOD_SECTIONS + tuple(sorted(known_methods - set(KNOWN_METHOD_SECTIONS))):
-        if name in known_methods:
-            out[name] = _check_section(where, name, data.get(name), get_method(name).params)
-            check = getattr(get_method(name), "check_hparams", None)
-            if check is not None:  # a method whose sections hold more than flat values (DDB's stages)
-                check(out[name], f"{where}: {name}")
-        elif name in data:
-            out[name] = data[name]  # a method whose module is not installed: kept, unchecked
+    for name in method_names():
+        out[name] = _check_section(where, name, data.get(name), get_method(name).params)
+        check = getattr(get_method(name), "check_hparams", None)
+        if check is not None:  # a method whose sections hold more than flat values (DDB's stages)
+            check(out[name], f"{where}: {name}")
     return out
 
 

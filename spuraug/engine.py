@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -84,9 +84,21 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated, empty, not a checkpoint)."""
+
+
 def load_state(path: Path, device: str | torch.device = "cpu") -> dict:
-    """``torch.load`` with ``weights_only=True`` (state dicts and plain values only)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """``torch.load`` with ``weights_only=True`` (state dicts and plain values only).
+
+    A file that exists but cannot be read raises :class:`UnreadableCheckpoint` naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+        why = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({type(e).__name__}: {why})") from None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -153,6 +165,16 @@ def group_balanced_weights(g: np.ndarray, n_groups: int) -> np.ndarray:
     """Sampling weights ``1 / n_g`` so every non-empty group is drawn equally often."""
     counts = np.bincount(g, minlength=n_groups).astype(np.float64)
     return 1.0 / counts[g]
+
+
+def group_balanced_subset(g: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a random group-balanced subset: every non-empty group cut to the size of
+    the smallest non-empty group (DFR's validation subsets, SUBG's training set)."""
+    g = np.asarray(g)
+    by_group = [np.flatnonzero(g == k) for k in range(n_groups)]
+    by_group = [ix for ix in by_group if len(ix)]
+    m = min(len(ix) for ix in by_group)
+    return np.concatenate([rng.permutation(ix)[:m] for ix in by_group])
 
 
 def make_loader(
@@ -334,15 +356,28 @@ def select_line(lines: Sequence[Mapping], rule: str = "val_worst_group_acc") -> 
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Every JSON line of ``path`` (a missing file is empty)."""
+    """Every JSON line of ``path`` (a missing file is empty).
+
+    A torn last line (a write interrupted by a crash) is dropped, and said in one line on
+    stderr; a damaged line before it is a ``ValueError`` naming the file and the line."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
+    rows = [(n, s) for n, s in enumerate(path.read_text().splitlines(), start=1) if s.strip()]
+    out = []
+    for k, (n, text) in enumerate(rows):
+        try:
+            out.append(json.loads(text))
+        except json.JSONDecodeError as e:
+            if k == len(rows) - 1:
+                print(f"{path}: dropped a torn last line {n} (an interrupted write): {text[:60]!r}", file=sys.stderr)
+                break
+            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg}); the file is damaged") from None
+    return out
 
 
 # ----------------------------------------------------------------------------------
-# optimisers
+# optimisers and steps
 # ----------------------------------------------------------------------------------
 def build_optimizer(
     params: Any, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
@@ -355,6 +390,184 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise KeyError(f"unknown optimizer {name!r}; known: sgd, adam, adamw")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip_params: Any = None, max_norm: float = 1.0
+) -> None:
+    """One gradient step on ``loss``: zero the gradients, backpropagate, clip the gradient
+    norm of ``clip_params`` to ``max_norm`` (when given), step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+    optimizer.step()
+
+
+def progress_bar(iterable: Any = None, desc: str = "", enabled: bool = True, **kwargs: Any) -> tqdm:
+    """The one progress bar of training loops (stderr; hidden when ``enabled`` is false or
+    stderr is not a terminal)."""
+    return tqdm(iterable, desc=desc, disable=None if enabled else True, file=sys.stderr, **kwargs)
+
+
+# ----------------------------------------------------------------------------------
+# checkpoint and resume
+# ----------------------------------------------------------------------------------
+class ResumePoint:
+    """The file a training loop resumes from (``path``), written atomically, with the one
+    before it kept as ``<stem>.previous<suffix>``.
+
+    :meth:`load` returns the newest readable state: when ``path`` is damaged (truncated,
+    empty) it says so in one line naming the file and falls back to the previous state,
+    or returns ``None`` (train from the start) when there is none. A crash between the two
+    renames of :meth:`save` leaves only the previous file, which is then resumed from.
+    """
+
+    def __init__(self, path: str | os.PathLike, describe: Callable[[dict], str] | None = None) -> None:
+        self.path = Path(path)
+        self.previous = self.path.with_name(f"{self.path.stem}.previous{self.path.suffix}")
+        self.describe = describe or (lambda state: f"step {state.get('step')}")
+
+    def exists(self) -> bool:
+        return self.path.is_file() or self.previous.is_file()
+
+    def load(self, device: str | torch.device = "cpu", loader: Callable[[Path, Any], dict] | None = None,
+             restart: str = "from the start") -> dict | None:
+        load = loader or load_state
+        damaged = None
+        if self.path.is_file():
+            try:
+                return load(self.path, device)
+            except UnreadableCheckpoint as e:
+                damaged = str(e)
+        if self.previous.is_file():
+            try:
+                state = load(self.previous, device)
+            except UnreadableCheckpoint as e:
+                damaged = f"{damaged}; {e}" if damaged else str(e)
+            else:
+                if damaged:
+                    print(f"{damaged}; resuming from {self.previous} ({self.describe(state)})", file=sys.stderr)
+                return state
+        if damaged:
+            print(f"{damaged}; no earlier checkpoint, training again {restart}", file=sys.stderr)
+        return None
+
+    def save(self, state: dict) -> None:
+        if self.path.is_file():
+            os.replace(self.path, self.previous)
+        atomic.torch_save(self.path, state)
+
+    def drop_previous(self) -> None:
+        """Delete the previous state (once training is over: only the newest is kept)."""
+        self.previous.unlink(missing_ok=True)
+
+
+def cpu_state(model: nn.Module) -> dict:
+    """A copy of ``model``'s state dict on the CPU (what checkpoints hold)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------
+# records and progress
+# ----------------------------------------------------------------------------------
+class MetricsLog:
+    """A run's ``metrics.jsonl``: one JSON line per evaluated epoch.
+
+    Each :meth:`append` replaces the whole file atomically (temporary file, then rename), so
+    a crash never leaves a torn line; an older file's torn last line is dropped on
+    :meth:`load` (:func:`read_jsonl` says so). ``path=None`` keeps the lines in memory."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.lines: list[dict] = []
+
+    def load(self, up_to_epoch: int) -> list[dict]:
+        """The lines of epochs ``<= up_to_epoch`` (the file is rewritten without the lines of a
+        lost epoch: a crash between a line and its checkpoint, or a fallback to an older one)."""
+        self.lines = [h for h in read_jsonl(self.path) if int(h["epoch"]) <= up_to_epoch] if self.path else []
+        self._write()
+        return self.lines
+
+    def reset(self) -> None:
+        """No lines (lines without a checkpoint belong to nothing)."""
+        self.lines = []
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+    def append(self, line: dict) -> None:
+        self.lines.append(line)
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            text = "".join(json.dumps(x) + "\n" for x in self.lines)
+            atomic.write_text(self.path, text)
+
+
+def print_epoch(line: dict, eval_sets: Sequence[str]) -> None:
+    """One progress line per evaluated epoch (stderr)."""
+    parts = [f"epoch {line['epoch']}"]
+    if line.get("train_loss") is not None:
+        parts.append(f"loss {line['train_loss']:.4f}")
+    for name in eval_sets:
+        m = line.get(name)
+        if m:
+            parts.append(f"{name} wga {m['worst_group_acc']:.1f} avg {m['avg_acc']:.1f}")
+    print("  ".join(parts), file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------
+# evaluate and select
+# ----------------------------------------------------------------------------------
+class Selector:
+    """Online model selection: the best score of ``rule`` so far and its epoch (strictly
+    greater wins: earlier epochs win ties, as :func:`select_line`)."""
+
+    def __init__(self, rule: str) -> None:
+        if rule not in SELECTION_RULES:
+            raise KeyError(f"unknown selection rule {rule!r}; known rules: {', '.join(SELECTION_RULES)}")
+        self.rule = rule
+        self.best_score = -math.inf
+        self.best_epoch: int | None = None
+
+    def update(self, line: Mapping) -> bool:
+        """Whether ``line`` is the new best (lines without the rule's split never are)."""
+        if SELECTION_RULES[self.rule][0] not in line:
+            return False
+        score = selection_score(line, self.rule)
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, int(line["epoch"])
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score if self.best_epoch is not None else 0.0, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.best_epoch = state.get("best_epoch")
+        self.best_score = float(state["best_score"]) if self.best_epoch is not None else -math.inf
+
+    def selected(self, history: Sequence[Mapping]) -> dict | None:
+        """The line the rule picks from ``history`` (``None`` without the rule's split)."""
+        if history and SELECTION_RULES[self.rule][0] in history[0]:
+            return dict(select_line(history, self.rule))
+        return None
+
+
+def evaluate_sets(
+    model: nn.Module, eval_sets: Mapping[str, Any], device: torch.device, batch_size: int = 256,
+    train_group_counts: Sequence[int] | None = None, num_workers: int = 0,
+) -> dict[str, dict]:
+    """``{split: evaluate(model, ds)}`` for every evaluation split."""
+    return {name: evaluate(model, ds, device, batch_size, train_group_counts, num_workers)
+            for name, ds in eval_sets.items()}
 
 
 # ----------------------------------------------------------------------------------
@@ -378,6 +591,104 @@ def _cycle(loader_fn: Callable[[int], DataLoader]) -> Iterator:
     while True:
         yield from loader_fn(rnd)
         rnd += 1
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Reseed python, numpy and torch for ``epoch`` of a run (the same on every resume)."""
+    es = epoch_seed(seed, epoch, 7)
+    random.seed(es)
+    np.random.seed(es % 2**32)
+    torch.manual_seed(es)
+
+
+def epoch_loaders(
+    sources: Mapping[str, TrainSource], epoch: int, seed: int, device: torch.device, num_workers: int = 0
+) -> tuple[DataLoader, dict[str, Iterator]]:
+    """The main source's loader for ``epoch`` and endless iterators over the other sources,
+    each seeded from ``(seed, epoch, source)``."""
+    names = tuple(sources)
+
+    def loader_for(name: str, rnd: int = 0) -> DataLoader:
+        src = sources[name]
+        stream = names.index(name) * 100_003 + rnd
+        sampler = _EpochSampler(src, epoch_seed(seed, epoch, stream))
+        return make_loader(
+            src.dataset, src.batch_size, device, sampler=sampler, num_workers=num_workers,
+            drop_last=src.drop_last, seed=epoch_seed(seed, epoch, stream + 1),
+        )
+
+    extra = {n: _cycle(lambda rnd, n=n: loader_for(n, rnd + 1)) for n in names[1:]}
+    return loader_for(names[0]), extra
+
+
+def _batch_of(parts: list, source_names: tuple[str, ...], device: torch.device) -> Batch:
+    return Batch(
+        x=_to_device(torch.cat([p[0] for p in parts]), device),
+        y=torch.cat([torch.as_tensor(p[1]) for p in parts]).long().to(device),
+        a=torch.cat([torch.as_tensor(p[2]) for p in parts]).long().to(device),
+        index=torch.cat([torch.as_tensor(p[3]) for p in parts]).long().to(device),
+        source=torch.cat([torch.full((len(p[1]),), p[4], dtype=torch.long) for p in parts]).to(device),
+        source_names=source_names,
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    sources: Mapping[str, TrainSource],
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    epoch: int,
+    step: int,
+    *,
+    seed: int,
+    device: torch.device,
+    num_workers: int = 0,
+    max_steps: int | None = None,
+    step_callback: Callable[[int, int], None] | None = None,
+    on_nonfinite: Callable[[float, int], NoReturn] | None = None,
+    bar: Callable[[Any], Any] = lambda it: it,
+) -> tuple[dict, int]:
+    """One epoch over ``sources`` (the first defines it; the others are cycled alongside, each
+    batch concatenated) minimising ``objective``. Returns the epoch's training line
+    (``epoch, step, train_loss, images_per_s, step_time_s, peak_mem_mb``) and the step count."""
+    source_names = tuple(sources)
+    seed_epoch(seed, epoch)
+    main_loader, extra_iters = epoch_loaders(sources, epoch, seed, device, num_workers)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    loss_sum, n_seen, n_steps, t_train = 0.0, 0, 0, 0.0
+    for x, y, a, idx in bar(main_loader):
+        t0 = time.perf_counter()
+        parts = [(x, y, a, idx, 0)]
+        for k, n in enumerate(source_names[1:], start=1):
+            parts.append((*next(extra_iters[n]), k))
+        batch = _batch_of(parts, source_names, device)
+        with _autocast(device):
+            logits = model(batch.x)
+        losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
+        loss = objective(losses, batch)
+        if not torch.isfinite(loss) and on_nonfinite is not None:
+            on_nonfinite(loss.item(), step + 1)
+        optimizer_step(optimizer, loss)
+        step += 1
+        n_steps += 1
+        loss_sum += float(loss.detach()) * len(batch.y)
+        n_seen += len(batch.y)
+        t_train += time.perf_counter() - t0
+        if step_callback is not None:
+            step_callback(epoch, step)
+        if max_steps is not None and n_steps >= max_steps:
+            break
+    line: dict[str, Any] = EpochLine(
+        epoch=epoch,
+        step=step,
+        train_loss=loss_sum / max(n_seen, 1),
+        images_per_s=n_seen / t_train if t_train > 0 else None,
+        step_time_s=t_train / max(n_steps, 1),
+        peak_mem_mb=peak_memory_mb(device),
+    ).to_dict()
+    return line, step
 
 
 def fit(
@@ -405,11 +716,12 @@ def fit(
 
     After every ``eval_every``-th epoch (and the last) the model is evaluated on each of
     ``eval_sets`` (``{"val": ds, "test": ds}``, eval transforms) and one JSON line is
-    appended to ``out_dir/metrics.jsonl``; ``out_dir/checkpoints/best.pt`` is the model
-    state that ``selection`` prefers so far, ``last.pt`` the full state to resume from,
-    ``epoch{NNN}.pt`` model states of the epochs in ``keep_epochs``. If ``out_dir``
-    already holds ``last.pt`` the run resumes from it. A NaN or infinite loss raises
-    :class:`NonFiniteLossError` before anything of that epoch is written.
+    added to ``out_dir/metrics.jsonl``; ``out_dir/checkpoints/best.pt`` is the model
+    state that ``selection`` prefers so far, ``last.pt`` the full state to resume from
+    (``last.previous.pt`` the one before, while training), ``epoch{NNN}.pt`` model states of the epochs in
+    ``keep_epochs``. If ``out_dir`` already holds a checkpoint the run resumes from it. A
+    NaN or infinite loss raises :class:`NonFiniteLossError` before anything of that epoch
+    is written.
 
     ``out_dir=None`` trains in memory (no files, no resume).
     """
@@ -418,163 +730,132 @@ def fit(
         sources = {"train": sources}
     if not sources:
         raise ValueError("fit needs at least one training source")
-    source_names = tuple(sources)
     objective = objective or Objective()
     eval_sets = dict(eval_sets or {})
-    if selection not in SELECTION_RULES:
-        raise KeyError(f"unknown selection rule {selection!r}; known rules: {', '.join(SELECTION_RULES)}")
+    selector = Selector(selection)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     out = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out / "checkpoints" if out is not None else None
-    metrics_path = out / "metrics.jsonl" if out is not None else None
+    resume = ResumePoint(ckpt_dir / "last.pt", lambda s: f"epoch {s['epoch']}") if ckpt_dir is not None else None
+    log = MetricsLog(out / "metrics.jsonl" if out is not None else None)
     prepare_model(model, device)
     # the optimizer was built over parameters that `prepare_model` moved in place; its
     # state (momentum buffers) follows on load_state_dict.
 
     start_epoch, step = 0, 0
-    best_score, best_epoch = -math.inf, None
-    history: list[dict] = []
-    if ckpt_dir is not None and (ckpt_dir / "last.pt").is_file():
-        state = load_state(ckpt_dir / "last.pt", device)
+    state = resume.load(device, restart="from epoch 1") if resume is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         objective.load_state_dict(state.get("objective", {}))
+        selector.load_state_dict(state)
         start_epoch, step = int(state["epoch"]), int(state["step"])
-        best_score = float(state["best_score"]) if state.get("best_epoch") is not None else -math.inf
-        best_epoch = state.get("best_epoch")
-        # a crash between the JSON line and last.pt leaves lines of a lost epoch: drop them
-        history = [h for h in read_jsonl(metrics_path) if int(h["epoch"]) <= start_epoch]
-        _rewrite_jsonl(metrics_path, history)
-    elif metrics_path is not None and metrics_path.exists():
-        metrics_path.unlink()  # lines without a checkpoint belong to nothing
-    resumed_from = start_epoch
+        log.load(start_epoch)
+    else:
+        log.reset()
 
-    def loader_for(name: str, src: TrainSource, epoch: int, rnd: int = 0) -> DataLoader:
-        stream = source_names.index(name) * 100_003 + rnd
-        sampler = _EpochSampler(src, epoch_seed(seed, epoch, stream))
-        return make_loader(
-            src.dataset, src.batch_size, device, sampler=sampler, num_workers=num_workers,
-            drop_last=src.drop_last, seed=epoch_seed(seed, epoch, stream + 1),
+    def stop(value: float, at_step: int) -> NoReturn:
+        has_last = resume is not None and resume.exists()
+        where = f"{resume.path} (epoch {epoch - 1})" if has_last else "none (no epoch finished)"
+        raise NonFiniteLossError(
+            f"training loss became {value} at epoch {epoch}, step {at_step}; "
+            f"the run stopped. Last good checkpoint: {where}. "
+            "Lower the learning rate or check the data."
         )
 
-    model.train()
     for epoch in range(start_epoch + 1, epochs + 1):
-        es = epoch_seed(seed, epoch, 7)
-        random.seed(es)
-        np.random.seed(es % 2**32)
-        torch.manual_seed(es)
-        main_name, main_src = source_names[0], sources[source_names[0]]
-        main_loader = loader_for(main_name, main_src, epoch)
-        extra_iters = {
-            n: _cycle(lambda rnd, n=n, e=epoch: loader_for(n, sources[n], e, rnd + 1)) for n in source_names[1:]
-        }
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        model.train()
-        loss_sum, n_seen, n_steps, t_train = 0.0, 0, 0, 0.0
-        bar = tqdm(main_loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None if progress else True,
-                   file=sys.stderr, unit="batch")
-        for x, y, a, idx in bar:
-            t0 = time.perf_counter()
-            parts = [(x, y, a, idx, 0)]
-            for k, n in enumerate(source_names[1:], start=1):
-                xe, ye, ae, ie = next(extra_iters[n])
-                parts.append((xe, ye, ae, ie, k))
-            batch = Batch(
-                x=_to_device(torch.cat([p[0] for p in parts]), device),
-                y=torch.cat([torch.as_tensor(p[1]) for p in parts]).long().to(device),
-                a=torch.cat([torch.as_tensor(p[2]) for p in parts]).long().to(device),
-                index=torch.cat([torch.as_tensor(p[3]) for p in parts]).long().to(device),
-                source=torch.cat([torch.full((len(p[1]),), p[4], dtype=torch.long) for p in parts]).to(device),
-                source_names=source_names,
+        with progress_bar(desc=f"epoch {epoch}/{epochs}", enabled=progress, leave=False, unit="batch") as bar:
+            line, step = train_epoch(
+                model, sources, optimizer, objective, epoch, step, seed=seed, device=device,
+                num_workers=num_workers, max_steps=max_steps_per_epoch, step_callback=step_callback,
+                on_nonfinite=stop, bar=lambda it, bar=bar: _counted(it, bar),
             )
-            with _autocast(device):
-                logits = model(batch.x)
-            losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
-            loss = objective(losses, batch)
-            if not torch.isfinite(loss):
-                has_last = ckpt_dir is not None and (ckpt_dir / "last.pt").is_file()
-                where = f"{ckpt_dir / 'last.pt'} (epoch {epoch - 1})" if has_last else "none (no epoch finished)"
-                raise NonFiniteLossError(
-                    f"training loss became {loss.item()} at epoch {epoch}, step {step + 1}; "
-                    f"the run stopped. Last good checkpoint: {where}. "
-                    "Lower the learning rate or check the data."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            n_steps += 1
-            loss_sum += float(loss.detach()) * len(batch.y)
-            n_seen += len(batch.y)
-            t_train += time.perf_counter() - t0
-            if step_callback is not None:
-                step_callback(epoch, step)
-            if max_steps_per_epoch is not None and n_steps >= max_steps_per_epoch:
-                break
-        bar.close()
-        line: dict[str, Any] = EpochLine(
-            epoch=epoch,
-            step=step,
-            train_loss=loss_sum / max(n_seen, 1),
-            images_per_s=n_seen / t_train if t_train > 0 else None,
-            step_time_s=t_train / max(n_steps, 1),
-            peak_mem_mb=peak_memory_mb(device),
-        ).to_dict()
         if epoch % eval_every == 0 or epoch == epochs:
-            for name, ds in eval_sets.items():
-                line[name] = evaluate(model, ds, device, eval_batch_size, train_group_counts, num_workers)
+            line.update(evaluate_sets(model, eval_sets, device, eval_batch_size, train_group_counts, num_workers))
             obj_log = objective.log()
             if obj_log:
                 line["objective"] = obj_log
-            history.append(line)
-            if SELECTION_RULES[selection][0] in line:
-                score = selection_score(line, selection)
-                if score > best_score:
-                    best_score, best_epoch = score, epoch
-                    if ckpt_dir is not None:
-                        atomic.torch_save(ckpt_dir / "best.pt", _cpu_state(model))
-            if metrics_path is not None:
-                atomic.append_jsonl(metrics_path, line)
+            if selector.update(line) and ckpt_dir is not None:
+                atomic.torch_save(ckpt_dir / "best.pt", cpu_state(model))
+            log.append(line)
             if progress:
-                _print_epoch(line, eval_sets)
+                print_epoch(line, eval_sets)
         if ckpt_dir is not None:
             if epoch in set(keep_epochs):
-                atomic.torch_save(ckpt_dir / f"epoch{epoch:03d}.pt", _cpu_state(model))
-            atomic.torch_save(
-                ckpt_dir / "last.pt",
-                {
-                    "model": _cpu_state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "objective": objective.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "best_score": best_score if best_epoch is not None else 0.0,
-                    "best_epoch": best_epoch,
-                    "torch_rng": torch.get_rng_state(),
-                },
-            )
-    selected = None
-    if history and SELECTION_RULES[selection][0] in history[0]:
-        selected = dict(select_line(history, selection))
-    return FitResult(model=model, history=history, selected=selected, out_dir=out, resumed_from_epoch=resumed_from)
+                atomic.torch_save(ckpt_dir / f"epoch{epoch:03d}.pt", cpu_state(model))
+            resume.save({
+                "model": cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "objective": objective.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                **selector.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            })
+    if resume is not None and start_epoch < epochs:
+        resume.drop_previous()  # finished: the run keeps one resume file, as before
+    return FitResult(model=model, history=log.lines, selected=selector.selected(log.lines), out_dir=out,
+                     resumed_from_epoch=start_epoch)
 
 
-def _cpu_state(model: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+def train_steps(
+    step_loss: Callable[[int], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    *,
+    lr_at: Callable[[int], float] | None = None,
+    clip_params: Any = None,
+    max_norm: float = 1.0,
+    after_step: Callable[[int], None] | None = None,
+    resume: ResumePoint | None = None,
+    state: Callable[[int], dict] | None = None,
+    restore: Callable[[dict], None] | None = None,
+    save_every_steps: int | None = None,
+    save_every_s: float | None = None,
+    desc: str = "",
+    progress: bool = True,
+) -> int:
+    """A step-counted training loop (the toy zoo's stages, its oracle and backbone): for each
+    step, ``step_loss(step)`` draws the step's batch from its own generator and returns the
+    loss; the learning rate is set to ``lr_at(step)``; :func:`optimizer_step` (with optional
+    gradient clipping); then ``after_step(step)`` (an EMA update).
+
+    With ``resume``, the loop starts from its newest readable state (``restore(state)``
+    loads it; the state's ``step`` is where to go on) and saves ``state(next_step)`` every
+    ``save_every_steps`` steps and at the end, or every ``save_every_s`` seconds. Each step
+    draws from generators seeded by the step, so a resumed loop ends with the same weights
+    as an uninterrupted one. Returns the step it started from."""
+    start = 0
+    if resume is not None:
+        ck = resume.load()
+        if ck is not None:
+            restore(ck)
+            start = int(ck["step"])
+    last_save = time.time()
+    bar = progress_bar(range(start, steps), desc=desc, enabled=progress, initial=start, total=steps)
+    for step in bar:
+        loss = step_loss(step)
+        if lr_at is not None:
+            set_lr(optimizer, lr_at(step))
+        optimizer_step(optimizer, loss, clip_params, max_norm)
+        if after_step is not None:
+            after_step(step)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if resume is not None:
+            done = step + 1
+            due = (save_every_steps is not None and (done % save_every_steps == 0 or done == steps)) or (
+                save_every_s is not None and time.time() - last_save > save_every_s)
+            if due:
+                resume.save(state(done))
+                last_save = time.time()
+    return start
 
 
-def _rewrite_jsonl(path: Path | None, lines: list[dict]) -> None:
-    if path is None:
-        return
-    atomic.write_text(path, "".join(json.dumps(x) + "\n" for x in lines))
-
-
-def _print_epoch(line: dict, eval_sets: Mapping[str, Any]) -> None:
-    parts = [f"epoch {line['epoch']}", f"loss {line['train_loss']:.4f}"]
-    for name in eval_sets:
-        m = line.get(name)
-        if m:
-            parts.append(f"{name} wga {m['worst_group_acc']:.1f} avg {m['avg_acc']:.1f}")
-    print("  ".join(parts), file=sys.stderr)
+def _counted(iterable: Any, bar: tqdm) -> Iterator:
+    """Yield from ``iterable``, advancing ``bar`` (its total taken from the iterable)."""
+    if hasattr(iterable, "__len__"):
+        bar.total = len(iterable)
+    for item in iterable:
+        yield item
+        bar.update(1)

@@ -1,34 +1,41 @@
-"""The method registry: adding a method is adding one small class.
+"""The method registry: adding a method is adding one module with one class.
 
-A method is a class decorated with ``@register_method("name")`` that declares
+A method is a class decorated with ``@register_method("name")`` that declares, as class
+attributes:
 
+- ``display_name`` and ``citation``: how tables and the leaderboard name it and which
+  paper (and reference code) it follows;
 - ``annotation``: which group labels it uses, ``{"train_group_labels": bool,
   "val_group_labels": bool}``;
 - ``params``: its hyperparameters as ``{name: Param(default, types...)}``; the
   ``<name>`` section of ``spuraug/configs/<dataset>.yaml`` is validated against them;
+- ``order``: where it stands in default method lists (ERM first, DDB last);
 - ``run(ctx) -> dict``: trains and evaluates, given a :class:`spuraug.runs.RunContext`,
   and returns at least ``{"selected_epoch", "val", "test"}`` (plus anything worth keeping);
   :func:`spuraug.runs.run_method` adds the rest of ``result.json``.
 
-Methods live in the modules of :data:`METHOD_MODULES`, imported lazily; a module that
-does not exist (yet) is simply not registered.
+The registry finds methods itself: every module of the :data:`METHOD_PACKAGES` packages
+(``baselines/*.py``), the modules of :data:`METHOD_MODULES` (DDB) and the entry points of
+group :data:`ENTRY_POINT_GROUP` (methods of other installed packages) are imported on first
+use. No list names the methods; ``docs/baselines.md`` ("Adding a method") walks through it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-#: Modules that register methods, imported on first use of the registry.
-METHOD_MODULES: tuple[str, ...] = (
-    "baselines.erm",
-    "baselines.groupdro",
-    "baselines.jtt",
-    "baselines.dfr",
-    "spuraug.ddb.method",
-)
+#: Packages whose every module is imported to register methods (one method per module).
+METHOD_PACKAGES: tuple[str, ...] = ("baselines",)
+#: Single modules that register methods (the suite's own method lives inside its package).
+METHOD_MODULES: tuple[str, ...] = ("spuraug.ddb.method",)
+#: Entry-point group through which other installed packages add methods
+#: (``[project.entry-points."spuraug.methods"] mymethod = "mypkg.mymethod"``).
+ENTRY_POINT_GROUP = "spuraug.methods"
 
 _REGISTRY: dict[str, type[Method]] = {}
 _LOADED = False
@@ -92,6 +99,12 @@ class Method:
     """Base class of every method (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    #: How tables and the leaderboard name the method ("GroupDRO").
+    display_name: ClassVar[str] = ""
+    #: The paper (and reference code) the method follows.
+    citation: ClassVar[str] = ""
+    #: Position in default method lists (sweeps, tables): ERM first, the suite's own method last.
+    order: ClassVar[int] = 50
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
     params: ClassVar[dict[str, Param]] = {}
     #: Methods that start from the ERM run of the same seed (their config hash includes ERM's).
@@ -125,6 +138,9 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def deco(cls: type[Method]) -> type[Method]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method {name!r} is registered twice ({_REGISTRY[name]} and {cls})")
+        missing = [a for a in ("display_name", "citation") if not getattr(cls, a, "")]
+        if missing:
+            raise ValueError(f"method {name!r} ({cls.__module__}.{cls.__qualname__}) must set {', '.join(missing)}")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -132,30 +148,47 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return deco
 
 
+def _import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        # only the module itself (or its package) missing is fine (DDB's extras not
+        # installed); a missing dependency inside an existing module is a real error
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            raise
+
+
+def method_modules() -> list[str]:
+    """Every module the registry imports: each module of :data:`METHOD_PACKAGES`, then
+    :data:`METHOD_MODULES`, then the modules of the ``spuraug.methods`` entry points."""
+    out: list[str] = []
+    for package in METHOD_PACKAGES:
+        pkg = importlib.import_module(package)
+        out += [f"{package}.{m.name}" for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name)
+                if not m.name.startswith("_")]
+    out += list(METHOD_MODULES)
+    out += [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    return out
+
+
 def _load_all() -> None:
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    for module in METHOD_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            # only the module itself (or its package) missing is fine; a missing
-            # dependency inside an existing module is a real error
-            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
-                raise
+    for module in method_modules():
+        _import(module)
 
 
 def method_names() -> list[str]:
-    """Names of every registered method, in the order of :data:`METHOD_MODULES`."""
+    """Names of every registered method, by their ``order`` (then name)."""
     _load_all()
-    return sorted(_REGISTRY, key=_order)
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
 
 
-def _order(name: str) -> tuple[int, str]:
-    module = _REGISTRY[name].__module__
-    return (METHOD_MODULES.index(module) if module in METHOD_MODULES else len(METHOD_MODULES), name)
+def methods() -> dict[str, type[Method]]:
+    """``{name: class}`` of every registered method, in :func:`method_names` order."""
+    return {n: _REGISTRY[n] for n in method_names()}
 
 
 def get_method(name: str) -> type[Method]:
@@ -164,3 +197,10 @@ def get_method(name: str) -> type[Method]:
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
     return _REGISTRY[name]
+
+
+def display_name(method: str) -> str:
+    """The method's ``display_name`` (its registry name for an unknown method)."""
+    _load_all()
+    cls = _REGISTRY.get(method) or _REGISTRY.get(method.lower())
+    return (cls.display_name or cls.name) if cls is not None else method

@@ -49,7 +49,7 @@ def train_command(args: argparse.Namespace) -> int:
     from spuraug.cli import UserError
     from spuraug.config import ConfigError, check_seed, parse_overrides
     from spuraug.data.registry import dataset_names
-    from spuraug.engine import NonFiniteLossError
+    from spuraug.engine import NonFiniteLossError, UnreadableCheckpoint
     from spuraug.methods import method_names
     from spuraug.runs import run_dir, run_method
 
@@ -82,6 +82,8 @@ def train_command(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from None
         except NonFiniteLossError as e:
             raise UserError(f"{d}: {e}") from None
+        except UnreadableCheckpoint as e:  # a finished run's checkpoint another method starts from
+            raise UserError(f"{e}; redo that run with --force") from None
         test, val = result.get("test") or {}, result.get("val") or {}
         status = "already done (use --force to redo)" if was_done and not args.force else "done"
         print(
@@ -96,13 +98,16 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from spuraug.methods import method_names
+
+    names = ", ".join(method_names())
     p = subparsers.add_parser(
         "train",
-        help="train and evaluate a method (erm, groupdro, jtt, dfr, ddb) on a dataset",
+        help=f"train and evaluate a method ({names}) on a dataset",
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--dataset", required=True, help="toy, waterbirds, celeba, metashift")
-    p.add_argument("--method", required=True, help="erm, groupdro, jtt, dfr (ddb when installed)")
+    p.add_argument("--method", required=True, help=f"one of the registered methods: {names}")
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (default 0)")
     p.add_argument("--data-dir", default=None, help="where the real datasets live (default $SPURAUG_DATA_DIR or ./data)")
     p.add_argument("--out", default="runs", help="runs folder (default ./runs)")

@@ -90,6 +90,82 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, small_toy):
     assert all(torch.equal(best_full[k], best_res[k]) for k in best_full)
 
 
+def _same_run(a, b):
+    assert _strip(read_metrics(a)) == _strip(read_metrics(b))
+    for name in ("last", "best"):
+        sa, sb = (engine.load_state(d / "checkpoints" / f"{name}.pt") for d in (a, b))
+        ma, mb = sa.get("model", sa), sb.get("model", sb)
+        assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_torn_last_metrics_line_is_dropped_with_one_line(tmp_path, small_toy, capsys):
+    _fit(small_toy, tmp_path / "full", epochs=2)
+    _fit(small_toy, tmp_path / "torn", epochs=1)
+    metrics = tmp_path / "torn" / "metrics.jsonl"
+    with open(metrics, "a") as f:  # a crash in the middle of an append
+        f.write('{"epoch": 2, "step": 14, "train_lo')
+    resumed = _fit(small_toy, tmp_path / "torn", epochs=2)
+    assert resumed.resumed_from_epoch == 1
+    said = [s for s in capsys.readouterr().err.splitlines() if "torn" in s]
+    assert len(said) == 1 and str(metrics) in said[0]
+    _same_run(tmp_path / "full", tmp_path / "torn")
+    # a damaged line that is not the last one is an error naming the file and the line
+    lines = metrics.read_text().splitlines()
+    metrics.write_text(lines[0][:20] + "\n" + lines[1] + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 1"):
+        engine.read_jsonl(metrics)
+
+
+def test_metrics_file_is_replaced_whole_never_appended(tmp_path, small_toy, monkeypatch):
+    opened = []
+    real_open = open
+
+    def spy(file, mode="r", *args, **kwargs):
+        opened.append((str(file), mode))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    _fit(small_toy, tmp_path / "run", epochs=2)
+    assert not [f for f, mode in opened if f.endswith("metrics.jsonl") and "a" in mode]
+    assert len(read_metrics(tmp_path / "run")) == 2
+
+
+def test_unreadable_last_checkpoint_falls_back_to_the_previous_one(tmp_path, small_toy, capsys):
+    _fit(small_toy, tmp_path / "full", epochs=3)
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch, step):
+        if epoch == 3:
+            raise Crash
+
+    with pytest.raises(Crash):  # killed in epoch 3: last.pt holds epoch 2, last.previous.pt epoch 1
+        _fit(small_toy, tmp_path / "cut", epochs=3, step_callback=crash)
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # truncated (a torn copy, a full disk)
+    with pytest.raises(engine.UnreadableCheckpoint, match="last.pt"):
+        engine.load_state(last)
+    resumed = _fit(small_toy, tmp_path / "cut", epochs=3)
+    assert resumed.resumed_from_epoch == 1  # epoch 2 is trained again from the previous checkpoint
+    said = [s for s in capsys.readouterr().err.splitlines() if "unreadable" in s]
+    assert len(said) == 1 and str(last) in said[0] and "epoch 1" in said[0]
+    _same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_unreadable_checkpoint_without_a_previous_one_restarts(tmp_path, small_toy, capsys):
+    _fit(small_toy, tmp_path / "full", epochs=2)
+    _fit(small_toy, tmp_path / "cut", epochs=1)
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    last.write_bytes(b"")  # empty: nothing to fall back to
+    resumed = _fit(small_toy, tmp_path / "cut", epochs=2)
+    assert resumed.resumed_from_epoch == 0
+    said = [s for s in capsys.readouterr().err.splitlines() if "unreadable" in s]
+    assert len(said) == 1 and str(last) in said[0] and "from epoch 1" in said[0]
+    _same_run(tmp_path / "full", tmp_path / "cut")
+
+
 def test_done_run_is_skipped_forced_run_keeps_the_old_one(tmp_path, tiny):
     first = run_method("toy", "erm", 0, runs_dir=tmp_path, overrides=tiny, progress=False)
     d = run_dir(tmp_path, "toy", "erm", 0)
@@ -190,3 +266,19 @@ def test_selection_rules_pick_the_right_line():
     assert engine.select_line(lines, "test_oracle")["epoch"] == 1
     with pytest.raises(KeyError, match="unknown selection rule"):
         engine.select_line(lines, "best_guess")
+
+
+def test_dfr_on_an_erm_run_with_a_truncated_checkpoint_says_one_line(tmp_path, tiny, capsys):
+    from spuraug.cli import main
+
+    run_method("toy", "erm", 0, runs_dir=tmp_path, overrides={**tiny, "erm.epochs": 1}, progress=False)
+    last = run_dir(tmp_path, "toy", "erm", 0) / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    capsys.readouterr()
+    sets = [x for k, v in {**tiny, "erm.epochs": 1}.items() if k != "dataset_options"
+            for x in ("--set", f"{k}={v}")]
+    sets += [x for k, v in tiny["dataset_options"].items() for x in ("--set", f"dataset_options.{k}={v}")]
+    rc = main(["train", "--dataset", "toy", "--method", "dfr", "--out", str(tmp_path), *sets])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(last) in err and "Traceback" not in err
+    assert len([s for s in err.strip().splitlines() if "last.pt" in s]) == 1

@@ -31,6 +31,11 @@ def config_from_hparams(hparams: dict, where: str = "ddb") -> DDBConfig:
 class DDB(Method):
     """Diffusion Driven Balancing (Yazdan Parast et al., ICCV 2025)."""
 
+    display_name: ClassVar[str] = "DDB"
+    citation: ClassVar[str] = (
+        "Yazdan Parast, Azam, Akhtar. DDB: Diffusion Driven Balancing to Address Spurious Correlations. ICCV 2025; ArianYp/DDB"
+    )
+    order: ClassVar[int] = 100
     annotation: ClassVar[dict[str, bool]] = {"train_group_labels": False, "val_group_labels": True}
     uses_erm: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from spuraug.engine import ResumePoint, train_steps
 from spuraug.models import ToyCNN
 from spuraug.toyworld.world import World, WorldConfig, generate_world
 
@@ -72,34 +72,26 @@ def pretrain_backbone(recipe: BackboneRecipe = BackboneRecipe(), work: str | Pat
     model = ToyCNN(10, width=recipe.width)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
-    start = 0
-    ckpt = Path(work) / "checkpoint.pt" if work is not None else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+
+    def step_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng([recipe.seed, 11, step])
+        idx = rng.integers(0, len(world), size=recipe.batch)
+        return F.cross_entropy(model(_batch(world, idx, rng)), torch.from_numpy(world.digits[idx]))
+
+    def restore(state: dict) -> None:
         if state.get("recipe") == recipe.to_json():
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
-            start = int(state["step"])
+        else:  # another recipe's checkpoint: start over
+            state["step"] = 0
+
     model.train()
-    bar = tqdm(range(start, recipe.steps), desc="toy backbone: pretrain on the world's digits",
-               initial=start, total=recipe.steps, disable=not progress)
-    for step in bar:
-        rng = np.random.default_rng([recipe.seed, 11, step])
-        idx = rng.integers(0, len(world), size=recipe.batch)
-        loss = F.cross_entropy(model(_batch(world, idx, rng)), torch.from_numpy(world.digits[idx]))
-        for g in opt.param_groups:
-            g["lr"] = recipe.lr * 0.5 * (1 + np.cos(np.pi * step / recipe.steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        done = step + 1
-        if ckpt is not None and (done % recipe.checkpoint_every == 0 or done == recipe.steps):
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"recipe": recipe.to_json(), "step": done, "model": model.state_dict(),
-                        "opt": opt.state_dict()}, tmp)
-            tmp.replace(ckpt)
+    train_steps(step_loss, opt, recipe.steps, lr_at=lambda step: recipe.lr * 0.5 * (1 + np.cos(np.pi * step / recipe.steps)),
+                resume=ResumePoint(Path(work) / "checkpoint.pt") if work is not None else None, restore=restore,
+                state=lambda done: {"recipe": recipe.to_json(), "step": done, "model": model.state_dict(),
+                                    "opt": opt.state_dict()},
+                save_every_steps=recipe.checkpoint_every, desc="toy backbone: pretrain on the world's digits",
+                progress=progress)
     return model.eval()
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from spuraug.engine import train_steps
 from spuraug.toyworld.render import BACKGROUNDS, IMAGE_SIZE
 
 ORACLE_MODEL_ID = "spuraug/toy-oracle"
@@ -139,9 +140,8 @@ def train_oracle(world, recipe, work: Path | None = None, vae=None, progress: bo
                 vae.decode(vae.encode(_to_input(world.images[j : j + 64])).latent_dist.mean).sample.clamp(-1, 1)
                 for j in tqdm(range(0, len(world), 64), desc="oracle: VAE reconstructions", disable=not progress)
             ])
-    bar = tqdm(range(recipe.oracle_steps), desc="oracle", disable=not progress)
-    model.train()
-    for step in bar:
+
+    def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([recipe.seed, 2, step])
         idx = rng.integers(0, len(world), size=recipe.oracle_batch)
         x = _to_input(world.images[idx])
@@ -153,16 +153,13 @@ def train_oracle(world, recipe, work: Path | None = None, vae=None, progress: bo
         x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         x = _blur_half(x, rng)
         d, b = model(x)
-        loss = F.cross_entropy(d, torch.from_numpy(world.digits[idx])) + F.cross_entropy(
+        return F.cross_entropy(d, torch.from_numpy(world.digits[idx])) + F.cross_entropy(
             b, torch.from_numpy(world.backgrounds[idx])
         )
-        lr = recipe.oracle_lr * 0.5 * (1 + np.cos(np.pi * step / recipe.oracle_steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+    model.train()
+    train_steps(step_loss, opt, recipe.oracle_steps, desc="oracle", progress=progress,
+                lr_at=lambda step: recipe.oracle_lr * 0.5 * (1 + np.cos(np.pi * step / recipe.oracle_steps)))
     return model.eval()
 
 
