@@ -530,6 +530,29 @@ def test_ddb_objective_weights_generated_classes():
     assert no_gen.item() == pytest.approx(losses.mean().item())
 
 
+def test_ddb_gamma_keyed_by_source_class():
+    """gamma_by source (public train.py): gamma[c] weighs the edits made FROM class-c sources,
+    whatever label they are trained with; gamma_by label moves the weights to the other set."""
+    from spuraug.ddb.config import ddb_config
+    from spuraug.ddb.retrain import DDBObjective
+    from spuraug.engine import Batch
+
+    # n_train = 2; generated 0 and 1 were made from class-0 sources and labelled with the new
+    # class 1; generated 2 from a class-1 source, labelled 0 (inpaint.label: new)
+    losses = torch.tensor([1.0, 1.0, 2.0, 4.0, 8.0])
+    y = torch.tensor([0, 1, 1, 1, 0])
+    index = torch.tensor([0, 1, 2, 3, 4])
+    batch = Batch(x=torch.zeros(5), y=y, a=torch.full((5,), -1), index=index, source=torch.zeros(5, dtype=torch.long))
+    source_class = [0, 0, 1]
+    by_source = DDBObjective(2, [6.0, 10.0], keys=source_class)(losses, batch)
+    assert by_source.item() == pytest.approx(1.0 + 6 * (2 + 4) / 2 + 10 * 8)
+    by_label = DDBObjective(2, [6.0, 10.0])(losses, batch)
+    assert by_label.item() == pytest.approx(1.0 + 10 * (2 + 4) / 2 + 6 * 8)
+    assert ddb_config().retrain.gamma_by == "source"
+    with pytest.raises(ValueError, match="gamma_by"):
+        ddb_config({"retrain": {"gamma_by": "target"}})
+
+
 def test_reinit_head_is_xavier_with_zero_bias():
     from spuraug.ddb.retrain import reinit_head
     from spuraug.models import ToyCNN

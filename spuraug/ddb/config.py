@@ -195,6 +195,10 @@ class RetrainConfig:
     """Retraining from the ERM weights (method.md, Stage 4; public train.py)."""
 
     gamma: list[float] = field(default_factory=lambda: [6.0, 10.0])  # train.py --gamma1 6 --gamma2 10
+    #: Which set of edits gamma[c] weighs: "source" = the edits made from class-c sources (public
+    #: train.py: it labels edits with the source class and keys gamma by that label) | "label" =
+    #: the edits trained with label c (with inpaint.label: new that swaps the two weights).
+    gamma_by: str = "source"
     lr: float = 5e-6  # train.py --lr
     batch_size: int = 32  # train.py --batch_size
     epochs: int = 200  # train.py --epochs
@@ -230,6 +234,7 @@ _CHOICES = {
     ("inpaint", "engine"): ("local", "ray"),
     ("prune", "engine"): ("local", "ray"),
     ("prune", "ig_target"): ("new", "source"),
+    ("retrain", "gamma_by"): ("source", "label"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
     ("invert", "loss_region"): ("image", "object", "region"),
     ("inpaint", "attention"): ATTENTION_BACKENDS,

@@ -61,7 +61,7 @@ class DDB(Method):
         )
         manifests = stages.run_all()
         table = stages.prune()
-        files, labels = kept_arrays(table)
+        files, labels, source_classes = kept_arrays(table)
         train = ctx.load_split("train", "train")
         aug = AugmentedTrainSet(train, GeneratedDataset(files, labels, transform=train.transform))
         model = load_model(erm_dir, cfg.sources.erm_checkpoint)
@@ -71,7 +71,9 @@ class DDB(Method):
         hp = {"optimizer": "adam", "lr": rc.lr, "weight_decay": rc.weight_decay, "momentum": 0.0,
               "epochs": rc.epochs, "selection": ctx.hparams["selection"]}
         fit = ctx.fit(model, {"train": TrainSource(aug, rc.batch_size)},
-                      objective=DDBObjective(len(train), rc.gamma), hparams=hp)
+                      objective=DDBObjective(len(train), rc.gamma,
+                                             keys=source_classes if rc.gamma_by == "source" else None),
+                      hparams=hp)
         out = ctx.result_from_fit(fit)
         out["ddb"] = {
             "erm_run": str(erm_dir),
@@ -79,5 +81,7 @@ class DDB(Method):
             "n_train": len(train),
             "n_generated_kept": len(files),
             "kept_per_label": {str(c): int((labels == c).sum()) for c in range(train.n_classes)},
+            "kept_per_source_class": {str(c): int((source_classes == c).sum()) for c in range(train.n_classes)},
+            "gamma_by": rc.gamma_by,
         }
         return out
