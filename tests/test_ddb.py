@@ -508,11 +508,11 @@ def test_mask_follows_the_classifier_transform():
     m[100:200, 150:250] = 255
     mk = prune.mask_in_model_space(Image.fromarray(m), waterbirds_transform(False))
     assert mk.shape == (224, 224)
-    # resize shorter side 300 -> 256 (x 256/300), centre-crop 224
-    s = 256 / 300
-    ox, oy = (round(400 * s) - 224) // 2, (256 - 224) // 2
-    assert mk[int(150 * s) - oy, int(200 * s) - ox] and not mk[5, 5]
-    assert abs(float(mk.float().mean()) - (100 * s) ** 2 / 224**2) < 0.02
+    # squash 400x300 -> 256x256 (x 256/400 across, x 256/300 down), centre-crop 224
+    sx, sy = 256 / 400, 256 / 300
+    o = (256 - 224) // 2
+    assert mk[int(150 * sy) - o, int(200 * sx) - o] and not mk[5, 5]
+    assert abs(float(mk.float().mean()) - (100 * sx) * (100 * sy) / 224**2) < 0.02
 
 
 # ------------------------------------------------------------------ retraining pieces
