@@ -155,6 +155,16 @@ def test_dfr_final_head_folds_standardisation_into_a_linear_layer():
     assert np.array_equal(folded, direct.astype(int))
 
 
+def test_dfr_final_scaler_is_fit_on_the_given_training_embeddings():
+    """dfr_on_validation_eval fits StandardScaler on all_embeddings["train"], not on validation."""
+    x, y, g = _synthetic(signal=1.5)
+    train_x = x * 3.0 + 5.0  # another scale and offset than validation
+    coef, _, mean, scale = fit_final_head(x, y, g, 4, 0.3, repeats=2, rng=np.random.default_rng(0), scaler_x=train_x)
+    assert np.allclose(mean, train_x.mean(0)) and np.allclose(scale, train_x.std(0))
+    _, _, mean_v, _ = fit_final_head(x, y, g, 4, 0.3, repeats=2, rng=np.random.default_rng(0))
+    assert np.allclose(mean_v, x.mean(0)) and not np.allclose(mean_v, mean)
+
+
 def test_dfr_and_groupdro_runs(tmp_path, tiny):
     over = {**tiny, "dfr.final_repeats": 3, "groupdro.epochs": 1, "groupdro.batch_size": 32}
     dfr = run_method("toy", "dfr", 0, runs_dir=tmp_path, overrides=over, progress=False)
@@ -162,6 +172,7 @@ def test_dfr_and_groupdro_runs(tmp_path, tiny):
     assert dfr["annotation"] == {"train_group_labels": False, "val_group_labels": True}
     assert dfr["dfr"]["C"] in PAPER_C_GRID and (d / "embeddings.npz").is_file()
     emb = np.load(d / "embeddings.npz")
+    assert emb["train_x"].shape == (tiny["dataset_options"]["n_train"], 16)  # the scaler's training embeddings
     assert emb["val_x"].shape == (80, 16)  # width 8 -> 16 features
     # best.pt is the ERM backbone with the DFR head: it reproduces the reported test metrics
     from spuraug.data import get_dataset
