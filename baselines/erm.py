@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from spuraug.engine import TrainSource
-from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method
+from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method, train_transform
 
 
 @register_method("erm")
@@ -25,6 +25,6 @@ class ERM(Method):
     def run(self, ctx) -> dict:
         hp = ctx.hparams
         model = ctx.build_model()
-        train = TrainSource(ctx.load_split("train", "train"), hp["batch_size"])
+        train = TrainSource(ctx.load_split("train", train_transform(hp)), hp["batch_size"])
         fit = ctx.fit(model, {"train": train}, keep_epochs=tuple(int(e) for e in hp["keep_epochs"]))
         return ctx.result_from_fit(fit)

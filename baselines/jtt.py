@@ -20,9 +20,11 @@ import numpy as np
 
 from spuraug import engine
 from spuraug.engine import TrainSource, WeightedObjective
-from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method
+from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method, train_transform
 
 STAGE1_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size")
+#: Keys both stages share with the ERM recipe for stage 1 to be taken from the ERM run.
+SHARED_KEYS = ("augment",)
 
 
 def error_set(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -61,7 +63,9 @@ class JTT(Method):
     def erm_checkpoint(self, ctx) -> str | None:
         """The ERM run's checkpoint name usable as stage 1, or None when the recipes differ."""
         hp, erm = ctx.hparams, ctx.config["erm"]
-        if not hp["reuse_erm"] or self.stage1_recipe(hp) != {k: erm[k] for k in STAGE1_KEYS}:
+        if not hp["reuse_erm"] or self.stage1_recipe(hp) != {k: erm[k] for k in STAGE1_KEYS} or any(
+            hp[k] != erm[k] for k in SHARED_KEYS
+        ):
             return None
         t = hp["stage1_epochs"]
         if t == erm["epochs"]:
@@ -82,7 +86,7 @@ class JTT(Method):
             stage1_from = f"{erm_dir}/checkpoints/{which}.pt"
         else:
             recipe = {**self.stage1_recipe(hp), "epochs": hp["stage1_epochs"], "selection": hp["selection"]}
-            source = TrainSource(ctx.load_split("train", "train"), recipe["batch_size"])
+            source = TrainSource(ctx.load_split("train", train_transform(hp)), recipe["batch_size"])
             stage1 = ctx.fit(ctx.build_model(), {"train": source}, hparams=recipe, out_dir=ctx.dir / "stage1").model
             stage1_from = f"{ctx.dir / 'stage1'} (last epoch, {hp['stage1_epochs']})"
         logits = engine.predict(stage1, train_eval, ctx.device, ctx.config["eval"]["batch_size"],
@@ -94,7 +98,7 @@ class JTT(Method):
              "n_train": len(train_eval), "errors_per_group": groups, "stage1": stage1_from},
             ctx.dir / "error_set.json",
         )
-        train = ctx.load_split("train", "train")
+        train = ctx.load_split("train", train_transform(hp))
         if hp["upweight"] == "upsample":
             source = TrainSource(train, hp["batch_size"], indices=upsampled_indices(len(train), errors, hp["lambda_up"]))
             objective = None

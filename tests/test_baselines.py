@@ -195,3 +195,34 @@ def test_selection_by_worst_class_needs_no_val_group_labels(tmp_path, tiny):
                    "erm.selection": "val_worst_class_acc"}, progress=False)
     assert r["selection"] == "val_worst_class_acc"
     assert r["annotation"] == {"train_group_labels": False, "val_group_labels": False}
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_augment_chooses_the_training_transform(tmp_path, tiny, monkeypatch, augment):
+    """``augment: false`` (group_DRO/JTT commands without --augment_data) trains on the eval
+    transform; ``true`` on the random train transform."""
+    import baselines.groupdro as gd
+
+    seen = []
+    orig = gd.TrainSource
+
+    def spy(dataset, *args, **kwargs):
+        seen.append(dataset.transform)
+        return orig(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(gd, "TrainSource", spy)
+    over = {**tiny, "groupdro.epochs": 1, "groupdro.batch_size": 32, "groupdro.augment": augment}
+    run_method("toy", "groupdro", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    assert [t.train for t in seen] == [augment]  # ToyTransform(train=True) draws random shifts
+
+
+def test_real_configs_augment_as_the_references():
+    """ERM and DDB's retraining augment (DFR base-model commands, DDB train.py); GroupDRO and JTT
+    do not (their reference commands omit --augment_data)."""
+    from spuraug.config import load_config
+
+    for ds in ("waterbirds", "celeba", "metashift"):
+        assert load_config(ds, "erm")["hparams"]["augment"] is True
+        assert load_config(ds, "groupdro")["hparams"]["augment"] is False
+        assert load_config(ds, "jtt")["hparams"]["augment"] is False
+        assert load_config(ds, "ddb")["hparams"]["retrain"]["augment"] is True

@@ -204,6 +204,9 @@ class RetrainConfig:
     epochs: int = 200  # train.py --epochs
     weight_decay: float = 0.0  # train.py: Adam without weight decay
     reinit_head: bool = True  # train.py weight_init(fc): Xavier uniform, bias 0
+    #: Train (original and generated images) with the dataset's random train transform (public
+    #: train.py: ``args.transform = get_transform(True)`` for both); false: the eval transform.
+    augment: bool = True
 
 
 @dataclass

@@ -62,7 +62,7 @@ class DDB(Method):
         manifests = stages.run_all()
         table = stages.prune()
         files, labels, source_classes = kept_arrays(table)
-        train = ctx.load_split("train", "train")
+        train = ctx.load_split("train", "train" if cfg.retrain.augment else "eval")
         aug = AugmentedTrainSet(train, GeneratedDataset(files, labels, transform=train.transform))
         model = load_model(erm_dir, cfg.sources.erm_checkpoint)
         if cfg.retrain.reinit_head:
