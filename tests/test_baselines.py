@@ -78,11 +78,34 @@ def test_jtt_error_set_and_upsampling():
     idx = upsampled_indices(5, errors, lambda_up=4)
     counts = np.bincount(idx, minlength=5)
     assert counts.tolist() == [1, 4, 4, 4, 1] and len(idx) == 5 + 3 * 3
+    # the reference run_expt.py: train_data + Subset(aug_indices * up_weight): 1 + lambda_up copies
+    extra = np.bincount(upsampled_indices(5, errors, lambda_up=4, copies="extra"), minlength=5)
+    assert extra.tolist() == [1, 5, 5, 5, 1]
+
+
+def test_jtt_train_pass_recorder_keeps_the_training_mode_predictions_of_the_last_pass():
+    from baselines.jtt import TrainPassRecorder
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    rec = TrainPassRecorder(model, 4)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = Batch(x=x, y=torch.tensor([0, 0]), a=torch.zeros(2, dtype=torch.long), index=torch.tensor([3, 1]),
+              source=torch.zeros(2, dtype=torch.long))
+    model.train()
+    loss = rec(torch.nn.functional.cross_entropy(model(x), b.y, reduction="none"), b)
+    assert rec.pred.tolist() == [-1, 1, -1, 0] and loss.ndim == 0
+    model.eval()  # evaluation passes between epochs are not recorded
+    model(torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    rec(torch.zeros(2), b)
+    assert rec.pred.tolist() == [-1, 1, -1, 0]
+    rec.remove()
 
 
 def test_jtt_run_reuses_erm_and_saves_its_error_set(tmp_path, tiny):
     over = {**tiny, "jtt.stage1_epochs": 1, "jtt.epochs": 1, "jtt.lambda_up": 3, "jtt.batch_size": 32,
-            "jtt.stage1_batch_size": 32}
+            "jtt.stage1_batch_size": 32, "jtt.error_set_from": "eval_pass"}
     result = run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
     erm_dir = run_dir(tmp_path, "toy", "erm", 0)
     assert (erm_dir / "done").is_file() and (erm_dir / "checkpoints/epoch001.pt").is_file()
@@ -107,6 +130,22 @@ def test_jtt_trains_its_own_stage1_when_the_recipe_differs(tmp_path, tiny):
     run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
     d = run_dir(tmp_path, "toy", "jtt", 0)
     assert (d / "stage1/checkpoints/last.pt").is_file()
+    assert not run_dir(tmp_path, "toy", "erm", 0).exists()
+
+
+def test_jtt_error_set_from_the_logged_training_pass(tmp_path, tiny):
+    """error_set_from: train_pass (reference): stage 1 is trained here even when its recipe is
+    ERM's, and the error set is the logged pass's mistakes, saved beside stage 1."""
+    over = {**tiny, "jtt.stage1_epochs": 1, "jtt.epochs": 1, "jtt.batch_size": 32, "jtt.stage1_batch_size": 32,
+            "jtt.error_set_from": "train_pass"}
+    run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    d = run_dir(tmp_path, "toy", "jtt", 0)
+    pred = np.load(d / "stage1/train_pass_pred.npy")
+    from spuraug.data import get_dataset
+
+    ds = get_dataset("toy", "train", n_train=200, n_val=80, n_test=80)
+    errors = json.loads((d / "error_set.json").read_text())
+    assert errors["indices"] == np.flatnonzero(pred != ds.y).tolist() and "training pass 1" in errors["stage1"]
     assert not run_dir(tmp_path, "toy", "erm", 0).exists()
 
 
