@@ -338,6 +338,17 @@ def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target, start)).as_posix()
 
 
+def erm_recipe(dataset: str) -> str:
+    """The ERM recipe (baselines/erm.py RECIPES) the dataset's config names, to set a reproduced
+    ERM row beside the published rows of the same recipe; "custom" when unknown."""
+    from spuraug.config import ConfigError, load_config
+
+    try:
+        return str(load_config(dataset, "erm")["hparams"].get("recipe", "custom"))
+    except (ConfigError, KeyError):
+        return "custom"
+
+
 def _reproduced_table(rows: list[dict], link_base: Path, fmt: str) -> list[str]:
     header = ["method", "worst-group acc", "avg acc (plain)", "adjusted avg acc (train-weighted)", "seeds",
               "version (provenance)"]
@@ -345,7 +356,9 @@ def _reproduced_table(rows: list[dict], link_base: Path, fmt: str) -> list[str]:
     for r in rows:
         v: Version = r["version"]
         link = _rel(v.path / "provenance.json", link_base)
-        body.append([display_name(str(r["method"])), _pm(r["worst_group_acc_mean"], r["worst_group_acc_std"]),
+        recipe = erm_recipe(v.dataset) if r["method"] == "erm" else "custom"
+        name = display_name(str(r["method"])) + (f" (recipe {recipe})" if recipe != "custom" else "")
+        body.append([name, _pm(r["worst_group_acc_mean"], r["worst_group_acc_std"]),
                      _pm(r["avg_acc_mean"], r["avg_acc_std"]),
                      _pm(r["adjusted_avg_acc_mean"], r["adjusted_avg_acc_std"]), str(int(r["n_seeds"])),
                      (v.name, link)])
@@ -390,7 +403,8 @@ def _published_rows(pubs: list[dict]) -> tuple[list[str], list[list]]:
         if p.get("approximate"):
             wga = "about " + wga
         src = p["cite"] + (f" ({p['note']})" if p.get("note") else "")
-        body.append([p["method"], wga, _pm(p.get("avg_acc")), p.get("group_labels", "n/a"), src])
+        method = p["method"] + (f" (recipe {p['recipe']})" if p.get("recipe") else "")
+        body.append([method, wga, _pm(p.get("avg_acc")), p.get("group_labels", "n/a"), src])
     return header, body
 
 
