@@ -315,3 +315,20 @@ def test_missing_dataset_everywhere_names_every_candidate(tmp_path):
             get_dataset(name, "train", tmp_path)
         msg = str(e.value)
         assert str(tmp_path) in msg and "where the data comes from" in msg and "spuraug data fetch" in msg
+
+
+def test_ddb_runs_on_celebas_class_balanced_split_while_erm_keeps_the_full_one(tmp_path):
+    """The public DDB code's data/CelebA.py balances the training split's classes for its stages
+    and retraining; the celeba config's ddb.dataset_options say so, and the ERM run is unchanged."""
+    from spuraug.config import load_config
+    from spuraug.ddb.method import ddb_dataset_options
+
+    make_celeba(tmp_path, "original")
+    resolved = load_config("celeba", "ddb")
+    opts = ddb_dataset_options(resolved)
+    assert opts["balance_train"] is True and resolved["erm"] and load_config("celeba", "erm")["dataset_options"].get(
+        "balance_train") is False
+    ddb_train = get_dataset("celeba", "train", tmp_path, transform=None, **opts)
+    assert np.bincount(ddb_train.y).tolist()[0] == np.bincount(ddb_train.y).tolist()[1]
+    full = get_dataset("celeba", "train", tmp_path, transform=None, **resolved["dataset_options"])
+    assert len(full) > len(ddb_train)
