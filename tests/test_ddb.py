@@ -28,6 +28,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "sd4": tiny.save_stable_diffusion(root / "sd4", in_channels=4, image_size=16),
         "clipseg": tiny.save_clipseg(root / "clipseg"),
         "sam": tiny.save_sam(root / "sam"),
+        "sam2": tiny.save_sam2(root / "sam2"),
         "gdino": tiny.save_grounding_dino(root / "gdino"),
     }
 
@@ -276,12 +277,14 @@ def test_object_loss_region_errors_name_the_option(models, tmp_path):
 
 
 # ------------------------------------------------------------------ segmentation
-@pytest.mark.parametrize("backend", ["grounded_sam", "clipseg"])
-def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, backend):
-    cfg = SegmentConfig(backend=backend, detector=str(models["gdino"]), sam=str(models["sam"]),
+@pytest.mark.parametrize("backend,sam", [("grounded_sam", "sam2"), ("grounded_sam", "sam"), ("clipseg", "sam2")])
+def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, backend, sam):
+    cfg = SegmentConfig(backend=backend, detector=str(models["gdino"]), sam=str(models[sam]),
                         clipseg=str(models["clipseg"]), box_threshold=0.0, text_threshold=0.0,
                         clipseg_threshold=0.0, batch_size=2)
     seg = segment.build_segmenter(cfg, "cpu")
+    if backend == "grounded_sam":  # SAM 2.1 (LangSAM's) or SAM v1, chosen by the checkpoint's model_type
+        assert type(seg.sam).__name__ == ("Sam2Model" if sam == "sam2" else "SamModel")
     imgs = _images(3, size=(40, 48))
     ids = ["a/b.jpg", "c", "d e"]
     calls = []
@@ -302,6 +305,12 @@ def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, ba
     segment.segment_sources([(i, lambda im=im: im) for i, im in zip(ids, imgs)], counting, "digit",
                             tmp_path / "masks")
     assert len(calls) == n_calls  # nothing recomputed
+
+
+def test_segment_defaults_are_langsams_models():
+    """LangSAM (luca-medeiros/lang-segment-anything), which the public code calls: GDINO base + SAM 2.1 small."""
+    cfg = ddb_config().segment
+    assert (cfg.detector, cfg.sam) == ("IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small")
 
 
 def test_segment_records_sources_without_object(tmp_path):

@@ -51,7 +51,7 @@ def test_every_benchmark_model_is_listed():
     ids = {e.id for e in weights.benchmark_weights()}
     assert ids == {
         "stabilityai/stable-diffusion-2-base", "stabilityai/stable-diffusion-2-inpainting",
-        "IDEA-Research/grounding-dino-tiny", "facebook/sam-vit-base", "CIDAS/clipseg-rd64-refined",
+        "IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small", "CIDAS/clipseg-rd64-refined",
         weights.RESNET50_IMAGENET1K_V1_URL,
     }
 
@@ -225,7 +225,7 @@ def _tiny(name: str, folder: Path) -> Path:
         return tiny.save_stable_diffusion(folder, in_channels=4)
     if name == "sd2-inpainting":
         return tiny.save_stable_diffusion(folder, in_channels=9)
-    return {"grounding-dino": tiny.save_grounding_dino, "sam": tiny.save_sam, "clipseg": tiny.save_clipseg}[name](folder)
+    return {"grounding-dino": tiny.save_grounding_dino, "sam": tiny.save_sam2, "clipseg": tiny.save_clipseg}[name](folder)
 
 
 def _loaders(name: str) -> list[tuple]:
@@ -239,7 +239,7 @@ def _loaders(name: str) -> list[tuple]:
     return {
         "sd2-inpainting": [(diffusers.StableDiffusionInpaintPipeline, None)],
         "grounding-dino": [(transformers.AutoProcessor, None), (transformers.GroundingDinoForObjectDetection, None)],
-        "sam": [(transformers.SamProcessor, None), (transformers.SamModel, None)],
+        "sam": [(transformers.Sam2Processor, None), (transformers.Sam2Model, None)],
         "clipseg": [(transformers.CLIPSegProcessor, None), (transformers.CLIPSegForImageSegmentation, None)],
     }[name]
 

@@ -111,8 +111,10 @@ class SegmentConfig:
 
     backend: str = "grounded_sam"  # "grounded_sam" (LangSAM recipe) | "clipseg"
     prompt: str = "bird."  # public generate.py --mask_prompt ("animal." on MetaShift)
-    detector: str = "IDEA-Research/grounding-dino-tiny"  # LangSAM's Grounding DINO, via transformers
-    sam: str = "facebook/sam-vit-base"
+    #: LangSAM's own models (luca-medeiros/lang-segment-anything: GDINO base, sam2.1_hiera_small); the
+    #: earlier defaults IDEA-Research/grounding-dino-tiny and facebook/sam-vit-base (SAM v1) still load.
+    detector: str = "IDEA-Research/grounding-dino-base"
+    sam: str = "facebook/sam2.1-hiera-small"
     clipseg: str = "CIDAS/clipseg-rd64-refined"
     revision: str | None = None
     box_threshold: float = 0.3  # LangSAM default
