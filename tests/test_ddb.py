@@ -590,7 +590,7 @@ def test_missing_model_names_the_id_and_the_fix(tmp_path):
         inpaint.load_inpaint_pipeline(InpaintConfig(), None, "cpu")
     msg = str(e.value)
     assert "stabilityai/stable-diffusion-2-inpainting" in msg and "hf download" in msg and "HF_HUB_OFFLINE" in msg
-    with pytest.raises(hub.ModelMissingError, match="grounding-dino-tiny"):
+    with pytest.raises(hub.ModelMissingError, match="grounding-dino-base"):
         segment.build_segmenter(SegmentConfig(), "cpu")
     with pytest.raises(hub.ModelMissingError, match=str(tmp_path)):
         invert.load_sd_components(str(tmp_path))

@@ -200,7 +200,7 @@ def test_fetch_with_the_hub_stubbed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, "download_url_to_file", download_url_to_file)
 
     status = weights.fetch_hub_model(entry("sam"), tmp_path / "hf")
-    assert requested["facebook/sam-vit-base"] == ["config.json", "model.safetensors"]
+    assert requested["facebook/sam2.1-hiera-small"] == ["config.json", "model.safetensors"]
     assert status.ok and status.size_bytes == len(b"config.json") + len(b"model.safetensors")
     status = weights.fetch_checkpoint(fake, tmp_path / "ckpt")
     assert status.ok and (tmp_path / "ckpt" / fake.filename).read_bytes() == data
