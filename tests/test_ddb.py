@@ -676,3 +676,20 @@ def test_weights_changed_names_the_stage_whose_model_weights_changed(tmp_path):
     for sub in ("invert-a", "seed0/segment-b", "seed0/inpaint-c"):
         (root / sub / "key.json").unlink()
     assert weights_changed(cfg, stages, runs, "toy") is None
+
+
+def test_rho_target_summary_matches_the_reference_keep_share():
+    """bench/ddb_rho_targets.py: the P for target "new" keeps the share of edits that target
+    "source" with the reference's P = 0.3 keeps (quantile matching on the same edits)."""
+    import pandas as pd
+
+    from bench.ddb_rho_targets import summarise
+
+    ids = [str(i) for i in range(10)]
+    src = pd.DataFrame({"sample_id": ids, "rho_raw": [-1.0, -0.5, 0.0, 0.1, 0.2, 0.35, 0.4, 0.5, 0.6, 0.7]})
+    new = pd.DataFrame({"sample_id": ids[::-1], "rho_raw": [float(v) for v in range(10, 0, -1)]})  # 10 .. 1
+    res = summarise({"source": src, "new": new})
+    assert res["reference_keep_share"] == pytest.approx(0.5)  # 5 of 10 above 0.3
+    p = res["matched_P_for_target_new"]
+    assert ((new["rho_raw"] > p).mean()) == pytest.approx(0.5)
+    assert res["quantiles"]["source"]["share_above_0.3"] == pytest.approx(0.5)
