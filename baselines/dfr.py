@@ -1,16 +1,21 @@
 """DFR, Deep Feature Reweighting (Kirichenko, Izmailov, Wilson, ICLR 2023), validation protocol.
 
-Exactly the paper's ``dfr_evaluate_spurious.py`` protocol (its defaults:
-``balance_dfr_val=True``, ``notrain_dfr_val=True``):
+The protocol of the paper's ``dfr_evaluate_spurious.py`` (its defaults:
+``balance_dfr_val=True``, ``notrain_dfr_val=True``), with its class-weight grid left out
+(with balanced validation and no training data it tries only ``{0: 1, 1: 1}``):
 
 1. Freeze the ERM model of the same seed (its final checkpoint, as the paper's code
    evaluates ``final_checkpoint.pt``; ``erm_checkpoint: best`` takes the selected one); embed validation and test
-   with its penultimate layer (eval transform). Embeddings are cached as ``embeddings.npz``.
+   with its penultimate layer (eval transform; the training split too, with the same
+   transform, as the reference's ``train_transform`` has ``augment_data=False``).
+   Embeddings are cached as ``embeddings.npz``.
 2. Tune ``C`` over ``c_grid``: split validation randomly in halves; fit on a
    group-balanced subset of the first half (every group cut to the smallest group's
    size), standardised with a scaler fit on that subset; score worst-group accuracy on
    the second half; ``tune_repeats`` random splits summed; the first best ``C`` wins.
-3. Final head: standardise with a scaler fit on the whole validation split; fit
+3. Final head: standardise with a scaler fit on the TRAINING embeddings
+   (``dfr_on_validation_eval``: ``scaler.fit(all_embeddings["train"])``;
+   ``scaler_fit: val`` fits it on the whole validation split instead); fit
    ``final_repeats`` L1 logistic regressions (liblinear) with the chosen ``C``, each on
    a fresh group-balanced subset of the whole validation split; average the coefficients
    and intercepts.
@@ -88,13 +93,16 @@ def tune_c(
 def fit_final_head(
     x: np.ndarray, y: np.ndarray, g: np.ndarray, n_groups: int, c: float, repeats: int,
     rng: np.random.Generator, balance: bool = True, standardize: bool = True, seed: int = 0,
+    scaler_x: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Average ``repeats`` L1 logistic regressions fit on balanced subsets of all of ``x``.
 
-    Returns ``(coef, intercept, mean, scale)``: the averaged sklearn coefficients (shape
-    ``(1, d)`` for two classes) and the standardisation applied before them."""
+    The standardisation is fit on ``scaler_x`` (the reference: the training embeddings)
+    or, when it is None, on ``x``. Returns ``(coef, intercept, mean, scale)``: the averaged
+    sklearn coefficients (shape ``(1, d)`` for two classes) and the standardisation
+    applied before them."""
     if standardize:
-        scaler = StandardScaler().fit(x)
+        scaler = StandardScaler().fit(x if scaler_x is None else scaler_x)
         mean, scale = scaler.mean_, scaler.scale_
     else:
         mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
@@ -140,6 +148,8 @@ class DFR(Method):
         "final_repeats": param(20, int, ge=1, help="balanced subsets averaged in the final head"),
         "balance_val": param(True, bool),
         "standardize": param(True, bool),
+        "scaler_fit": param("train", choices=("train", "val"),
+                            help="embeddings the final head's standardisation is fit on (reference: train)"),
     }
 
     def embeddings(self, ctx, erm_dir) -> dict[str, np.ndarray]:
@@ -147,13 +157,13 @@ class DFR(Method):
         erm_hash = json.loads((erm_dir / "config.json").read_text())["config_hash"] + ctx.hparams["erm_checkpoint"]
         if path.is_file():
             cached = np.load(path)
-            if str(cached["erm_config_hash"]) == erm_hash:
+            if str(cached["erm_config_hash"]) == erm_hash and "train_x" in cached:
                 return dict(cached)
         from spuraug.runs import load_model
 
         model = load_model(erm_dir, ctx.hparams["erm_checkpoint"])
         out: dict[str, np.ndarray] = {"erm_config_hash": np.array(erm_hash)}
-        for split in ("val", "test"):
+        for split in ("train", "val", "test"):
             ds = ctx.load_split(split, "eval")
             out[f"{split}_x"] = engine.predict(model, ds, ctx.device, ctx.config["eval"]["batch_size"],
                                                features=True, num_workers=ctx.num_workers, progress=ctx.progress)
@@ -173,8 +183,9 @@ class DFR(Method):
         rng = np.random.default_rng(ctx.seed)
         best_c, scores = tune_c(xv, yv, gv, n_groups, hp["c_grid"], hp["tune_repeats"], rng,
                                 hp["balance_val"], hp["standardize"], ctx.seed)
-        coef, intercept, mean, scale = fit_final_head(xv, yv, gv, n_groups, best_c, hp["final_repeats"], rng,
-                                                      hp["balance_val"], hp["standardize"], ctx.seed)
+        coef, intercept, mean, scale = fit_final_head(
+            xv, yv, gv, n_groups, best_c, hp["final_repeats"], rng, hp["balance_val"], hp["standardize"], ctx.seed,
+            scaler_x=emb["train_x"] if hp["scaler_fit"] == "train" else None)
         w, b = fold_head(coef, intercept, mean, scale, n_classes)
         model = load_model(erm_dir, hp["erm_checkpoint"])
         with torch.no_grad():

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from spuraug.engine import Batch, Objective, TrainSource, group_balanced_weights
-from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method
+from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method, train_transform
 
 
 class GroupDROObjective(Objective):
@@ -93,7 +93,7 @@ class GroupDRO(Method):
 
     def run(self, ctx) -> dict:
         hp = ctx.hparams
-        train = ctx.load_split("train", "train")
+        train = ctx.load_split("train", train_transform(hp))
         counts = train.group_counts()
         weights = group_balanced_weights(train.g, train.n_groups) if hp["group_balanced_sampling"] else None
         source = TrainSource(train, hp["batch_size"], weights=weights, num_samples=len(train))

@@ -33,7 +33,7 @@ import yaml
 
 from bench.ddb_examples import EXAMPLES_PNG
 from bench.summary import SUMMARY_COLUMNS
-from spuraug.config import CONFIG_DIR, flatten_overrides
+from spuraug.config import CONFIG_DIR, ConfigError, flatten_overrides, load_config
 from spuraug.methods import get_method
 
 #: Folders directly under results/ that are not datasets.
@@ -326,6 +326,15 @@ def group_labels(method: str, provenance: dict | None = None) -> str:
     return "/".join("yes" if ann[k] else "no" for k in ("train_group_labels", "val_group_labels"))
 
 
+def erm_recipe(dataset: str) -> str:
+    """The ERM recipe (baselines/erm.py RECIPES) the dataset's config names, to set a reproduced
+    ERM row beside the published rows of the same recipe; "custom" when unknown."""
+    try:
+        return str(load_config(dataset, "erm")["hparams"].get("recipe", "custom"))
+    except (ConfigError, KeyError):
+        return "custom"
+
+
 def _reproduced_table(rows: list[dict], link_base: Path) -> Table:
     header = ["method", "worst-group acc", "avg acc (plain)", "adjusted avg acc (train-weighted)", "seeds",
               "group labels train/val", "version (provenance)"]
@@ -333,7 +342,9 @@ def _reproduced_table(rows: list[dict], link_base: Path) -> Table:
     for r in rows:
         v: Version = r["version"]
         method = str(r["method"])
-        body.append([display_name(method), _pm(r["worst_group_acc_mean"], r["worst_group_acc_std"]),
+        recipe = erm_recipe(v.dataset) if method == "erm" else "custom"
+        name = display_name(method) + (f" (recipe {recipe})" if recipe != "custom" else "")
+        body.append([name, _pm(r["worst_group_acc_mean"], r["worst_group_acc_std"]),
                      _pm(r["avg_acc_mean"], r["avg_acc_std"]),
                      _pm(r["adjusted_avg_acc_mean"], r["adjusted_avg_acc_std"]), str(int(r["n_seeds"])),
                      group_labels(method, v.provenance), Link(v.name, _rel(v.path / "provenance.json", link_base))])
@@ -355,7 +366,8 @@ def _published_table(pubs: list[dict]) -> Table:
         if p.get("approximate"):
             wga = "about " + wga
         src = p["cite"] + (f" ({p['note']})" if p.get("note") else "")
-        body.append([p["method"], wga, _pm(p.get("avg_acc")), p.get("group_labels", "n/a"), src])
+        method = p["method"] + (f" (recipe {p['recipe']})" if p.get("recipe") else "")
+        body.append([method, wga, _pm(p.get("avg_acc")), p.get("group_labels", "n/a"), src])
     return Table(header, body)
 
 

@@ -277,6 +277,29 @@ def config_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _erm_recipe(data: dict, extra: dict, dataset: str, where: str) -> dict:
+    """``{"erm": values}`` of the ERM recipe named by ``erm.recipe`` (an override's, else the
+    file's; baselines/erm.py ``RECIPES``), applied over the file's erm section and under the
+    overrides. A file whose erm values disagree with the recipe it names is an error."""
+    from baselines.erm import recipe_values
+
+    file_erm = data.get("erm") or {}
+    named = file_erm.get("recipe")
+    values = recipe_values(named, dataset) if named else None
+    if values is not None:
+        for key, want in values.items():
+            if key in file_erm and file_erm[key] != want:
+                raise ConfigError(f"{where}: erm.{key}: {file_erm[key]!r} differs from recipe {named!r} "
+                                  f"({want!r}, baselines/erm.py RECIPES)")
+    name = (extra.get("erm") or {}).get("recipe", named)
+    if not name or name == "custom":
+        return {}
+    values = recipe_values(name, dataset)
+    if values is None:
+        raise ConfigError(f"{where}: erm.recipe: {name!r} has no values for dataset {dataset!r}")
+    return {"erm": dict(values)}
+
+
 def load_config(
     dataset: str, method: str, config_file: str | Path | None = None, overrides: dict | None = None
 ) -> dict:
@@ -292,7 +315,8 @@ def load_config(
         raise ConfigError(f"no config for dataset {dataset!r}: expected {path} (or pass --config FILE)")
     data, citations = _read_file(path)
     validate(data, dataset, str(path))
-    merged = _merge(data, _expand(overrides))
+    extra = _expand(overrides)
+    merged = _merge(_merge(data, _erm_recipe(data, extra, dataset, str(path))), extra)
     full = validate(merged, dataset, f"{path} (with overrides {overrides})" if overrides else str(path))
     resolved = {
         "dataset": dataset,

@@ -92,7 +92,14 @@ TRAIN_PARAMS: dict[str, Param] = {
     "batch_size": param(32, int, ge=1),
     "epochs": param(10, int, ge=1),
     "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),
+    "augment": param(True, bool, help="train with the dataset's random train transform; false: its eval transform "
+                                      "(group_DRO/JTT run without --augment_data)"),
 }
+
+
+def train_transform(hparams: dict) -> str:
+    """The transform name a method trains with: ``"train"`` (augmented) or ``"eval"``."""
+    return "train" if hparams.get("augment", True) else "eval"
 
 
 class Method:

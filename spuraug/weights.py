@@ -121,11 +121,11 @@ def benchmark_weights() -> list[HubModel | TorchCheckpoint]:
             "diffusers", _SD_COMPONENTS, _diffusers_required(_SD_COMPONENTS),
         ),
         HubModel(
-            "grounding-dino", "IDEA-Research/grounding-dino-tiny", "DDB segmentation: box from a text prompt",
+            "grounding-dino", "IDEA-Research/grounding-dino-base", "DDB segmentation: box from a text prompt (LangSAM's)",
             "transformers", required=_TRANSFORMERS_REQUIRED,
         ),
         HubModel(
-            "sam", "facebook/sam-vit-base", "DDB segmentation: mask from the box",
+            "sam", "facebook/sam2.1-hiera-small", "DDB segmentation: mask from the box (LangSAM's SAM 2.1)",
             "transformers", required=_TRANSFORMERS_REQUIRED,
         ),
         HubModel(

@@ -78,11 +78,34 @@ def test_jtt_error_set_and_upsampling():
     idx = upsampled_indices(5, errors, lambda_up=4)
     counts = np.bincount(idx, minlength=5)
     assert counts.tolist() == [1, 4, 4, 4, 1] and len(idx) == 5 + 3 * 3
+    # the reference run_expt.py: train_data + Subset(aug_indices * up_weight): 1 + lambda_up copies
+    extra = np.bincount(upsampled_indices(5, errors, lambda_up=4, copies="extra"), minlength=5)
+    assert extra.tolist() == [1, 5, 5, 5, 1]
+
+
+def test_jtt_train_pass_recorder_keeps_the_training_mode_predictions_of_the_last_pass():
+    from baselines.jtt import TrainPassRecorder
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    rec = TrainPassRecorder(model, 4)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = Batch(x=x, y=torch.tensor([0, 0]), a=torch.zeros(2, dtype=torch.long), index=torch.tensor([3, 1]),
+              source=torch.zeros(2, dtype=torch.long))
+    model.train()
+    loss = rec(torch.nn.functional.cross_entropy(model(x), b.y, reduction="none"), b)
+    assert rec.pred.tolist() == [-1, 1, -1, 0] and loss.ndim == 0
+    model.eval()  # evaluation passes between epochs are not recorded
+    model(torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    rec(torch.zeros(2), b)
+    assert rec.pred.tolist() == [-1, 1, -1, 0]
+    rec.remove()
 
 
 def test_jtt_run_reuses_erm_and_saves_its_error_set(tmp_path, tiny):
     over = {**tiny, "jtt.stage1_epochs": 1, "jtt.epochs": 1, "jtt.lambda_up": 3, "jtt.batch_size": 32,
-            "jtt.stage1_batch_size": 32}
+            "jtt.stage1_batch_size": 32, "jtt.error_set_from": "eval_pass"}
     result = run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
     erm_dir = run_dir(tmp_path, "toy", "erm", 0)
     assert (erm_dir / "done").is_file() and (erm_dir / "checkpoints/epoch001.pt").is_file()
@@ -107,6 +130,22 @@ def test_jtt_trains_its_own_stage1_when_the_recipe_differs(tmp_path, tiny):
     run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
     d = run_dir(tmp_path, "toy", "jtt", 0)
     assert (d / "stage1/checkpoints/last.pt").is_file()
+    assert not run_dir(tmp_path, "toy", "erm", 0).exists()
+
+
+def test_jtt_error_set_from_the_logged_training_pass(tmp_path, tiny):
+    """error_set_from: train_pass (reference): stage 1 is trained here even when its recipe is
+    ERM's, and the error set is the logged pass's mistakes, saved beside stage 1."""
+    over = {**tiny, "jtt.stage1_epochs": 1, "jtt.epochs": 1, "jtt.batch_size": 32, "jtt.stage1_batch_size": 32,
+            "jtt.error_set_from": "train_pass"}
+    run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    d = run_dir(tmp_path, "toy", "jtt", 0)
+    pred = np.load(d / "stage1/train_pass_pred.npy")
+    from spuraug.data import get_dataset
+
+    ds = get_dataset("toy", "train", n_train=200, n_val=80, n_test=80)
+    errors = json.loads((d / "error_set.json").read_text())
+    assert errors["indices"] == np.flatnonzero(pred != ds.y).tolist() and "training pass 1" in errors["stage1"]
     assert not run_dir(tmp_path, "toy", "erm", 0).exists()
 
 
@@ -155,6 +194,16 @@ def test_dfr_final_head_folds_standardisation_into_a_linear_layer():
     assert np.array_equal(folded, direct.astype(int))
 
 
+def test_dfr_final_scaler_is_fit_on_the_given_training_embeddings():
+    """dfr_on_validation_eval fits StandardScaler on all_embeddings["train"], not on validation."""
+    x, y, g = _synthetic(signal=1.5)
+    train_x = x * 3.0 + 5.0  # another scale and offset than validation
+    coef, _, mean, scale = fit_final_head(x, y, g, 4, 0.3, repeats=2, rng=np.random.default_rng(0), scaler_x=train_x)
+    assert np.allclose(mean, train_x.mean(0)) and np.allclose(scale, train_x.std(0))
+    _, _, mean_v, _ = fit_final_head(x, y, g, 4, 0.3, repeats=2, rng=np.random.default_rng(0))
+    assert np.allclose(mean_v, x.mean(0)) and not np.allclose(mean_v, mean)
+
+
 def test_dfr_and_groupdro_runs(tmp_path, tiny):
     over = {**tiny, "dfr.final_repeats": 3, "groupdro.epochs": 1, "groupdro.batch_size": 32}
     dfr = run_method("toy", "dfr", 0, runs_dir=tmp_path, overrides=over, progress=False)
@@ -162,6 +211,7 @@ def test_dfr_and_groupdro_runs(tmp_path, tiny):
     assert dfr["annotation"] == {"train_group_labels": False, "val_group_labels": True}
     assert dfr["dfr"]["C"] in PAPER_C_GRID and (d / "embeddings.npz").is_file()
     emb = np.load(d / "embeddings.npz")
+    assert emb["train_x"].shape == (tiny["dataset_options"]["n_train"], 16)  # the scaler's training embeddings
     assert emb["val_x"].shape == (80, 16)  # width 8 -> 16 features
     # best.pt is the ERM backbone with the DFR head: it reproduces the reported test metrics
     from spuraug.data import get_dataset
@@ -184,3 +234,34 @@ def test_selection_by_worst_class_needs_no_val_group_labels(tmp_path, tiny):
                    "erm.selection": "val_worst_class_acc"}, progress=False)
     assert r["selection"] == "val_worst_class_acc"
     assert r["annotation"] == {"train_group_labels": False, "val_group_labels": False}
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_augment_chooses_the_training_transform(tmp_path, tiny, monkeypatch, augment):
+    """``augment: false`` (group_DRO/JTT commands without --augment_data) trains on the eval
+    transform; ``true`` on the random train transform."""
+    import baselines.groupdro as gd
+
+    seen = []
+    orig = gd.TrainSource
+
+    def spy(dataset, *args, **kwargs):
+        seen.append(dataset.transform)
+        return orig(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(gd, "TrainSource", spy)
+    over = {**tiny, "groupdro.epochs": 1, "groupdro.batch_size": 32, "groupdro.augment": augment}
+    run_method("toy", "groupdro", 0, runs_dir=tmp_path, overrides=over, progress=False)
+    assert [t.train for t in seen] == [augment]  # ToyTransform(train=True) draws random shifts
+
+
+def test_real_configs_augment_as_the_references():
+    """ERM and DDB's retraining augment (DFR base-model commands, DDB train.py); GroupDRO and JTT
+    do not (their reference commands omit --augment_data)."""
+    from spuraug.config import load_config
+
+    for ds in ("waterbirds", "celeba", "metashift"):
+        assert load_config(ds, "erm")["hparams"]["augment"] is True
+        assert load_config(ds, "groupdro")["hparams"]["augment"] is False
+        assert load_config(ds, "jtt")["hparams"]["augment"] is False
+        assert load_config(ds, "ddb")["hparams"]["retrain"]["augment"] is True

@@ -29,6 +29,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "sd4": tiny.save_stable_diffusion(root / "sd4", in_channels=4, image_size=16),
         "clipseg": tiny.save_clipseg(root / "clipseg"),
         "sam": tiny.save_sam(root / "sam"),
+        "sam2": tiny.save_sam2(root / "sam2"),
         "gdino": tiny.save_grounding_dino(root / "gdino"),
     }
 
@@ -277,12 +278,14 @@ def test_object_loss_region_errors_name_the_option(models, tmp_path):
 
 
 # ------------------------------------------------------------------ segmentation
-@pytest.mark.parametrize("backend", ["grounded_sam", "clipseg"])
-def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, backend):
-    cfg = SegmentConfig(backend=backend, detector=str(models["gdino"]), sam=str(models["sam"]),
+@pytest.mark.parametrize("backend,sam", [("grounded_sam", "sam2"), ("grounded_sam", "sam"), ("clipseg", "sam2")])
+def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, backend, sam):
+    cfg = SegmentConfig(backend=backend, detector=str(models["gdino"]), sam=str(models[sam]),
                         clipseg=str(models["clipseg"]), box_threshold=0.0, text_threshold=0.0,
                         clipseg_threshold=0.0, batch_size=2)
     seg = segment.build_segmenter(cfg, "cpu")
+    if backend == "grounded_sam":  # SAM 2.1 (LangSAM's) or SAM v1, chosen by the checkpoint's model_type
+        assert type(seg.sam).__name__ == ("Sam2Model" if sam == "sam2" else "SamModel")
     imgs = _images(3, size=(40, 48))
     ids = ["a/b.jpg", "c", "d e"]
     calls = []
@@ -303,6 +306,12 @@ def test_segment_writes_masks_beside_source_ids_and_resumes(models, tmp_path, ba
     segment.segment_sources([(i, lambda im=im: im) for i, im in zip(ids, imgs)], counting, "digit",
                             tmp_path / "masks")
     assert len(calls) == n_calls  # nothing recomputed
+
+
+def test_segment_defaults_are_langsams_models():
+    """LangSAM (luca-medeiros/lang-segment-anything), which the public code calls: GDINO base + SAM 2.1 small."""
+    cfg = ddb_config().segment
+    assert (cfg.detector, cfg.sam) == ("IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small")
 
 
 def test_segment_records_sources_without_object(tmp_path):
@@ -509,11 +518,11 @@ def test_mask_follows_the_classifier_transform():
     m[100:200, 150:250] = 255
     mk = prune.mask_in_model_space(Image.fromarray(m), waterbirds_transform(False))
     assert mk.shape == (224, 224)
-    # resize shorter side 300 -> 256 (x 256/300), centre-crop 224
-    s = 256 / 300
-    ox, oy = (round(400 * s) - 224) // 2, (256 - 224) // 2
-    assert mk[int(150 * s) - oy, int(200 * s) - ox] and not mk[5, 5]
-    assert abs(float(mk.float().mean()) - (100 * s) ** 2 / 224**2) < 0.02
+    # squash 400x300 -> 256x256 (x 256/400 across, x 256/300 down), centre-crop 224
+    sx, sy = 256 / 400, 256 / 300
+    o = (256 - 224) // 2
+    assert mk[int(150 * sy) - o, int(200 * sx) - o] and not mk[5, 5]
+    assert abs(float(mk.float().mean()) - (100 * sx) * (100 * sy) / 224**2) < 0.02
 
 
 # ------------------------------------------------------------------ retraining pieces
@@ -529,6 +538,29 @@ def test_ddb_objective_weights_generated_classes():
     assert loss.item() == pytest.approx((1 + 3) / 2 + 6 * 2 + 10 * (4 + 8) / 2)
     no_gen = DDBObjective(100, [6.0, 10.0])(losses, batch)
     assert no_gen.item() == pytest.approx(losses.mean().item())
+
+
+def test_ddb_gamma_keyed_by_source_class():
+    """gamma_by source (public train.py): gamma[c] weighs the edits made FROM class-c sources,
+    whatever label they are trained with; gamma_by label moves the weights to the other set."""
+    from spuraug.ddb.config import ddb_config
+    from spuraug.ddb.retrain import DDBObjective
+    from spuraug.engine import Batch
+
+    # n_train = 2; generated 0 and 1 were made from class-0 sources and labelled with the new
+    # class 1; generated 2 from a class-1 source, labelled 0 (inpaint.label: new)
+    losses = torch.tensor([1.0, 1.0, 2.0, 4.0, 8.0])
+    y = torch.tensor([0, 1, 1, 1, 0])
+    index = torch.tensor([0, 1, 2, 3, 4])
+    batch = Batch(x=torch.zeros(5), y=y, a=torch.full((5,), -1), index=index, source=torch.zeros(5, dtype=torch.long))
+    source_class = [0, 0, 1]
+    by_source = DDBObjective(2, [6.0, 10.0], keys=source_class)(losses, batch)
+    assert by_source.item() == pytest.approx(1.0 + 6 * (2 + 4) / 2 + 10 * 8)
+    by_label = DDBObjective(2, [6.0, 10.0])(losses, batch)
+    assert by_label.item() == pytest.approx(1.0 + 10 * (2 + 4) / 2 + 6 * 8)
+    assert ddb_config().retrain.gamma_by == "source"
+    with pytest.raises(ValueError, match="gamma_by"):
+        ddb_config({"retrain": {"gamma_by": "target"}})
 
 
 def test_reinit_head_is_xavier_with_zero_bias():
@@ -559,7 +591,7 @@ def test_missing_model_names_the_id_and_the_fix(tmp_path):
         inpaint.load_inpaint_pipeline(InpaintConfig(), None, "cpu")
     msg = str(e.value)
     assert "stabilityai/stable-diffusion-2-inpainting" in msg and "hf download" in msg and "HF_HUB_OFFLINE" in msg
-    with pytest.raises(hub.ModelMissingError, match="grounding-dino-tiny"):
+    with pytest.raises(hub.ModelMissingError, match="grounding-dino-base"):
         segment.build_segmenter(SegmentConfig(), "cpu")
     with pytest.raises(hub.ModelMissingError, match=str(tmp_path)):
         invert.load_sd_components(str(tmp_path))
@@ -645,3 +677,20 @@ def test_weights_changed_names_the_stage_whose_model_weights_changed(tmp_path):
     for sub in ("invert-a", "seed0/segment-b", "seed0/inpaint-c"):
         (root / sub / "key.json").unlink()
     assert weights_changed(cfg, stages, runs, "toy") is None
+
+
+def test_rho_target_summary_matches_the_reference_keep_share():
+    """bench/studies/ddb_rho_targets.py: the P for target "new" keeps the share of edits that target
+    "source" with the reference's P = 0.3 keeps (quantile matching on the same edits)."""
+    import pandas as pd
+
+    from bench.studies.ddb_rho_targets import summarise
+
+    ids = [str(i) for i in range(10)]
+    src = pd.DataFrame({"sample_id": ids, "rho_raw": [-1.0, -0.5, 0.0, 0.1, 0.2, 0.35, 0.4, 0.5, 0.6, 0.7]})
+    new = pd.DataFrame({"sample_id": ids[::-1], "rho_raw": [float(v) for v in range(10, 0, -1)]})  # 10 .. 1
+    res = summarise({"source": src, "new": new})
+    assert res["reference_keep_share"] == pytest.approx(0.5)  # 5 of 10 above 0.3
+    p = res["matched_P_for_target_new"]
+    assert ((new["rho_raw"] > p).mean()) == pytest.approx(0.5)
+    assert res["quantiles"]["source"]["share_above_0.3"] == pytest.approx(0.5)

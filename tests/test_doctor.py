@@ -26,7 +26,7 @@ def test_doctor_names_missing_pieces_and_fixes(empty_machine, capsys):
     assert main(["doctor", *empty_machine]) == 0  # missing pieces are not an error by default
     out = capsys.readouterr().out
     for model in ("stabilityai/stable-diffusion-2-base", "stabilityai/stable-diffusion-2-inpainting",
-                  "IDEA-Research/grounding-dino-tiny", "facebook/sam-vit-base", "CIDAS/clipseg-rd64-refined",
+                  "IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small", "CIDAS/clipseg-rd64-refined",
                   "resnet50-0676ba61.pth"):
         assert model in out
     assert "[missing] sd2-base" in out and "`spuraug weights fetch sd2-base`" in out and "make weights" in out

@@ -62,6 +62,24 @@ def test_waterbirds_transforms_give_224(tmp_path, transform):
     assert tuple(x.shape) == (3, 224, 224) and i == 1 and y in (0, 1) and a in (0, 1)
 
 
+def test_waterbirds_eval_transform_squashes_to_256_then_crops():
+    """group_DRO get_transform_cub / DFR wb_data.py: Resize((256, 256)) (aspect NOT kept), then
+    CentreCrop(224). A 512x256 image with a red left quarter keeps red at the crop's left edge;
+    resizing the short side (aspect kept) would cut the red quarter off entirely."""
+    import numpy as np
+    from PIL import Image
+
+    from spuraug.data.transforms import IMAGENET_MEAN, IMAGENET_STD, waterbirds_transform
+
+    a = np.zeros((256, 512, 3), np.uint8)
+    a[:, :128] = (255, 0, 0)
+    x = waterbirds_transform(False)(Image.fromarray(a))
+    assert tuple(x.shape) == (3, 224, 224)
+    red = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    assert abs(float(x[0, 112, 2]) - red) < 1e-3  # left edge of the crop is the red quarter
+    assert abs(float(x[0, 112, 200]) - (0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]) < 1e-3
+
+
 def test_waterbirds_complete_copy_matches_published_counts(tmp_path, capsys):
     make_waterbirds(tmp_path, counts=dataset_info("waterbirds").published_counts)
     rc, out, err = check(capsys, "--dataset", "waterbirds", "--data-dir", str(tmp_path))
@@ -297,3 +315,20 @@ def test_missing_dataset_everywhere_names_every_candidate(tmp_path):
             get_dataset(name, "train", tmp_path)
         msg = str(e.value)
         assert str(tmp_path) in msg and "where the data comes from" in msg and "spuraug data fetch" in msg
+
+
+def test_ddb_runs_on_celebas_class_balanced_split_while_erm_keeps_the_full_one(tmp_path):
+    """The public DDB code's data/CelebA.py balances the training split's classes for its stages
+    and retraining; the celeba config's ddb.dataset_options say so, and the ERM run is unchanged."""
+    from spuraug.config import load_config
+    from spuraug.ddb.method import ddb_dataset_options
+
+    make_celeba(tmp_path, "original")
+    resolved = load_config("celeba", "ddb")
+    opts = ddb_dataset_options(resolved)
+    assert opts["balance_train"] is True and resolved["erm"] and load_config("celeba", "erm")["dataset_options"].get(
+        "balance_train") is False
+    ddb_train = get_dataset("celeba", "train", tmp_path, transform=None, **opts)
+    assert np.bincount(ddb_train.y).tolist()[0] == np.bincount(ddb_train.y).tolist()[1]
+    full = get_dataset("celeba", "train", tmp_path, transform=None, **resolved["dataset_options"])
+    assert len(full) > len(ddb_train)

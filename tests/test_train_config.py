@@ -244,3 +244,30 @@ def test_python_m_spuraug_cli_errors_are_one_line(tmp_path):
                               capture_output=True, text=True, env=env, timeout=300)
         err = proc.stderr.strip()
         assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_erm_recipe_profiles_switch_every_value_and_overrides_still_win():
+    """erm.recipe names one of the literature's ERM recipes (baselines/erm.py RECIPES)."""
+    from baselines.erm import RECIPES
+
+    ddb = load_config("waterbirds", "erm")["hparams"]
+    assert ddb["recipe"] == "ddb2025" and ddb["weight_decay"] == 1e-3 and ddb["epochs"] == 100
+    sag = load_config("waterbirds", "erm", overrides={"erm.recipe": "sagawa2020"})["hparams"]
+    assert {k: sag[k] for k in RECIPES["sagawa2020"]["waterbirds"]} == RECIPES["sagawa2020"]["waterbirds"]
+    assert sag["epochs"] == 300 and sag["weight_decay"] == 1e-4 and sag["augment"] is False
+    celeba = load_config("celeba", "erm", overrides={"erm.recipe": "sagawa2020"})["hparams"]
+    assert celeba["lr"] == 1e-4
+    mixed = load_config("waterbirds", "erm", overrides={"erm.recipe": "sagawa2020", "erm.epochs": 2})["hparams"]
+    assert mixed["epochs"] == 2 and mixed["weight_decay"] == 1e-4
+    # methods that start from ERM see the same recipe
+    assert load_config("waterbirds", "dfr", overrides={"erm.recipe": "kirichenko2023"})["erm"]["batch_size"] == 32
+    with pytest.raises(ConfigError, match="no values for dataset 'metashift'"):
+        load_config("metashift", "erm", overrides={"erm.recipe": "sagawa2020"})
+
+
+def test_a_config_file_must_agree_with_the_erm_recipe_it_names(tmp_path):
+    text = (CONFIG_DIR / "waterbirds.yaml").read_text().replace("  epochs: 100  #", "  epochs: 90  #", 1)
+    bad = tmp_path / "waterbirds.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"erm\.epochs: 90 differs from recipe 'ddb2025'"):
+        load_config("waterbirds", "erm", config_file=bad)

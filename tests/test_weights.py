@@ -51,7 +51,7 @@ def test_every_benchmark_model_is_listed():
     ids = {e.id for e in weights.benchmark_weights()}
     assert ids == {
         "stabilityai/stable-diffusion-2-base", "stabilityai/stable-diffusion-2-inpainting",
-        "IDEA-Research/grounding-dino-tiny", "facebook/sam-vit-base", "CIDAS/clipseg-rd64-refined",
+        "IDEA-Research/grounding-dino-base", "facebook/sam2.1-hiera-small", "CIDAS/clipseg-rd64-refined",
         weights.RESNET50_IMAGENET1K_V1_URL,
     }
 
@@ -200,7 +200,7 @@ def test_fetch_with_the_hub_stubbed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, "download_url_to_file", download_url_to_file)
 
     status = weights.fetch_hub_model(entry("sam"), tmp_path / "hf")
-    assert requested["facebook/sam-vit-base"] == ["config.json", "model.safetensors"]
+    assert requested["facebook/sam2.1-hiera-small"] == ["config.json", "model.safetensors"]
     assert status.ok and status.size_bytes == len(b"config.json") + len(b"model.safetensors")
     status = weights.fetch_checkpoint(fake, tmp_path / "ckpt")
     assert status.ok and (tmp_path / "ckpt" / fake.filename).read_bytes() == data
@@ -225,7 +225,7 @@ def _tiny(name: str, folder: Path) -> Path:
         return tiny.save_stable_diffusion(folder, in_channels=4)
     if name == "sd2-inpainting":
         return tiny.save_stable_diffusion(folder, in_channels=9)
-    return {"grounding-dino": tiny.save_grounding_dino, "sam": tiny.save_sam, "clipseg": tiny.save_clipseg}[name](folder)
+    return {"grounding-dino": tiny.save_grounding_dino, "sam": tiny.save_sam2, "clipseg": tiny.save_clipseg}[name](folder)
 
 
 def _loaders(name: str) -> list[tuple]:
@@ -239,7 +239,7 @@ def _loaders(name: str) -> list[tuple]:
     return {
         "sd2-inpainting": [(diffusers.StableDiffusionInpaintPipeline, None)],
         "grounding-dino": [(transformers.AutoProcessor, None), (transformers.GroundingDinoForObjectDetection, None)],
-        "sam": [(transformers.SamProcessor, None), (transformers.SamModel, None)],
+        "sam": [(transformers.Sam2Processor, None), (transformers.Sam2Model, None)],
         "clipseg": [(transformers.CLIPSegProcessor, None), (transformers.CLIPSegForImageSegmentation, None)],
     }[name]
 

@@ -138,6 +138,34 @@ def save_sam(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
+def save_sam2(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny Sam2Model (Hiera backbone, 4 stages) with its Sam2Processor (64-pixel inputs)."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    torch.manual_seed(seed)
+    cfg = Sam2Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[64, 64],
+                patch_kernel_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3], query_stride=[2, 2],
+                window_positional_embedding_background_size=[2, 2], num_query_pool_stages=3,
+                blocks_per_stage=[1, 1, 1, 2], embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 2, 2], window_size_per_stage=[4, 4, 2, 2],
+                global_attention_blocks=[4]),  # a global block must not open a pooled stage
+            backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+            fpn_hidden_size=16),
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                                 iou_head_hidden_dim=16),
+    )
+    model = Sam2Model(cfg)
+    proc = Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": 64, "width": 64},
+                                                            mask_size={"height": 16, "width": 16}))
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return Path(folder)
+
+
 def save_grounding_dino(folder: Path, seed: int = 0) -> Path:
     """Save a tiny GroundingDinoForObjectDetection (ResNet backbone, 2-layer BERT) and processor."""
     from transformers import (

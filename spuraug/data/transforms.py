@@ -1,7 +1,11 @@
 """Image transforms of the papers (method.md, "Stage 0").
 
 Waterbirds and MetaShift: train = RandomResizedCrop(224, scale 0.7-1.0) + horizontal
-flip; eval = resize to 256, centre-crop 224. CelebA: eval = centre-crop 178, resize
+flip; eval = resize to 256x256 (both sides: the aspect ratio is NOT kept) then centre-crop
+224, as kohpangwei/group_DRO ``data/cub_dataset.py`` ``get_transform_cub``
+(``transforms.Resize((int(target_resolution[0]*scale), int(target_resolution[1]*scale)))``,
+scale 256/224), PolinaKirichenko/deep_feature_reweighting ``wb_data.py`` and the DISC
+MetaShift loaders do. CelebA: eval = centre-crop 178, resize
 224; train = the same crop followed by the random resized crop and flip. All with the
 ImageNet normalisation the pretrained ResNet-50 expects.
 """
@@ -21,7 +25,7 @@ def _normalize() -> T.Compose:
 
 
 def waterbirds_transform(train: bool, resolution: int = 224) -> T.Compose:
-    """The Waterbirds / MetaShift transform (resize 256 + centre-crop 224 for eval)."""
+    """The Waterbirds / MetaShift transform (eval: squash to 256x256, centre-crop 224)."""
     if train:
         return T.Compose(
             [
@@ -31,7 +35,7 @@ def waterbirds_transform(train: bool, resolution: int = 224) -> T.Compose:
             ]
         )
     return T.Compose(
-        [T.Resize(int(resolution * 256 / 224)), T.CenterCrop(resolution), _normalize()]
+        [T.Resize((int(resolution * 256 / 224),) * 2), T.CenterCrop(resolution), _normalize()]
     )
 
 

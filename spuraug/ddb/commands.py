@@ -88,14 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def stages_from_args(args: argparse.Namespace):
     """The :class:`~spuraug.ddb.pipeline.Stages` of the command line's dataset, seed and config."""
     from spuraug.config import load_config
-    from spuraug.ddb.method import config_from_hparams
+    from spuraug.ddb.method import config_from_hparams, ddb_dataset_options
     from spuraug.ddb.pipeline import Stages
 
     overrides = overrides_from_args(args)
     resolved = load_config(args.dataset, "ddb", args.config, overrides or None)
     cfg = config_from_hparams(resolved["hparams"], where=f"{resolved['config_file']}: ddb")
     return Stages(args.dataset, args.seed, cfg, runs_dir=args.out, data_dir=args.data_dir,
-                  dataset_options=resolved["dataset_options"], device=args.device, config_file=args.config,
+                  dataset_options=ddb_dataset_options(resolved), device=args.device, config_file=args.config,
                   overrides=overrides or None)
 
 

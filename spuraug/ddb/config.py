@@ -113,8 +113,10 @@ class SegmentConfig:
 
     backend: str = "grounded_sam"  # "grounded_sam" (LangSAM recipe) | "clipseg"
     prompt: str = "bird."  # public generate.py --mask_prompt ("animal." on MetaShift)
-    detector: str = "IDEA-Research/grounding-dino-tiny"  # LangSAM's Grounding DINO, via transformers
-    sam: str = "facebook/sam-vit-base"
+    #: LangSAM's own models (luca-medeiros/lang-segment-anything: GDINO base, sam2.1_hiera_small); the
+    #: earlier defaults IDEA-Research/grounding-dino-tiny and facebook/sam-vit-base (SAM v1) still load.
+    detector: str = "IDEA-Research/grounding-dino-base"
+    sam: str = "facebook/sam2.1-hiera-small"
     clipseg: str = "CIDAS/clipseg-rd64-refined"
     revision: str | None = None
     box_threshold: float = 0.3  # LangSAM default
@@ -197,11 +199,18 @@ class RetrainConfig:
     """Retraining from the ERM weights (method.md, Stage 4; public train.py)."""
 
     gamma: list[float] = field(default_factory=lambda: [6.0, 10.0])  # train.py --gamma1 6 --gamma2 10
+    #: Which set of edits gamma[c] weighs: "source" = the edits made from class-c sources (public
+    #: train.py: it labels edits with the source class and keys gamma by that label) | "label" =
+    #: the edits trained with label c (with inpaint.label: new that swaps the two weights).
+    gamma_by: str = "source"
     lr: float = 5e-6  # train.py --lr
     batch_size: int = 32  # train.py --batch_size
     epochs: int = 200  # train.py --epochs
     weight_decay: float = 0.0  # train.py: Adam without weight decay
     reinit_head: bool = True  # train.py weight_init(fc): Xavier uniform, bias 0
+    #: Train (original and generated images) with the dataset's random train transform (public
+    #: train.py: ``args.transform = get_transform(True)`` for both); false: the eval transform.
+    augment: bool = True
 
 
 @dataclass
@@ -232,6 +241,7 @@ _CHOICES = {
     ("inpaint", "engine"): ("local", "ray"),
     ("prune", "engine"): ("local", "ray"),
     ("prune", "ig_target"): ("new", "source"),
+    ("retrain", "gamma_by"): ("source", "label"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
     ("invert", "loss_region"): ("image", "object", "region"),
     ("inpaint", "attention"): ATTENTION_BACKENDS,

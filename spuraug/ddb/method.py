@@ -17,6 +17,13 @@ from spuraug.methods import Method, Param, param, register_method
 STAGES: tuple[str, ...] = ("invert", "sources", "segment", "inpaint", "prune", "retrain")
 
 
+def ddb_dataset_options(resolved: dict) -> dict:
+    """The dataset options of DDB's own stages and retraining: the config's ``dataset_options``
+    with the ``ddb.dataset_options`` on top (CelebA: ``balance_train: true``, the class-balanced
+    training split of the public code's ``data/CelebA.py``). The ERM run keeps the config's."""
+    return {**resolved["dataset_options"], **(resolved["hparams"].get("dataset_options") or {})}
+
+
 def config_from_hparams(hparams: dict, where: str = "ddb") -> DDBConfig:
     """The :class:`DDBConfig` of a resolved ``ddb`` section (``ConfigError`` naming the key)."""
     from spuraug.config import ConfigError
@@ -41,6 +48,8 @@ class DDB(Method):
     params: ClassVar[dict[str, Param]] = {
         **{s: param({}, dict, help=f"options of the {s} stage (spuraug/ddb/config.py)") for s in STAGES},
         "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),
+        "dataset_options": param({}, dict, help="dataset options of DDB's stages and retraining over the config's "
+                                 "(CelebA: balance_train, as the public data/CelebA.py); ERM keeps the config's"),
     }
 
     @staticmethod
@@ -67,13 +76,13 @@ class DDB(Method):
         erm_dir = ctx.ensure_erm()
         stages = Stages(
             ctx.dataset, ctx.seed, cfg, runs_dir=ctx.runs_dir, data_dir=ctx.data_dir,
-            dataset_options=ctx.config["dataset_options"], device=str(ctx.device), config_file=ctx.config_file,
+            dataset_options=ddb_dataset_options(ctx.config), device=str(ctx.device), config_file=ctx.config_file,
             overrides=ctx.overrides, erm_dir=erm_dir,
         )
         manifests = stages.run_all()
         table = stages.prune()
-        files, labels = kept_arrays(table)
-        train = ctx.load_split("train", "train")
+        files, labels, source_classes = kept_arrays(table)
+        train = stages.split("train", "train" if cfg.retrain.augment else "eval")
         aug = AugmentedTrainSet(train, GeneratedDataset(files, labels, transform=train.transform))
         model = load_model(erm_dir, cfg.sources.erm_checkpoint)
         if cfg.retrain.reinit_head:
@@ -82,7 +91,9 @@ class DDB(Method):
         hp = {"optimizer": "adam", "lr": rc.lr, "weight_decay": rc.weight_decay, "momentum": 0.0,
               "epochs": rc.epochs, "selection": ctx.hparams["selection"]}
         fit = ctx.fit(model, {"train": TrainSource(aug, rc.batch_size)},
-                      objective=DDBObjective(len(train), rc.gamma), hparams=hp)
+                      objective=DDBObjective(len(train), rc.gamma,
+                                             keys=source_classes if rc.gamma_by == "source" else None),
+                      hparams=hp)
         out = ctx.result_from_fit(fit)
         out["ddb"] = {
             "erm_run": str(erm_dir),
@@ -90,5 +101,7 @@ class DDB(Method):
             "n_train": len(train),
             "n_generated_kept": len(files),
             "kept_per_label": {str(c): int((labels == c).sum()) for c in range(train.n_classes)},
+            "kept_per_source_class": {str(c): int((source_classes == c).sum()) for c in range(train.n_classes)},
+            "gamma_by": rc.gamma_by,
         }
         return out

@@ -492,7 +492,7 @@ def _read_partial(path: Path, samples: pd.DataFrame) -> pd.DataFrame | None:
     return done
 
 
-def kept_arrays(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """Files and labels of the kept rows of a pruning table."""
+def kept_arrays(table: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Files, labels and source classes of the kept rows of a pruning table."""
     kept = table[table["keep"]]
-    return list(kept["generated_path"]), kept["label"].to_numpy(np.int64)
+    return list(kept["generated_path"]), kept["label"].to_numpy(np.int64), kept["source_class"].to_numpy(np.int64)

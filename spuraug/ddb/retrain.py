@@ -5,10 +5,15 @@ bias 0, as the public ``train.py``'s ``weight_init``) and the WHOLE network is t
 with Adam on one shuffled set made of the training split and the kept generated images
 (the public code's ``ConcatDataset``), minimising
 
-    L = L_train + sum_c gamma_c * L_gen(class c)
+    L = L_train + sum_c gamma_c * L_gen(set c)
 
 where each term is the mean cross-entropy over the batch's examples of that kind (an
-empty term is 0). Model selection: validation worst-group accuracy. Everything runs on
+empty term is 0). Set ``c`` is chosen by ``retrain.gamma_by``: ``source`` (default) puts
+an edit in the set of its SOURCE class, as the public ``train.py`` does (it writes the
+source class as the label of ``metadata_cls<i>.csv`` and weighs gamma1 = 6 on the edits
+made from class-0 sources, gamma2 = 10 on those from class-1 sources); ``label`` keys it by
+the label the edit is trained with (the new class under ``inpaint.label: new``), which
+moves each weight to the other set. Model selection: validation worst-group accuracy. Everything runs on
 :func:`spuraug.engine.fit`, so the run folder is the contract's (metrics.jsonl,
 checkpoints/, result.json via :func:`spuraug.runs.run_method`).
 """
@@ -113,16 +118,19 @@ class AugmentedTrainSet(torch.utils.data.Dataset):
 
 
 class DDBObjective(Objective):
-    """``mean(loss | original) + sum_c gamma[c] * mean(loss | generated, label c)``.
+    """``mean(loss | original) + sum_c gamma[c] * mean(loss | generated, key c)``.
 
-    The public ``train.py`` computes the same three means per batch (gamma1 for
-    generated class 0, gamma2 for generated class 1); a term without examples in the
-    batch contributes 0 there instead of NaN.
+    ``keys[k]`` is the gamma set of generated example ``k`` (its position after the
+    training split): its source class for ``retrain.gamma_by: source`` (the public
+    ``train.py``: gamma1 for edits of class-0 sources, gamma2 for class-1 sources), or
+    ``None`` to key by the batch's label (``gamma_by: label``). A term without examples
+    in the batch contributes 0 there instead of NaN.
     """
 
-    def __init__(self, n_train: int, gamma: Sequence[float]) -> None:
+    def __init__(self, n_train: int, gamma: Sequence[float], keys: Sequence[int] | None = None) -> None:
         self.n_train = int(n_train)
         self.gamma = [float(g) for g in gamma]
+        self.keys = None if keys is None else torch.as_tensor(np.asarray(keys, dtype=np.int64))
         self._sums = np.zeros(1 + len(self.gamma))
         self._counts = np.zeros(1 + len(self.gamma))
 
@@ -132,8 +140,14 @@ class DDBObjective(Objective):
         orig = ~gen
         if orig.any():
             terms.append(losses[orig].mean())
+        if self.keys is None:
+            key = batch.y
+        else:
+            keys = self.keys.to(batch.index.device)
+            key = torch.full_like(batch.y, -1)
+            key[gen] = keys[batch.index[gen] - self.n_train]
         for c, g in enumerate(self.gamma):
-            sel = gen & (batch.y == c)
+            sel = gen & (key == c)
             if sel.any():
                 terms.append(g * losses[sel].mean())
                 self._counts[1 + c] += int(sel.sum())
@@ -144,7 +158,7 @@ class DDBObjective(Objective):
 
     def log(self) -> dict:
         out = {"original_seen": int(self._counts[0])}
-        out.update({f"generated_class{c}_seen": int(self._counts[1 + c]) for c in range(len(self.gamma))})
+        out.update({f"generated_set{c}_seen": int(self._counts[1 + c]) for c in range(len(self.gamma))})
         self._counts[:] = 0
         return out
 

@@ -1,9 +1,13 @@
 """Stage 2a: the causal object's mask from a text prompt.
 
-Default backend "grounded_sam" is the LangSAM recipe of the paper through transformers:
-Grounding DINO (``IDEA-Research/grounding-dino-tiny``) finds boxes for the prompt
-(``"bird."``), SAM (``facebook/sam-vit-base``) turns the chosen box into a mask
-(single-mask output, binarised). "clipseg" (``CIDAS/clipseg-rd64-refined``) thresholds
+Default backend "grounded_sam" is the LangSAM recipe of the paper through transformers,
+with LangSAM's own models (luca-medeiros/lang-segment-anything, which the public DDB code
+imports: Grounding DINO base and SAM 2.1 hiera-small): Grounding DINO
+(``IDEA-Research/grounding-dino-base``) finds boxes for the prompt (``"bird."``), SAM 2.1
+(``facebook/sam2.1-hiera-small``, transformers' ``Sam2Model``) turns the chosen box into a
+mask (single-mask output, binarised). SAM v1 checkpoints (``facebook/sam-vit-base``, the
+earlier default) and ``IDEA-Research/grounding-dino-tiny`` still load: the SAM class is
+chosen from the checkpoint's ``model_type``. "clipseg" (``CIDAS/clipseg-rd64-refined``) thresholds
 CLIPSeg's heat map instead. Masks are saved as ``masks/<source id>.png`` (0/255) next to
 ``masks/<source id>.json`` (found, score, area); a source where nothing is found gets
 only the JSON and is skipped by inpainting, as in the public code.
@@ -33,14 +37,24 @@ class GroundedSAM:
     """Grounding DINO box + SAM mask (LangSAM), both through transformers."""
 
     def __init__(self, cfg: SegmentConfig, device: torch.device | str = "cpu") -> None:
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection, SamModel, SamProcessor
+        from transformers import (
+            AutoConfig,
+            AutoProcessor,
+            GroundingDinoForObjectDetection,
+            Sam2Model,
+            Sam2Processor,
+            SamModel,
+            SamProcessor,
+        )
 
         self.cfg = cfg
         self.device = resolve_device(device)
         self.det_processor = hub.load(AutoProcessor, cfg.detector, revision=cfg.revision)
         self.detector = hub.load(GroundingDinoForObjectDetection, cfg.detector, revision=cfg.revision).eval().to(self.device)
-        self.sam_processor = hub.load(SamProcessor, cfg.sam, revision=cfg.revision)
-        self.sam = hub.load(SamModel, cfg.sam, revision=cfg.revision).eval().to(self.device)
+        self.sam2 = hub.load(AutoConfig, cfg.sam, revision=cfg.revision).model_type == "sam2"
+        proc_cls, model_cls = (Sam2Processor, Sam2Model) if self.sam2 else (SamProcessor, SamModel)
+        self.sam_processor = hub.load(proc_cls, cfg.sam, revision=cfg.revision)
+        self.sam = hub.load(model_cls, cfg.sam, revision=cfg.revision).eval().to(self.device)
 
     @torch.no_grad()
     def boxes(self, images: list[Image.Image], prompt: str) -> list[tuple[list[float] | None, float]]:
@@ -76,9 +90,13 @@ class GroundedSAM:
         pixel = inputs["pixel_values"].to(self.device, self.sam.dtype)
         pred = self.sam(pixel_values=pixel, input_boxes=inputs["input_boxes"].to(self.device, self.sam.dtype),
                         multimask_output=False)
-        masks = self.sam_processor.post_process_masks(
-            pred.pred_masks.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=True
-        )
+        if self.sam2:  # SAM 2 resizes to a square without padding: only the original sizes are needed
+            masks = self.sam_processor.post_process_masks(pred.pred_masks.float().cpu(), inputs["original_sizes"],
+                                                          binarize=True)
+        else:
+            masks = self.sam_processor.post_process_masks(
+                pred.pred_masks.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=True
+            )
         for j, i in enumerate(hit):
             out[i] = (masks[j][0, 0].numpy().astype(bool), boxes[i][1])  # first box, its one mask
         return out
