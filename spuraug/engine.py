@@ -175,6 +175,29 @@ def group_balanced_weights(g: np.ndarray, n_groups: int) -> np.ndarray:
     return 1.0 / counts[g]
 
 
+def resolve_num_workers(value: int | str, device: str | torch.device | None = None) -> int:
+    """``loader.num_workers`` as a number: an int as given; ``"auto"`` from the cores this
+    process may use (``os.sched_getaffinity``). On CUDA the model runs on the GPU and every
+    core but one decodes (at most 16); on the CPU the training step needs the cores itself and
+    decoding a batch costs a few percent of a ResNet-50 step, so one worker per 8 cores
+    (at least 1) overlaps it without oversubscribing (docs/harness.md, "CPU training speed")."""
+    if isinstance(value, bool):
+        raise ValueError(f"loader.num_workers: expected an integer >= 0 or 'auto', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"loader.num_workers: expected an integer >= 0 or 'auto', got {value}")
+        return value
+    if value != "auto":
+        raise ValueError(f"loader.num_workers: expected an integer >= 0 or 'auto', got {value!r}")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    if resolve_device(device).type == "cuda":
+        return max(1, min(16, cores - 1))
+    return max(1, cores // 8)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -258,16 +281,27 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" and x.dim() == 4:
+def use_channels_last(model: nn.Module, device: torch.device, channels_last: bool | None = None) -> bool:
+    """Whether ``model`` runs on channels-last tensors on ``device``: ``channels_last`` when
+    given; else always on CUDA, and on the CPU where the model says it is faster
+    (``model.cpu_channels_last``, measured per backbone: :class:`spuraug.models.ResNet50`)."""
+    if channels_last is not None:
+        return bool(channels_last)
+    return device.type == "cuda" or bool(getattr(model, "cpu_channels_last", False))
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last and x.dim() == 4:
         return x.to(device, non_blocking=True, memory_format=torch.channels_last)
     return x.to(device, non_blocking=True)
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``model`` to ``device`` (channels-last memory on CUDA)."""
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool | None = None) -> nn.Module:
+    """Move ``model`` to ``device``, in channels-last memory where :func:`use_channels_last` says."""
     model.to(device)
-    if device.type == "cuda":
+    if use_channels_last(model, device, channels_last):
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -281,18 +315,20 @@ def predict(
     features: bool = False,
     num_workers: int = 0,
     progress: bool = False,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Logits (``features=False``) or penultimate embeddings (``model.features``) of
     every example of ``dataset``, in dataset order, as float32 numpy, model in eval mode."""
     device = resolve_device(device)
-    prepare_model(model, device)
+    cl = use_channels_last(model, device, channels_last)
+    prepare_model(model, device, cl)
     was_training = model.training
     model.eval()
     loader = make_loader(dataset, batch_size, device, num_workers=num_workers)
     out = []
     for x, *_ in tqdm(loader, desc="predict", leave=False, disable=None if progress else True, file=sys.stderr):
         with _autocast(device):
-            z = model.features(_to_device(x, device)) if features else model(_to_device(x, device))
+            z = model.features(_to_device(x, device, cl)) if features else model(_to_device(x, device, cl))
         out.append(z.float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
@@ -324,9 +360,10 @@ def evaluate(
     batch_size: int = 256,
     train_group_counts: Sequence[int] | None = None,
     num_workers: int = 0,
+    channels_last: bool | None = None,
 ) -> dict:
     """:func:`spuraug.metrics.evaluate_predictions` of ``model`` on a :class:`SpuriousDataset`."""
-    logits = predict(model, dataset, device, batch_size, num_workers=num_workers)
+    logits = predict(model, dataset, device, batch_size, num_workers=num_workers, channels_last=channels_last)
     return evaluate_predictions(
         dataset.y, dataset.a, logits.argmax(1), dataset.n_classes, dataset.n_attributes, train_group_counts
     )
@@ -420,6 +457,7 @@ def fit(
     progress: bool = True,
     max_steps_per_epoch: int | None = None,
     step_callback: Callable[[int, int], None] | None = None,
+    channels_last: bool | None = None,
 ) -> FitResult:
     """Train ``model`` for ``epochs`` epochs over ``sources`` minimising ``objective``.
 
@@ -431,7 +469,8 @@ def fit(
     already holds ``last.pt`` the run resumes from it. A NaN or infinite loss raises
     :class:`NonFiniteLossError` before anything of that epoch is written.
 
-    ``out_dir=None`` trains in memory (no files, no resume).
+    ``out_dir=None`` trains in memory (no files, no resume). ``channels_last`` (default: see
+    :func:`use_channels_last`) sets the memory format of the model and its input batches.
     """
     device = resolve_device(device)
     if isinstance(sources, TrainSource):
@@ -448,7 +487,8 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out / "checkpoints" if out is not None else None
     metrics_path = out / "metrics.jsonl" if out is not None else None
-    prepare_model(model, device)
+    channels_last = use_channels_last(model, device, channels_last)
+    prepare_model(model, device, channels_last)
     # the optimizer was built over parameters that `prepare_model` moved in place; its
     # state (momentum buffers) follows on load_state_dict.
 
@@ -502,7 +542,7 @@ def fit(
                 xe, ye, ae, ie = next(extra_iters[n])
                 parts.append((xe, ye, ae, ie, k))
             batch = Batch(
-                x=_to_device(torch.cat([p[0] for p in parts]), device),
+                x=_to_device(torch.cat([p[0] for p in parts]), device, channels_last),
                 y=torch.cat([torch.as_tensor(p[1]) for p in parts]).long().to(device),
                 a=torch.cat([torch.as_tensor(p[2]) for p in parts]).long().to(device),
                 index=torch.cat([torch.as_tensor(p[3]) for p in parts]).long().to(device),
@@ -544,7 +584,8 @@ def fit(
         }
         if epoch % eval_every == 0 or epoch == epochs:
             for name, ds in eval_sets.items():
-                line[name] = evaluate(model, ds, device, eval_batch_size, train_group_counts, num_workers)
+                line[name] = evaluate(model, ds, device, eval_batch_size, train_group_counts, num_workers,
+                                      channels_last=channels_last)
             obj_log = objective.log()
             if obj_log:
                 line["objective"] = obj_log
