@@ -104,7 +104,7 @@ throughput: setup ## pytest-benchmark suite of bench/ -> results/throughput/<mac
 	$(WITH_JEMALLOC)$(PY) -m bench.throughput
 
 # ---- speed and cost (docs/harness.md: "CPU training speed", "make plan")
-.PHONY: train-throughput plan
+.PHONY: train-throughput plan gpu-speed
 BATCH ?= 108
 STEPS ?= 6
 WORKERS ?=
@@ -115,6 +115,9 @@ train-throughput: setup ## real data path (dataset, transforms, loader, engine) 
 
 plan: setup ## the real job's projected wall time, device-hours and peak memory per method and DDB stage -> results/plan/ [DATASET=waterbirds|celeba|metashift; default all three]
 	$(PY) -m bench.plan $(foreach d,$(PLAN_DATASETS),--dataset $(d))
+
+gpu-speed: setup ## GPU session: DDB reference loop vs our stages, ResNet-50 training and its JPEG loader -> results/gpu/<date>_<device>/reference_loop.json [SMOKE=1: tiny, CPU]
+	$(WITH_JEMALLOC)$(PY) -m bench.gpu.reference_loop $(if $(filter-out 0 no false,$(SMOKE)),--smoke --out /tmp/spuraug_reference_loop_smoke.json)
 
 # ---- containers and weights (docs/containers.md)
 .PHONY: image image-gpu image-cpu weights doctor docker-volumes

@@ -120,8 +120,21 @@ def _rates_of_file(path: Path, root: Path) -> list[Rate]:
                 out.append(Rate(s["stage"], float(s["images_per_s"]), _device_of(data.get("device"), path), rel,
                                 when, s.get("peak_mem_mb"), s.get("batch_size"),
                                 f"resolution={s.get('resolution')}"))
-    elif isinstance(data.get("staged"), dict):  # bench/gpu/reference_loop.py
-        for stage, s in data["staged"].get("stages", {}).items():
+    elif isinstance(data.get("staged"), dict) or isinstance(data.get("train"), dict):  # bench/gpu/reference_loop.py
+        train = data.get("train") or {}
+        dev = _device_of(data.get("device"), path)
+        if train.get("model") == "resnet50" and not data.get("smoke"):
+            bare = [b for b in (train.get("bare") or {}).values() if b.get("images_per_s")]
+            if bare:
+                b = max(bare, key=lambda b: b["images_per_s"])
+                out.append(Rate("train", float(b["images_per_s"]), dev, rel, when, b.get("peak_gpu_mb"),
+                                train.get("batch_size"), f"synthetic tensors, compile={b.get('compile')}",
+                                priority=1))
+            real = train.get("real") or {}
+            if real.get("images_per_s"):
+                out.append(Rate("train", float(real["images_per_s"]), dev, rel, when, None, train.get("batch_size"),
+                                f"real data path, {real.get('workers')} loader workers", priority=2))
+        for stage, s in ((data.get("staged") or {}).get("stages") or {}).items():
             if stage in ("segment", "inpaint", "prune") and s.get("images_per_s") and not data.get("smoke"):
                 note = f"steps={data.get('steps')}" if stage == "inpaint" else ""
                 out.append(Rate(stage, float(s["images_per_s"]), _device_of(data.get("device"), path), rel, when,

@@ -193,12 +193,14 @@ def real_loop(dataset, model_name: str, hp: dict, batch: int, steps: int, warmup
 
 
 def bare_loop(model_name: str, n_classes: int, hp: dict, batch: int, size: int, steps: int, warmup: int,
-              channels_last: bool | None, device: torch.device) -> dict:
-    """The same model, batch and optimiser on one synthetic batch: forward, loss, backward, step."""
+              channels_last: bool | None, device: torch.device, compile: bool = False) -> dict:
+    """The same model, batch and optimiser on one synthetic batch: forward, loss, backward, step
+    (bf16 autocast on CUDA, as the engine; ``compile``: the model through ``torch.compile``)."""
     model = build(model_name, n_classes)
     cl = engine.use_channels_last(model, device, channels_last)
     engine.prepare_model(model, device, cl)
     opt = optimizer_for(model, hp)
+    net = torch.compile(model) if compile else model
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     x = x.to(device, memory_format=torch.channels_last if cl else torch.contiguous_format)
@@ -215,16 +217,18 @@ def bare_loop(model_name: str, n_classes: int, hp: dict, batch: int, size: int, 
             if k == warmup + steps:
                 break
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(x)
+                logits = net(x)
             loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     images_per_s, step_s = rate(stamps, batch)
-    del model, opt
+    peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    del model, opt, net
     gc.collect()
     return {"images_per_s": images_per_s, "step_s": step_s, "peak_rss_mb": mem.peak_mb,
-            "wall_s": round(time.perf_counter() - t0, 2), "channels_last": cl}
+            "peak_gpu_mb": peak_gpu, "wall_s": round(time.perf_counter() - t0, 2), "channels_last": cl,
+            "compile": compile}
 
 
 # --------------------------------------------------------------------------- main
