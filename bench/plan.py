@@ -323,7 +323,8 @@ def make_plan(dataset: str, results_dir: str | Path = "results", data_dir: str |
     assumptions += [
         "rates do not depend on the batch size (records at other batch sizes are used as they are); "
         "peak memory is the record's, at the batch it was measured with",
-        "one device per run (device-hours = wall hours); seeds run one after another",
+        "one device per run (device-hours = wall hours); seeds run one after another; every DDB stage "
+        "runs once per seed (an upper bound where a stage's artifacts are shared between seeds)",
         "GPU rates for training come from synthetic tensors unless a train_loop record exists: "
         "the JPEG loader is assumed to keep up",
     ]
