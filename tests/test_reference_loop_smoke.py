@@ -20,6 +20,7 @@ def _keep_threads():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_reference_loop_smoke(tmp_path, capsys):
     from bench import plan
     from bench.gpu import reference_loop as rl

@@ -26,6 +26,7 @@ def _run(capsys, *argv):
     return record
 
 
+@pytest.mark.slow
 def test_real_path_and_bare_loop_on_a_waterbirds_folder(tmp_path, capsys):
     root = tt.write_waterbirds_like(tmp_path / "data", n_train=10, n_val=2, n_test=2, size=40)
     assert (root / "metadata.csv").read_text().count("\n") == 15
