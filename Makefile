@@ -46,7 +46,26 @@ DOCKER_RUN = $(DOCKER_CLI) run --rm --init -i $(shell [ -t 0 ] && echo -t) \
 	-e SPURAUG_DATA_DIR=/data -e HF_HOME=/cache/huggingface -e TORCH_HOME=/cache/torch \
 	-e HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) -e SPURAUG_GIT_SHA=$(shell git rev-parse HEAD 2>/dev/null) \
 	$(if $(GPU_ON),$(IMAGE_GPU),$(IMAGE_CPU))
-RUN_PY = $(if $(DOCKER_ON),$(DOCKER_RUN) python,$(PY))
+RUN_PY = $(if $(DOCKER_ON),$(DOCKER_RUN) python,$(WITH_JEMALLOC)$(PY))
+
+# jemalloc (issue 21): glibc's malloc returns ResNet-50's large CPU buffers to the kernel
+# after every step and page-faults them back in (~25 of ~30 s per step at batch 108 on a
+# 2-core AMD EPYC); jemalloc keeps them. The bench, train, test and throughput targets
+# preload it when the library is installed (Debian/Ubuntu: libjemalloc2), and run without
+# it otherwise. JEMALLOC=0 turns it off, JEMALLOC=/path/libjemalloc.so.2 names the file.
+# The containers' entrypoint does the same; `spuraug doctor` says whether it is active.
+JEMALLOC ?= auto
+ifeq ($(JEMALLOC),auto)
+JEMALLOC_LIB := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
+	/usr/lib/aarch64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 \
+	/usr/local/lib/libjemalloc.so.2) $(shell PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null \
+	| awk '/libjemalloc\.so\.2 /{print $$NF; exit}'))
+else ifneq ($(filter 0 no false off,$(JEMALLOC)),)
+JEMALLOC_LIB :=
+else
+JEMALLOC_LIB := $(wildcard $(JEMALLOC))
+endif
+WITH_JEMALLOC = $(if $(JEMALLOC_LIB),LD_PRELOAD="$(JEMALLOC_LIB)$(if $(LD_PRELOAD),:$(LD_PRELOAD))" )
 
 .PHONY: help setup test lint bench
 
@@ -62,8 +81,8 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 setup: $(STAMP) ## create .venv once from the pinned lock (re-installs only when the lock changes)
 
-test: setup ## run the test suite (offline: HF_HUB_OFFLINE=1)
-	$(PY) -m pytest -q
+test: setup ## run the test suite (offline: HF_HUB_OFFLINE=1; jemalloc preloaded when installed)
+	$(WITH_JEMALLOC)$(PY) -m pytest -q
 
 lint: setup ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
@@ -76,13 +95,29 @@ bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make 
 .PHONY: check leaderboard throughput
 
 check: setup ## accuracy regression gate: CI-sized toy sweep vs results/reference/toy.json (exit 1 on regression)
-	$(PY) -m bench.check
+	$(WITH_JEMALLOC)$(PY) -m bench.check
 
 leaderboard: setup ## build results/leaderboard.md + results/leaderboard/index.html (screenshot when chromium is installed)
 	$(PY) -m bench.leaderboard
 
 throughput: setup ## pytest-benchmark suite of bench/ -> results/throughput/<machine>/<time>.json; images/s + ratio to last run
-	$(PY) -m bench.throughput
+	$(WITH_JEMALLOC)$(PY) -m bench.throughput
+
+# ---- speed and cost (docs/harness.md: "CPU training speed", "make plan")
+.PHONY: train-throughput plan gpu-speed
+BATCH ?= 108
+STEPS ?= 6
+WORKERS ?=
+PLAN_DATASETS = $(if $(filter toy,$(DATASET)),waterbirds celeba metashift,$(DATASET))
+
+train-throughput: setup ## real data path (dataset, transforms, loader, engine) vs the bare loop -> results/throughput/ [DATASET=waterbirds DATA_DIR=.. BATCH=108 STEPS=6 WORKERS=auto]
+	$(WITH_JEMALLOC)$(PY) -m bench.train_throughput --dataset $(if $(filter toy,$(DATASET)),waterbirds,$(DATASET)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --batch-size $(BATCH) --steps $(STEPS) $(if $(WORKERS),--workers $(WORKERS))
+
+plan: setup ## the real job's projected wall time, device-hours and peak memory per method and DDB stage -> results/plan/ [DATASET=waterbirds|celeba|metashift; default all three]
+	$(PY) -m bench.plan $(foreach d,$(PLAN_DATASETS),--dataset $(d))
+
+gpu-speed: setup ## GPU session: DDB reference loop vs our stages, ResNet-50 training and its JPEG loader -> results/gpu/<date>_<device>/reference_loop.json [SMOKE=1: tiny, CPU]
+	$(WITH_JEMALLOC)$(PY) -m bench.gpu.reference_loop $(if $(filter-out 0 no false,$(SMOKE)),--smoke --out /tmp/spuraug_reference_loop_smoke.json)
 
 # ---- containers and weights (docs/containers.md)
 .PHONY: image image-gpu image-cpu weights doctor docker-volumes
@@ -101,7 +136,7 @@ weights: $(if $(DOCKER_ON),docker-volumes,setup) ## download every model of the 
 	$(if $(DOCKER_ON),$(DOCKER_RUN) spuraug,HF_HUB_OFFLINE=0 SPURAUG_OFFLINE=0 $(PY) -m spuraug.cli) weights fetch $(WEIGHTS)
 
 doctor: $(if $(DOCKER_ON),docker-volumes,setup) ## check GPU, packages, weights, datasets and toy zoo; say what to do [DOCKER=1 [GPU=1]]
-	$(if $(DOCKER_ON),$(DOCKER_RUN) spuraug,$(PY) -m spuraug.cli) doctor
+	$(if $(DOCKER_ON),$(DOCKER_RUN) spuraug,$(WITH_JEMALLOC)$(PY) -m spuraug.cli) doctor
 
 # Bind-mount sources must exist, or docker creates them owned by root.
 docker-volumes:

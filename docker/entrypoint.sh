@@ -8,7 +8,29 @@
 #
 # Outside a container, spuraug is taken from PATH, else from this checkout's .venv, else
 # `python3 -m spuraug.cli` (SPURAUG_PYTHON names another interpreter).
+#
+# jemalloc (issue 21; docs/harness.md "CPU training speed") is preloaded into whatever runs
+# when libjemalloc.so.2 is installed (the images install libjemalloc2); JEMALLOC=0 turns it
+# off, JEMALLOC=/path/libjemalloc.so.2 names the file. `spuraug doctor` says if it is active.
 set -euo pipefail
+
+find_jemalloc() {
+    local f
+    for f in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 \
+             /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 /usr/local/lib/libjemalloc.so.2; do
+        [[ -f "$f" ]] && { echo "$f"; return; }
+    done
+    PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $NF; exit}' || true
+}
+
+case "${JEMALLOC:-auto}" in
+    0|no|false|off) jemalloc="" ;;
+    auto) jemalloc="$(find_jemalloc)" ;;
+    *) jemalloc="$JEMALLOC"; [[ -f "$jemalloc" ]] || jemalloc="" ;;
+esac
+if [[ -n "$jemalloc" && ":${LD_PRELOAD:-}:" != *":$jemalloc:"* ]]; then
+    export LD_PRELOAD="$jemalloc${LD_PRELOAD:+:$LD_PRELOAD}"
+fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"

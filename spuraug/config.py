@@ -43,7 +43,8 @@ EVAL_PARAMS: dict[str, Param] = {
     "every": param(1, int, ge=1, help="evaluate val and test every N epochs (and after the last)"),
 }
 LOADER_PARAMS: dict[str, Param] = {
-    "num_workers": param(0, int, ge=0),
+    "num_workers": param(0, int, str, help="DataLoader workers, or auto: from the cores available "
+                         "(spuraug.engine.resolve_num_workers)"),
 }
 SECTION_PARAMS: dict[str, dict[str, Param]] = {"model": MODEL_PARAMS, "eval": EVAL_PARAMS, "loader": LOADER_PARAMS}
 #: Ranges of the toy dataset's options (the types come from :class:`spuraug.data.toy.ToyConfig`).
@@ -247,6 +248,9 @@ def validate(data: dict, dataset: str, where: str) -> dict:
     out["dataset_options"] = _check_dataset_options(where, dataset, data.get("dataset_options"))
     for section, schema in SECTION_PARAMS.items():
         out[section] = _check_section(where, section, data.get(section), schema)
+    workers = out["loader"]["num_workers"]
+    if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
+        raise ConfigError(f"{where}: loader.num_workers: expected an integer >= 0 or auto, got {workers!r}")
     for name in method_names():
         out[name] = _check_section(where, name, data.get(name), get_method(name).params)
         check = getattr(get_method(name), "check_hparams", None)

@@ -177,6 +177,29 @@ def group_balanced_subset(g: np.ndarray, n_groups: int, rng: np.random.Generator
     return np.concatenate([rng.permutation(ix)[:m] for ix in by_group])
 
 
+def resolve_num_workers(value: int | str, device: str | torch.device | None = None) -> int:
+    """``loader.num_workers`` as a number: an int as given; ``"auto"`` from the cores this
+    process may use (``os.sched_getaffinity``). On CUDA the model runs on the GPU and every
+    core but one decodes (at most 16); on the CPU the training step needs the cores itself and
+    decoding a batch costs a few percent of a ResNet-50 step, so one worker per 8 cores
+    (at least 1) overlaps it without oversubscribing (docs/harness.md, "CPU training speed")."""
+    if isinstance(value, bool):
+        raise ValueError(f"loader.num_workers: expected an integer >= 0 or 'auto', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"loader.num_workers: expected an integer >= 0 or 'auto', got {value}")
+        return value
+    if value != "auto":
+        raise ValueError(f"loader.num_workers: expected an integer >= 0 or 'auto', got {value!r}")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    if resolve_device(device).type == "cuda":
+        return max(1, min(16, cores - 1))
+    return max(1, cores // 8)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -260,16 +283,27 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" and x.dim() == 4:
+def use_channels_last(model: nn.Module, device: torch.device, channels_last: bool | None = None) -> bool:
+    """Whether ``model`` runs on channels-last tensors on ``device``: ``channels_last`` when
+    given; else always on CUDA, and on the CPU where the model says it is faster
+    (``model.cpu_channels_last``, measured per backbone: :class:`spuraug.models.ResNet50`)."""
+    if channels_last is not None:
+        return bool(channels_last)
+    return device.type == "cuda" or bool(getattr(model, "cpu_channels_last", False))
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    if channels_last and x.dim() == 4:
         return x.to(device, non_blocking=True, memory_format=torch.channels_last)
     return x.to(device, non_blocking=True)
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``model`` to ``device`` (channels-last memory on CUDA)."""
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool | None = None) -> nn.Module:
+    """Move ``model`` to ``device``, in channels-last memory where :func:`use_channels_last` says."""
     model.to(device)
-    if device.type == "cuda":
+    if use_channels_last(model, device, channels_last):
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -283,18 +317,20 @@ def predict(
     features: bool = False,
     num_workers: int = 0,
     progress: bool = False,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Logits (``features=False``) or penultimate embeddings (``model.features``) of
     every example of ``dataset``, in dataset order, as float32 numpy, model in eval mode."""
     device = resolve_device(device)
-    prepare_model(model, device)
+    cl = use_channels_last(model, device, channels_last)
+    prepare_model(model, device, cl)
     was_training = model.training
     model.eval()
     loader = make_loader(dataset, batch_size, device, num_workers=num_workers)
     out = []
     for x, *_ in tqdm(loader, desc="predict", leave=False, disable=None if progress else True, file=sys.stderr):
         with _autocast(device):
-            z = model.features(_to_device(x, device)) if features else model(_to_device(x, device))
+            z = model.features(_to_device(x, device, cl)) if features else model(_to_device(x, device, cl))
         out.append(z.float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
@@ -326,9 +362,10 @@ def evaluate(
     batch_size: int = 256,
     train_group_counts: Sequence[int] | None = None,
     num_workers: int = 0,
+    channels_last: bool | None = None,
 ) -> dict:
     """:func:`spuraug.metrics.evaluate_predictions` of ``model`` on a :class:`SpuriousDataset`."""
-    logits = predict(model, dataset, device, batch_size, num_workers=num_workers)
+    logits = predict(model, dataset, device, batch_size, num_workers=num_workers, channels_last=channels_last)
     return evaluate_predictions(
         dataset.y, dataset.a, logits.argmax(1), dataset.n_classes, dataset.n_attributes, train_group_counts
     )
@@ -563,10 +600,10 @@ class Selector:
 
 def evaluate_sets(
     model: nn.Module, eval_sets: Mapping[str, Any], device: torch.device, batch_size: int = 256,
-    train_group_counts: Sequence[int] | None = None, num_workers: int = 0,
+    train_group_counts: Sequence[int] | None = None, num_workers: int = 0, channels_last: bool | None = None,
 ) -> dict[str, dict]:
     """``{split: evaluate(model, ds)}`` for every evaluation split."""
-    return {name: evaluate(model, ds, device, batch_size, train_group_counts, num_workers)
+    return {name: evaluate(model, ds, device, batch_size, train_group_counts, num_workers, channels_last=channels_last)
             for name, ds in eval_sets.items()}
 
 
@@ -621,9 +658,10 @@ def epoch_loaders(
     return loader_for(names[0]), extra
 
 
-def _batch_of(parts: list, source_names: tuple[str, ...], device: torch.device) -> Batch:
+def _batch_of(parts: list, source_names: tuple[str, ...], device: torch.device,
+              channels_last: bool | None = None) -> Batch:
     return Batch(
-        x=_to_device(torch.cat([p[0] for p in parts]), device),
+        x=_to_device(torch.cat([p[0] for p in parts]), device, channels_last),
         y=torch.cat([torch.as_tensor(p[1]) for p in parts]).long().to(device),
         a=torch.cat([torch.as_tensor(p[2]) for p in parts]).long().to(device),
         index=torch.cat([torch.as_tensor(p[3]) for p in parts]).long().to(device),
@@ -647,6 +685,7 @@ def train_epoch(
     step_callback: Callable[[int, int], None] | None = None,
     on_nonfinite: Callable[[float, int], NoReturn] | None = None,
     bar: Callable[[Any], Any] = lambda it: it,
+    channels_last: bool | None = None,
 ) -> tuple[dict, int]:
     """One epoch over ``sources`` (the first defines it; the others are cycled alongside, each
     batch concatenated) minimising ``objective``. Returns the epoch's training line
@@ -663,7 +702,7 @@ def train_epoch(
         parts = [(x, y, a, idx, 0)]
         for k, n in enumerate(source_names[1:], start=1):
             parts.append((*next(extra_iters[n]), k))
-        batch = _batch_of(parts, source_names, device)
+        batch = _batch_of(parts, source_names, device, channels_last)
         with _autocast(device):
             logits = model(batch.x)
         losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
@@ -711,6 +750,7 @@ def fit(
     progress: bool = True,
     max_steps_per_epoch: int | None = None,
     step_callback: Callable[[int, int], None] | None = None,
+    channels_last: bool | None = None,
 ) -> FitResult:
     """Train ``model`` for ``epochs`` epochs over ``sources`` minimising ``objective``.
 
@@ -723,7 +763,8 @@ def fit(
     NaN or infinite loss raises :class:`NonFiniteLossError` before anything of that epoch
     is written.
 
-    ``out_dir=None`` trains in memory (no files, no resume).
+    ``out_dir=None`` trains in memory (no files, no resume). ``channels_last`` (default: see
+    :func:`use_channels_last`) sets the memory format of the model and its input batches.
     """
     device = resolve_device(device)
     if isinstance(sources, TrainSource):
@@ -739,7 +780,8 @@ def fit(
     ckpt_dir = out / "checkpoints" if out is not None else None
     resume = ResumePoint(ckpt_dir / "last.pt", lambda s: f"epoch {s['epoch']}") if ckpt_dir is not None else None
     log = MetricsLog(out / "metrics.jsonl" if out is not None else None)
-    prepare_model(model, device)
+    channels_last = use_channels_last(model, device, channels_last)
+    prepare_model(model, device, channels_last)
     # the optimizer was built over parameters that `prepare_model` moved in place; its
     # state (momentum buffers) follows on load_state_dict.
 
@@ -769,10 +811,11 @@ def fit(
             line, step = train_epoch(
                 model, sources, optimizer, objective, epoch, step, seed=seed, device=device,
                 num_workers=num_workers, max_steps=max_steps_per_epoch, step_callback=step_callback,
-                on_nonfinite=stop, bar=lambda it, bar=bar: _counted(it, bar),
+                on_nonfinite=stop, channels_last=channels_last, bar=lambda it, bar=bar: _counted(it, bar),
             )
         if epoch % eval_every == 0 or epoch == epochs:
-            line.update(evaluate_sets(model, eval_sets, device, eval_batch_size, train_group_counts, num_workers))
+            line.update(evaluate_sets(model, eval_sets, device, eval_batch_size, train_group_counts, num_workers,
+                                      channels_last=channels_last))
             obj_log = objective.log()
             if obj_log:
                 line["objective"] = obj_log

@@ -19,6 +19,9 @@ MODEL_NAMES = ("resnet50", "toy_cnn")
 class ToyCNN(nn.Module):
     """A four-block CNN sized for two CPU cores and 64x64 images (~0.1 M parameters)."""
 
+    #: Contiguous on the CPU (spuraug.engine.use_channels_last): the toy benchmark's numbers stay bit-identical.
+    cpu_channels_last = False
+
     def __init__(self, n_classes: int = 2, width: int = 32) -> None:
         super().__init__()
 
@@ -47,6 +50,10 @@ class ToyCNN(nn.Module):
 
 class ResNet50(nn.Module):
     """torchvision ResNet-50 with a new ``n_classes`` head."""
+
+    #: Train and evaluate in channels-last memory on the CPU too (spuraug.engine.use_channels_last):
+    #: faster there, measured in docs/harness.md ("CPU training speed").
+    cpu_channels_last = True
 
     def __init__(self, n_classes: int = 2, pretrained: bool = True, weights_path: str | None = None) -> None:
         super().__init__()

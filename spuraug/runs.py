@@ -194,7 +194,7 @@ class RunContext:
 
     @property
     def num_workers(self) -> int:
-        return int(self.config["loader"]["num_workers"])
+        return engine.resolve_num_workers(self.config["loader"]["num_workers"], self.device)
 
     def load_split(self, split: str, transform: str = "eval") -> SpuriousDataset:
         """A split of the dataset with the config's dataset options (cached)."""

@@ -89,6 +89,8 @@ def test_make_bench_docker_gpu_command(caches):
 def test_make_bench_docker_runs_the_same_command_line(caches, tmp_path):
     args = ["bench", "DATASET=celeba", "METHODS=erm jtt", "SEEDS=0 1", f"DATA_DIR={tmp_path / 'd'}"]
     host = next(shlex.split(line) for line in make_n(*args, env=caches) if "bench.sweep" in line)
+    while "=" in host[0]:  # environment the host command sets (LD_PRELOAD of jemalloc)
+        host = host[1:]
     argv = docker_run(make_n(*args, "DOCKER=1", env=caches))
     assert "--gpus" not in argv
     image = argv.index(f"spuraug:{VERSION}-cpu")
@@ -185,3 +187,33 @@ def test_cpu_image_lock_filter_drops_exactly_the_cuda_only_pins():
     pins = doctor.read_lock(lock)
     assert dropped == {n for n in pins if doctor._GPU_ONLY.match(n.lower())} | {"torch", "torchvision"}
     assert any(n.startswith("nvidia-") for n in dropped) and "numpy" not in dropped
+
+
+def test_make_preloads_jemalloc_when_present(tmp_path):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    for target, program in (("test", "pytest"), ("bench", "bench.sweep"), ("throughput", "bench.throughput"),
+                            ("train-throughput", "bench.train_throughput")):
+        (on,) = [ln for ln in make_n(target, f"JEMALLOC={lib}") if program in ln]
+        assert shlex.split(on)[0] == f"LD_PRELOAD={lib}", on
+        (off,) = [ln for ln in make_n(target, "JEMALLOC=0") if program in ln]
+        assert "LD_PRELOAD" not in off
+    (missing,) = [ln for ln in make_n("test", f"JEMALLOC={tmp_path / 'absent.so'}") if "pytest" in ln]
+    assert "LD_PRELOAD" not in missing  # no library, no preload, no error
+    # inside a container the entrypoint preloads it, not the docker client
+    argv = docker_run(make_n("bench", "DOCKER=1", f"JEMALLOC={lib}"))
+    assert argv[0] == "docker"
+
+
+def test_entrypoint_preloads_jemalloc(tmp_path):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    script = str(REPO / "docker" / "entrypoint.sh")
+    show = ["bash", "-c", "echo \"[${LD_PRELOAD:-}]\""]
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    # the variable only: an empty file is not loadable, so the echo runs in bash without it
+    out = subprocess.run([script, *show], env={**env, "JEMALLOC": "0"}, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+    out = subprocess.run([script, "env"], env={**env, "JEMALLOC": str(lib)}, capture_output=True, text=True,
+                         timeout=60)
+    assert f"LD_PRELOAD={lib}" in out.stdout.splitlines()

@@ -129,3 +129,33 @@ def test_doctor_json(empty_machine, capsys):
     found = json.loads(capsys.readouterr().out)
     assert {f["area"] for f in found} == {"weights"} and len(found) == 6
     assert all(not f["ok"] and "make weights" in f["fix"] for f in found)
+
+
+def test_jemalloc_check_reads_the_process_maps(tmp_path):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    off = doctor.check_jemalloc(maps, candidates=(str(lib),))
+    assert not off.ok and "not preloaded" in off.detail and f"LD_PRELOAD={lib}" in off.fix
+    absent = doctor.check_jemalloc(maps, candidates=(str(tmp_path / "none.so"),))
+    assert not absent.ok and "libjemalloc2" in absent.fix
+    maps.write_text(maps.read_text() + f"7f02-7f03 r-xp 00000000 08:01 2 {lib}\n")
+    on = doctor.check_jemalloc(maps, candidates=())
+    assert on.ok and str(lib) in on.detail
+
+
+def test_doctor_sees_a_preloaded_jemalloc():
+    import os
+    import subprocess
+    import sys
+
+    lib = next((p for p in doctor.JEMALLOC_PATHS if os.path.isfile(p)), None)
+    if lib is None:
+        pytest.skip("libjemalloc2 is not installed here")
+    code = "from spuraug import doctor; c = doctor.check_jemalloc(); print(c.ok, c.detail)"
+    env = {**os.environ, "LD_PRELOAD": lib}
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    env.pop("LD_PRELOAD")
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert on.stdout.startswith("True active") and off.stdout.startswith("False installed"), (on, off)
