@@ -5,7 +5,7 @@ and compare everything with an uninterrupted run.
                           [--work DIR] [--out results/chaos]
 
 Two runs folders are made with the same tiny settings (tiny diffusion and CLIPSeg models
-from :mod:`spuraug.ddb.tiny`, a small toy benchmark, a few epochs; see :func:`tiny_config`):
+from tests/tiny_models.py, a small toy benchmark, a few epochs; see :func:`tiny_config`):
 the reference runs each target once through the CLI; the chaos run starts the same command,
 watches the files it writes and sends SIGKILL to its process group at a seeded random
 point of its progress (after the k-th file write of the ones the reference made, the i-th
@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_config(models: Path) -> dict:
     """The chaos bench's config: the toy benchmark small, tiny SD / CLIPSeg models, few steps,
     with checkpoints inside each stage so that kills land between and inside them."""
-    from spuraug.ddb import tiny
+    import tests.tiny_models as tiny  # the tiny test models (a checkout, not the installed package)
 
     sd = models / "sd9"
     cs = models / "clipseg"

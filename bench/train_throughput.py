@@ -5,7 +5,7 @@
 
 1. **real**: the dataset class of ``--dataset`` on ``--data-dir`` (any folder in the real
    format), its train transform, the engine's DataLoader and :func:`spuraug.engine.fit` with
-   the config's optimiser (``bench/configs/<dataset>.yaml``, ERM section) and batch size
+   the config's optimiser (``spuraug/configs/<dataset>.yaml``, ERM section) and batch size
    ``--batch-size``; once per ``--workers`` value (item 3 of issue 21: the rate and peak RSS of
    each loader configuration);
 2. **bare**: the same model, batch and optimiser on one synthetic in-memory batch: forward,
