@@ -152,17 +152,15 @@ def test_ddb_throughput_read_from_manifests(tmp_path):
     seed_root = tmp_path / "toy" / "ddb_artifacts" / "seed0"
     inpaint = Artifact(seed_root, "inpaint", {"k": 1})
     inpaint.prepare()
-    inpaint.record_partial_time(20.0)  # an interrupted attempt: its time counts
     inpaint.finish({"images": 120, "images_per_s": 3.0, "wall_time_s": 40.0, "counts": {"generated": 120}})
     sources = Artifact(seed_root, "sources", {"k": 2})  # no images processed one by one: no row
     sources.prepare()
     sources.finish({"counts": {"sources": 10}, "wall_time_s": 1.0})
     unfinished = Artifact(seed_root, "prune", {"k": 3})
-    unfinished.prepare()
-    unfinished.record_partial_time(5.0)
+    unfinished.prepare()  # no manifest, no done: no row
     rows = ddb_generation_throughput(tmp_path, "toy")
     assert [(r["stage"], r["images"], r["wall_time_s"], r["images_per_s"]) for r in rows] == [
-        ("inpaint", 120.0, 60.0, 3.0)]
+        ("inpaint", 120.0, 40.0, 3.0)]
     assert rows[0]["manifest"] == str(inpaint.path / "manifest.json")
     assert ddb_generation_throughput(tmp_path, "celeba") == []
 
