@@ -166,6 +166,7 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
     outcomes: list[RunOutcome] = []
     lock = None
     if run:
+        check_sweep(dataset, methods, seeds, config_file, overrides)  # before the lock makes any folder
         from filelock import FileLock, Timeout
 
         path = sweep_lock_path(runs_dir, dataset)
@@ -187,7 +188,6 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
 def _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, config_file, overrides, launcher,
                   force, run, command, log, git, t0, outcomes):
     if run:
-        check_sweep(dataset, methods, seeds, config_file, overrides)
         la = make_launcher(launcher)
         for m in methods:
             for s in seeds:
