@@ -25,6 +25,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from spuraug import atomic
+
 REAL_DATASETS = ("waterbirds", "celeba", "metashift")
 #: Forward-only images/s per training images/s when no inference record exists: a training
 #: step is ~3x the FLOPs of a forward pass (forward + backward for inputs and weights).
@@ -405,16 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    from spuraug.engine import atomic_write_bytes, atomic_write_json
-
     for dataset in args.dataset or REAL_DATASETS:
         plan = make_plan(dataset, args.results_dir, args.data_dir, args.counts, args.seeds)
         text = format_plan(plan)
         print(text + "\n")
         if not args.no_write:
             out = Path(args.results_dir) / "plan"
-            atomic_write_json(plan, out / f"{dataset}.json")
-            atomic_write_bytes(out / f"{dataset}.md", lambda h, t=text: h.write((f"# {t}\n").encode()))
+            atomic.write_json(out / f"{dataset}.json", plan)
+            atomic.write_text(out / f"{dataset}.md", f"# {text}\n")
             print(f"# written {out / dataset}.md and .json\n", file=sys.stderr)
     return 0
 

@@ -223,11 +223,11 @@ def test_published_erm_rows_name_their_recipe_as_the_reproduced_rows_do():
     """Each published ERM number carries the ERM recipe behind it (baselines/erm.py RECIPES), and
     the leaderboard labels published and reproduced ERM rows with it."""
     from baselines.erm import RECIPES
-    from bench.leaderboard import _published_rows, erm_recipe
+    from bench.leaderboard import _published_table, erm_recipe
 
     erm = [e for e in load_published() if e["method"] == "ERM"]
     assert erm and all(e.get("recipe") in RECIPES for e in erm)
     assert {e["recipe"] for e in erm if e["source"] == "jtt_paper_erm"} == {"sagawa2020"}
-    _, body = _published_rows([e for e in erm if e["dataset"] == "waterbirds"])
+    body = _published_table([e for e in erm if e["dataset"] == "waterbirds"]).rows
     assert {row[0] for row in body} == {"ERM (recipe ddb2025)", "ERM (recipe sagawa2020)"}
     assert erm_recipe("waterbirds") == "ddb2025" and erm_recipe("toy") == "custom"
