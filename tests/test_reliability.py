@@ -330,14 +330,15 @@ def test_chaos_bench_smoke_one_kill(tmp_path):
 def test_torn_inversion_checkpoint_restarts_the_token(tmp_path, capsys, one_thread):
     """A finished invert stage whose embedding file was truncated and whose checkpoint is torn:
     one line each, the token is trained again and comes out the same."""
+    import tiny_models as tiny_m
     import yaml
 
     from spuraug.config import load_config
-    from spuraug.ddb import artifacts, tiny
+    from spuraug.ddb import artifacts
     from spuraug.ddb.method import config_from_hparams
     from spuraug.ddb.pipeline import Stages
 
-    sd = tiny.save_stable_diffusion(tmp_path / "sd9", in_channels=9, image_size=16)
+    sd = tiny_m.save_stable_diffusion(tmp_path / "sd9", in_channels=9, image_size=16)
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({
         "dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80},
