@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spuraug import engine
+from spuraug import atomic, engine
 
 GOAL_RATIO = 0.9
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_write:
         out = Path(args.out) if args.out else (
             Path("results") / "throughput" / record["machine"] / "train_loop" / (time.strftime("%Y%m%dT%H%M%S") + ".json"))
-        engine.atomic_write_json(record, out)
+        atomic.write_json(out, record)
         print(f"# written {out}", file=sys.stderr)
     return record
 

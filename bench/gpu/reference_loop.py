@@ -420,9 +420,9 @@ def default_out(device: torch.device) -> Path:
 
 
 def write(path: Path, record: dict) -> None:
-    from spuraug.engine import atomic_write_json
+    from spuraug import atomic
 
-    atomic_write_json(record, path)
+    atomic.write_json(path, record)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     from bench.provenance import machine_id
     from bench.train_throughput import jemalloc_active
-    from spuraug.engine import atomic_write_json
+    from spuraug import atomic
 
     rec = {"what": "CPU training step, contiguous vs channels-last", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "machine": machine_id(), "note": args.note, "jemalloc": jemalloc_active(),
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(rec))
     out = Path(args.out) if args.out else (
         Path("results") / "throughput" / rec["machine"] / "channels_last" / (time.strftime("%Y%m%dT%H%M%S") + ".json"))
-    atomic_write_json(rec, out)
+    atomic.write_json(out, rec)
     print(f"# written {out}", file=sys.stderr)
     return rec
 
