@@ -25,6 +25,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from spuraug import atomic
+from spuraug.config import load_config
+from spuraug.data.base import DataError
+from spuraug.data.registry import dataset_info, get_dataset, resolve_data_dir
+from spuraug.ddb.method import config_from_hparams
+
 REAL_DATASETS = ("waterbirds", "celeba", "metashift")
 #: Forward-only images/s per training images/s when no inference record exists: a training
 #: step is ~3x the FLOPs of a forward pass (forward + backward for inputs and weights).
@@ -171,8 +177,6 @@ def image_counts(dataset: str, data_dir: str | None, counts: str | None) -> tupl
         if set(out) != {"train", "val", "test"}:
             raise SystemExit(f"--counts {counts!r}: expected train=N,val=N,test=N")
         return out, "--counts"
-    from spuraug.data.base import DataError
-    from spuraug.data.registry import dataset_info, get_dataset, resolve_data_dir
 
     try:
         found = {s: len(get_dataset(dataset, s, data_dir=data_dir, transform=None)) for s in ("train", "val", "test")}
@@ -187,7 +191,6 @@ def image_counts(dataset: str, data_dir: str | None, counts: str | None) -> tupl
 
 def error_set_size(dataset: str, n_train: int) -> tuple[int, str]:
     """JTT's error set, before any run: the training groups smaller than half the mean group."""
-    from spuraug.data.registry import dataset_info
 
     groups = dataset_info(dataset).published_counts.get("train")
     if groups:
@@ -203,9 +206,6 @@ def _evals(epochs: int, every: int) -> int:
 
 def work_rows(dataset: str, counts: dict[str, int] | None) -> tuple[list[Row], list[str]]:
     """Every row of the plan with its images and kind of work (rates not applied yet)."""
-    from spuraug.config import load_config
-    from spuraug.data.registry import dataset_info
-    from spuraug.ddb.method import config_from_hparams
 
     n_classes = dataset_info(dataset).n_classes
     assumptions: list[str] = []
@@ -283,8 +283,6 @@ def _scale(row: Row, rate: Rate, ddb_inpaint_steps: int | None, invert_res: int 
 
 def make_plan(dataset: str, results_dir: str | Path = "results", data_dir: str | None = None,
               counts: str | None = None, seeds: int = 3) -> dict:
-    from spuraug.config import load_config
-    from spuraug.ddb.method import config_from_hparams
 
     found, counts_from = image_counts(dataset, data_dir, counts)
     rows, assumptions = work_rows(dataset, found)
@@ -405,7 +403,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    from spuraug.engine import atomic_write_bytes, atomic_write_json
 
     for dataset in args.dataset or REAL_DATASETS:
         plan = make_plan(dataset, args.results_dir, args.data_dir, args.counts, args.seeds)
@@ -413,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text + "\n")
         if not args.no_write:
             out = Path(args.results_dir) / "plan"
-            atomic_write_json(plan, out / f"{dataset}.json")
-            atomic_write_bytes(out / f"{dataset}.md", lambda h, t=text: h.write((f"# {t}\n").encode()))
+            atomic.write_json(out / f"{dataset}.json", plan)
+            atomic.write_bytes(out / f"{dataset}.md", lambda h, t=text: h.write((f"# {t}\n").encode()))
             print(f"# written {out / dataset}.md and .json\n", file=sys.stderr)
     return 0
 
