@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from torch.hub import download_url_to_file, get_dir
+import torch.hub
+from torch.hub import get_dir
 
 from spuraug.errors import UserError
 
@@ -389,7 +390,7 @@ def fetch_checkpoint(ckpt: TorchCheckpoint, checkpoint_dir: str | os.PathLike | 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ckpt.filename
     if not path.is_file():
-        download_url_to_file(ckpt.url, str(path), hash_prefix=ckpt.sha256_prefix or None, progress=True)
+        torch.hub.download_url_to_file(ckpt.url, str(path), hash_prefix=ckpt.sha256_prefix or None, progress=True)
     return checkpoint_status(ckpt, folder, check_hash=True)
 
 
