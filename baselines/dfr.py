@@ -44,6 +44,7 @@ from spuraug import atomic, engine
 from spuraug.methods import Method, Param, param, register_method
 from spuraug.metrics import evaluate_predictions
 from spuraug.records import EpochLine
+from spuraug.runs import load_model
 
 #: The paper's grid of inverse L1 strengths.
 PAPER_C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
@@ -159,7 +160,6 @@ class DFR(Method):
             cached = np.load(path)
             if str(cached["erm_config_hash"]) == erm_hash and "train_x" in cached:
                 return dict(cached)
-        from spuraug.runs import load_model
 
         model = load_model(erm_dir, ctx.hparams["erm_checkpoint"])
         out: dict[str, np.ndarray] = {"erm_config_hash": np.array(erm_hash)}
@@ -172,7 +172,6 @@ class DFR(Method):
         return out
 
     def run(self, ctx) -> dict:
-        from spuraug.runs import load_model
 
         hp = ctx.hparams
         erm_dir = ctx.ensure_erm()

@@ -38,6 +38,7 @@ import torch
 from spuraug import atomic, engine
 from spuraug.engine import Batch, Objective, TrainSource, WeightedObjective
 from spuraug.methods import TRAIN_PARAMS, Method, Param, param, register_method, train_transform
+from spuraug.runs import load_model
 
 STAGE1_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "batch_size")
 #: Keys both stages share with the ERM recipe for stage 1 to be taken from the ERM run.
@@ -130,7 +131,6 @@ class JTT(Method):
         return None
 
     def run(self, ctx) -> dict:
-        from spuraug.runs import load_model
 
         hp = ctx.hparams
         train_eval = ctx.load_split("train", "eval")

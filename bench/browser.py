@@ -28,7 +28,7 @@ def find_chromium() -> tuple[str, str]:
             f"{missing} not found on PATH; install with `apt-get install -y chromium chromium-driver`"
         )
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401  # deferred: optional dev dependency
     except ImportError:
         raise BrowserMissingError("the Python package selenium is missing; run `make setup`") from None
     return browser, driver
@@ -44,8 +44,8 @@ def render_page(page: str | Path, screenshot: str | Path | None = None, width: i
     ``max_height`` pixels) is saved there as PNG.
     """
     browser, driver_path = find_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from selenium import webdriver  # deferred: optional dev dependency
+    from selenium.webdriver.chrome.service import Service  # deferred: optional dev dependency
 
     url = str(page)
     if "://" not in url:

@@ -41,6 +41,7 @@ import threading
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 TARGETS = ("erm", "invert", "sources", "segment", "inpaint", "prune", "retrain")
@@ -55,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_config(models: Path) -> dict:
     """The chaos bench's config: the toy benchmark small, tiny SD / CLIPSeg models, few steps,
     with checkpoints inside each stage so that kills land between and inside them."""
-    import tests.tiny_models as tiny  # the tiny test models (a checkout, not the installed package)
+    import tests.tiny_models as tiny  # deferred: the tiny test models (a checkout, not the installed package)
 
     sd = models / "sd9"
     cs = models / "clipseg"
@@ -178,7 +179,6 @@ def _duplicates(path: Path) -> int:
 
 
 def _same_values(x, y) -> bool:
-    import torch
 
     if isinstance(x, torch.Tensor):
         return (isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape
@@ -198,7 +198,6 @@ def _same(a: Path, b: Path, ra: str, rb: str) -> tuple[bool, bool]:
     if a.name == "done":  # the marker holds the time it was written
         return False, True
     if a.suffix == ".pt":  # same tensors bit for bit and same values (pickle layout aside)
-        import torch
 
         try:
             return False, _same_values(torch.load(a, weights_only=True), torch.load(b, weights_only=True))

@@ -36,6 +36,7 @@ from pathlib import Path
 from bench.launch import RunSpec, make_launcher
 from bench.provenance import git_state, hardware, software, write_json
 from bench.summary import find_runs, summarize
+from spuraug.methods import method_names
 
 DEFAULT_REFERENCE = Path("results/reference/toy.json")
 CHECK_METRICS: tuple[str, ...] = ("worst_group_acc", "avg_acc")
@@ -173,7 +174,6 @@ def measure(runs_dir: str | Path, methods: Sequence[str] | None = None, seeds: S
 
     ``info`` holds per-run wall times, config hashes and failures.
     """
-    from spuraug.methods import method_names
 
     methods = list(methods) if methods else list(method_names())
     overrides = CI_OVERRIDES if overrides is None else overrides

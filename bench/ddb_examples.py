@@ -143,7 +143,7 @@ def ddb_grid(runs_dir: str | Path, dataset: str, out_png: Path, n_rows: int = 8)
     import matplotlib  # deferred: matplotlib is slow to import and only needed here
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy, only plotting needs it
 
     fig, axes = plt.subplots(len(chosen), 3, figsize=(6.3, 2.1 * len(chosen)), squeeze=False)
     for row, e in zip(axes, chosen):

@@ -11,15 +11,20 @@ executes. :class:`LocalLauncher` runs them one after another on this machine;
 from __future__ import annotations
 
 import abc
+import os
 import shlex
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from spuraug.config import format_overrides
+from spuraug.ddb.engines import connect_ray
+from spuraug.runs import is_current, run_method
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,6 @@ class RunSpec:
     def is_finished(self) -> bool:
         """Finished with this spec's config and still current (``spuraug.runs.is_current``):
         a run made with other settings or, for DDB, other model weights is not skipped."""
-        from spuraug.runs import is_current
 
         try:
             return is_current(self.dataset, self.method, self.seed, self.runs_dir, self.data_dir,
@@ -150,7 +154,6 @@ class LocalLauncher(Launcher):
 
     @staticmethod
     def _run_inprocess(spec: RunSpec) -> None:
-        from spuraug.runs import run_method
 
         run_method(spec.dataset, spec.method, spec.seed, runs_dir=spec.runs_dir, data_dir=spec.data_dir,
                    config_file=spec.config_file, overrides=spec.overrides, force=spec.force)
@@ -179,7 +182,6 @@ class LocalLauncher(Launcher):
 
 def _ray_run_spec(spec: RunSpec, threads: int) -> float:
     """Body of one Ray task: :func:`spuraug.runs.run_method` of ``spec``; returns its wall time."""
-    import torch
 
     torch.set_num_threads(max(1, threads))
     t0 = time.monotonic()
@@ -201,7 +203,6 @@ class RayLauncher(Launcher):
 
     def __init__(self, num_cpus: float | None = None, num_gpus: float | None = None, max_retries: int = 1,
                  run_fn=None, log=_print) -> None:
-        import os
 
         env_cpus, env_gpus = os.environ.get("SPURAUG_RAY_CPUS_PER_RUN"), os.environ.get("SPURAUG_RAY_GPUS_PER_RUN")
         self.num_cpus = num_cpus if num_cpus is not None else (float(env_cpus) if env_cpus else None)
@@ -223,7 +224,6 @@ class RayLauncher(Launcher):
 
     @staticmethod
     def absolute(spec: RunSpec) -> RunSpec:
-        from dataclasses import replace
 
         def ab(p):
             return str(Path(p).resolve()) if p else p
@@ -232,9 +232,8 @@ class RayLauncher(Launcher):
                        config_file=ab(spec.config_file))
 
     def wait(self) -> list[RunOutcome]:
-        import ray
+        import ray  # deferred: optional dependency (extra 'ray')
 
-        from spuraug.ddb.engines import connect_ray
 
         cluster = connect_ray()
         start = time.monotonic()

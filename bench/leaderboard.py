@@ -31,6 +31,7 @@ import jinja2
 import pandas as pd
 import yaml
 
+from bench.browser import BrowserMissingError, render_page
 from bench.ddb_examples import EXAMPLES_PNG
 from bench.summary import SUMMARY_COLUMNS
 from spuraug.config import CONFIG_DIR, ConfigError, flatten_overrides, load_config
@@ -222,10 +223,10 @@ def plot_wga(reproduced: dict[str, list[dict]], published: list[dict], submissio
              out_png: Path) -> Path | None:
     """Worst-group accuracy by method, one panel per dataset: reproduced (bars, ± std),
     submissions (hatched bars) and published numbers (black diamonds)."""
-    import matplotlib
+    import matplotlib  # deferred: heavy, only plotting needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy, only plotting needs it
 
     datasets = ordered_datasets([*reproduced, *(p["dataset"] for p in published),
                                  *(s["dataset"] for s in submissions)])
@@ -466,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {built['markdown']} and {built['html']} ({', '.join(built['datasets'])})")
     if args.no_screenshot:
         return 0
-    from bench.browser import BrowserMissingError, render_page
 
     shot = Path(built["html"]).with_name("screenshot.png")
     try:

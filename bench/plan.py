@@ -26,6 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spuraug import atomic
+from spuraug.config import load_config
+from spuraug.data.base import DataError
+from spuraug.data.registry import dataset_info, get_dataset, resolve_data_dir
+from spuraug.ddb.method import config_from_hparams
 
 REAL_DATASETS = ("waterbirds", "celeba", "metashift")
 #: Forward-only images/s per training images/s when no inference record exists: a training
@@ -173,8 +177,6 @@ def image_counts(dataset: str, data_dir: str | None, counts: str | None) -> tupl
         if set(out) != {"train", "val", "test"}:
             raise SystemExit(f"--counts {counts!r}: expected train=N,val=N,test=N")
         return out, "--counts"
-    from spuraug.data.base import DataError
-    from spuraug.data.registry import dataset_info, get_dataset, resolve_data_dir
 
     try:
         found = {s: len(get_dataset(dataset, s, data_dir=data_dir, transform=None)) for s in ("train", "val", "test")}
@@ -189,7 +191,6 @@ def image_counts(dataset: str, data_dir: str | None, counts: str | None) -> tupl
 
 def error_set_size(dataset: str, n_train: int) -> tuple[int, str]:
     """JTT's error set, before any run: the training groups smaller than half the mean group."""
-    from spuraug.data.registry import dataset_info
 
     groups = dataset_info(dataset).published_counts.get("train")
     if groups:
@@ -205,9 +206,6 @@ def _evals(epochs: int, every: int) -> int:
 
 def work_rows(dataset: str, counts: dict[str, int] | None) -> tuple[list[Row], list[str]]:
     """Every row of the plan with its images and kind of work (rates not applied yet)."""
-    from spuraug.config import load_config
-    from spuraug.data.registry import dataset_info
-    from spuraug.ddb.method import config_from_hparams
 
     n_classes = dataset_info(dataset).n_classes
     assumptions: list[str] = []
@@ -285,8 +283,6 @@ def _scale(row: Row, rate: Rate, ddb_inpaint_steps: int | None, invert_res: int 
 
 def make_plan(dataset: str, results_dir: str | Path = "results", data_dir: str | None = None,
               counts: str | None = None, seeds: int = 3) -> dict:
-    from spuraug.config import load_config
-    from spuraug.ddb.method import config_from_hparams
 
     found, counts_from = image_counts(dataset, data_dir, counts)
     rows, assumptions = work_rows(dataset, found)

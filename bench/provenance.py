@@ -13,6 +13,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 from spuraug import atomic
 
 #: Distributions whose versions every provenance record lists.
@@ -65,8 +67,6 @@ def hardware() -> dict:
     """CPU model and count, and the visible accelerators (names), via torch."""
     info: dict = {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
     try:
-        import torch
-
         info["cuda_available"] = torch.cuda.is_available()
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:  # pragma: no cover
@@ -78,8 +78,6 @@ def software() -> dict:
     """Python, torch and CUDA versions plus :data:`PACKAGES`."""
     info: dict = {"python": sys.version.split()[0], "python_executable": sys.executable}
     try:
-        import torch
-
         info["torch"] = torch.__version__
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from spuraug import atomic
+from spuraug.data.registry import dataset_info
 from spuraug.records import RecordError, RunResult
 
 #: The fixed leading columns of summary.csv, in order.
@@ -113,8 +114,6 @@ def find_runs(runs_dir: str | Path, dataset: str, methods: Sequence[str] | None 
 def group_names_for(dataset: str, n_groups: int) -> list[str]:
     """The dataset's group names from the registry, or ``group <g>`` for an unknown dataset."""
     try:
-        from spuraug.data.registry import dataset_info
-
         names = list(dataset_info(dataset).group_names)
     except (KeyError, ImportError):
         names = []

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
+from filelock import FileLock, Timeout
 
 from bench.ddb_examples import EXAMPLES_PNG, ddb_artifact_dirs, ddb_grid
 from bench.launch import RunOutcome, RunSpec, make_launcher
@@ -167,7 +169,6 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
     lock = None
     if run:
         check_sweep(dataset, methods, seeds, config_file, overrides)  # before the lock makes any folder
-        from filelock import FileLock, Timeout
 
         path = sweep_lock_path(runs_dir, dataset)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
-        import torch
 
         torch.set_num_threads(args.threads)
     try:

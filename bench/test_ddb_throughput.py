@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from bench.gpu.ddb_throughput import center_mask, random_images
+from spuraug.data.transforms import toy_transform
 from spuraug.ddb import inpaint, invert, prune, segment
 from spuraug.ddb.config import InpaintConfig, InvertConfig, SegmentConfig
+from spuraug.models import ToyCNN
 from tests import tiny_models as tiny
 
 RES = 32
@@ -86,8 +88,6 @@ def test_ddb_inpaint(benchmark, models, tmp_path):
 
 def test_ddb_prune_integrated_gradients(benchmark):
     """Pruning scores of 16 images: toy CNN, 64 px, IG with 50 steps, internal batch 64."""
-    from spuraug.data.transforms import toy_transform
-    from spuraug.models import ToyCNN
 
     torch.manual_seed(0)
     model = ToyCNN(2).eval()

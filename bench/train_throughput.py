@@ -38,8 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from bench.provenance import machine_id
 from spuraug import atomic, engine
+from spuraug.config import load_config
+from spuraug.data.registry import get_dataset
+from spuraug.doctor import jemalloc_loaded
+from spuraug.models import ToyCNN, build_model
 
 GOAL_RATIO = 0.9
 
@@ -51,7 +57,6 @@ def write_waterbirds_like(root: str | os.PathLike, n_train: int = 864, n_val: in
                           size: int = 256, seed: int = 0, quality: int = 90) -> Path:
     """A Waterbirds-format folder (``metadata.csv`` with the real columns, bird folders of JPEGs)
     of ``size``-px images; returns the folder holding ``metadata.csv``."""
-    from PIL import Image
 
     root = Path(root) / "waterbird_complete95_forest2water2"
     root.mkdir(parents=True, exist_ok=True)
@@ -91,7 +96,7 @@ class PeakRSS:
 
     @staticmethod
     def tree_rss() -> int:
-        import psutil
+        import psutil  # deferred: optional, not a dependency
 
         me = psutil.Process()
         total = 0
@@ -125,7 +130,6 @@ class PeakRSS:
 
 
 def jemalloc_active() -> str | None:
-    from spuraug.doctor import jemalloc_loaded
 
     return jemalloc_loaded()
 
@@ -138,7 +142,6 @@ class _Enough(Exception):
 
 
 def build(model_name: str, n_classes: int, width: int = 8) -> torch.nn.Module:
-    from spuraug.models import ToyCNN, build_model
 
     torch.manual_seed(0)
     if model_name == "toy_cnn":
@@ -242,9 +245,6 @@ def _parse_workers(values: list[str] | None) -> list[int | str]:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from bench.provenance import machine_id
-    from spuraug.config import load_config
-    from spuraug.data.registry import get_dataset
 
     device = engine.resolve_device(args.device)
     if args.threads:

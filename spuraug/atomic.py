@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import torch
+
 __all__ = ["append_jsonl", "append_line", "save_image", "torch_save", "write_bytes", "write_json", "write_text"]
 
 
@@ -52,7 +54,6 @@ def write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False, de
 
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save(obj)`` to ``path``."""
-    import torch  # deferred: torch is heavy and most callers of this module never save tensors
 
     write_bytes(path, lambda handle: torch.save(obj, handle))
 

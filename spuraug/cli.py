@@ -13,6 +13,11 @@ import importlib
 import os
 import sys
 
+from spuraug.config import ConfigError
+from spuraug.data.base import DataError
+from spuraug.errors import UserError
+from spuraug.models import WeightsMissingError
+
 #: Modules that add subcommands, in the order ``spuraug --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "spuraug.data.commands",
@@ -22,10 +27,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spuraug.train_cli",
     "spuraug.ddb.commands",
 )
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from spuraug.config import ConfigError
-    from spuraug.data.base import DataError
-    from spuraug.models import WeightsMissingError
-
     # OSErrors a user's path causes (a file where a folder must be, a read-only folder)
     return (UserError, ConfigError, DataError, WeightsMissingError, FileNotFoundError, NotADirectoryError,
             IsADirectoryError, FileExistsError, PermissionError)

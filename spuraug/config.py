@@ -25,6 +25,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from baselines.erm import recipe_values
+from spuraug.data.toy import ToyConfig
 from spuraug.methods import Param, get_method, method_names, param
 from spuraug.models import MODEL_NAMES
 
@@ -212,7 +214,6 @@ def _check_dataset_options(where: str, dataset: str, options: Any) -> dict:
         raise ConfigError(f"{where}: dataset_options: expected a mapping, got {type(options).__name__}")
     if dataset != "toy":
         return dict(options)  # checked by the dataset's loader
-    from spuraug.data.toy import ToyConfig
 
     fields = {f.name: f for f in dataclasses.fields(ToyConfig)}
     defaults = ToyConfig()
@@ -285,7 +286,6 @@ def _erm_recipe(data: dict, extra: dict, dataset: str, where: str) -> dict:
     """``{"erm": values}`` of the ERM recipe named by ``erm.recipe`` (an override's, else the
     file's; baselines/erm.py ``RECIPES``), applied over the file's erm section and under the
     overrides. A file whose erm values disagree with the recipe it names is an error."""
-    from baselines.erm import recipe_values
 
     file_erm = data.get("erm") or {}
     named = file_erm.get("recipe")

@@ -17,9 +17,19 @@ import platform
 import re
 import sys
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
+
 import spuraug
+from spuraug import weights
+from spuraug.data import commands as data_commands
+from spuraug.data.base import DataError
+from spuraug.data.registry import dataset_names, get_spec, resolve_data_dir
+from spuraug.errors import UserError
+from spuraug.toyworld import zoo
+from spuraug.weights import hf_hub_cache, torch_checkpoint_dir
 
 AREAS = ("system", "gpu", "packages", "weights", "datasets", "toy zoo")
 #: Packages that only a CUDA build of torch needs (absent from the CPU image on purpose).
@@ -42,7 +52,6 @@ class Check:
 
 def check_gpu() -> list[Check]:
     """torch's build, CUDA availability and the visible devices."""
-    import torch
 
     checks = [Check("gpu", "torch", True, f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU build)'}")]
     if torch.version.cuda is None:
@@ -83,7 +92,6 @@ def find_lock_file(lock: str | os.PathLike | None = None) -> Path | None:
         if c and Path(c).is_file():
             return Path(c)
     if lock:
-        from spuraug.cli import UserError
 
         raise UserError(f"--lock {lock}: no such file")
     return None
@@ -98,7 +106,6 @@ def read_lock(path: str | os.PathLike) -> dict[str, str]:
             continue
         m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;]+)(\s*;.*)?", line)
         if m is None:
-            from spuraug.cli import UserError
 
             raise UserError(f"{path}:{n}: expected `name==version`, got {line!r}")
         pins[m.group(1)] = m.group(3)
@@ -111,15 +118,12 @@ def _public(version: str) -> str:
 
 def check_packages(lock: str | os.PathLike | None = None) -> list[Check]:
     """Installed versions of the pinned packages; GPU-only pins are skipped under a CPU build of torch."""
-    from importlib.metadata import PackageNotFoundError, version
 
     path = find_lock_file(lock)
     if path is None:
         return [Check("packages", "lock", False, "requirements/lock.txt not found",
                       "pass --lock FILE or set SPURAUG_LOCK (the images set it)")]
     try:
-        import torch
-
         cpu_torch = torch.version.cuda is None
     except ImportError:  # pragma: no cover - torch is a dependency
         cpu_torch = False
@@ -162,7 +166,6 @@ def check_packages(lock: str | os.PathLike | None = None) -> list[Check]:
 def check_weights(hf_cache: str | os.PathLike | None = None,
                   checkpoint_dir: str | os.PathLike | None = None) -> list[Check]:
     """Which benchmark weights the hub cache and torch hub's folder hold (no network, no hashing)."""
-    from spuraug import weights
 
     checks = []
     for s in weights.weights_status(hf_cache=hf_cache, checkpoint_dir=checkpoint_dir):
@@ -180,9 +183,6 @@ def check_weights(hf_cache: str | os.PathLike | None = None,
 
 def check_datasets(data_dir: str | os.PathLike | None = None) -> list[Check]:
     """Every registered dataset, validated like ``spuraug data check`` (file presence, published counts)."""
-    from spuraug.data.base import DataError
-    from spuraug.data.commands import check_dataset, format_counts
-    from spuraug.data.registry import dataset_names, get_spec, resolve_data_dir
 
     root = resolve_data_dir(data_dir)
     checks = []
@@ -195,7 +195,7 @@ def check_datasets(data_dir: str | os.PathLike | None = None) -> list[Check]:
                  f"download it by hand ({spec.info.source or 'see README'}) into {root}/"
                  f"{spec.info.folder_names[0] if spec.info.folder_names else name}")
         try:
-            splits = check_dataset(name, str(root))
+            splits = data_commands.check_dataset(name, str(root))
         except DataError as e:
             # The fix already names the source; keep the finding to what was looked for.
             problem = " ".join(str(e).split("where the data comes from")[0].split())
@@ -205,7 +205,7 @@ def check_datasets(data_dir: str | os.PathLike | None = None) -> list[Check]:
             checks.append(Check("datasets", name, False, f"check failed: {type(e).__name__}: {e}",
                                 f"run `spuraug data check --dataset {name}` for details"))
             continue
-        _, matches = format_counts(name, splits)
+        _, matches = data_commands.format_counts(name, splits)
         sizes = ", ".join(f"{split} {len(ds)}" for split, ds in splits.items())
         if matches:
             checks.append(Check("datasets", name, True, f"valid under {root} ({sizes}; published counts)"))
@@ -227,7 +227,6 @@ def check_toy_zoo() -> list[Check]:
     if importlib.util.find_spec("spuraug.toyworld.zoo") is None:
         return [Check("toy zoo", "module", False, "spuraug.toyworld.zoo is not part of this installation",
                       "update the checkout (the toy-world team provides it), then `make toy-zoo`")]
-    from spuraug.toyworld import zoo
 
     checks = []
     for model_id in TOY_ZOO_IDS:
@@ -290,7 +289,6 @@ def check_jemalloc(maps: str | os.PathLike = "/proc/self/maps",
 
 def check_system(output_dirs: tuple[str | os.PathLike, ...] = ("runs", "results")) -> list[Check]:
     """Where this runs, which caches it uses, and whether the run and result folders are writable."""
-    from spuraug.weights import hf_hub_cache, torch_checkpoint_dir
 
     in_container = Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
     offline = os.environ.get("HF_HUB_OFFLINE", "unset (downloads allowed)")

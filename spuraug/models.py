@@ -12,6 +12,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.hub import get_dir
+from torchvision.models import ResNet50_Weights, resnet50
+
+from spuraug.weights import network_allowed
 
 MODEL_NAMES = ("resnet50", "toy_cnn")
 
@@ -57,7 +61,6 @@ class ResNet50(nn.Module):
 
     def __init__(self, n_classes: int = 2, pretrained: bool = True, weights_path: str | None = None) -> None:
         super().__init__()
-        from torchvision.models import ResNet50_Weights, resnet50
 
         net = resnet50(weights=None)
         if weights_path is not None or pretrained:
@@ -87,8 +90,6 @@ def load_imagenet_resnet50_state(weights_path: str | os.PathLike | None = None) 
     (``HF_HUB_OFFLINE``/``SPURAUG_OFFLINE`` unset); otherwise the error names the file
     and where to put it.
     """
-    from torch.hub import get_dir
-    from torchvision.models import ResNet50_Weights
 
     weights = ResNet50_Weights.IMAGENET1K_V1
     filename = os.path.basename(weights.url)
@@ -100,7 +101,6 @@ def load_imagenet_resnet50_state(weights_path: str | os.PathLike | None = None) 
     cached = Path(get_dir()) / "checkpoints" / filename
     if cached.is_file():
         return torch.load(cached, map_location="cpu", weights_only=True)
-    from spuraug.weights import network_allowed
 
     if not network_allowed():  # loading stays offline unless asked (`make weights` downloads)
         raise WeightsMissingError(
@@ -140,7 +140,7 @@ def load_toy_backbone_state(weights: str | os.PathLike | None, width: int) -> di
     if not path.is_file():
         raise WeightsMissingError(f"model.weights {weights}: no such file {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: only checkpoint loading of DDB weights needs it
 
         state = load_file(str(path))
     else:

@@ -42,12 +42,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch import nn
 
 from spuraug import atomic, engine
 from spuraug.config import ConfigError, load_config
 from spuraug.data.base import SpuriousDataset
-from spuraug.data.registry import get_dataset
+from spuraug.data.registry import dataset_info, get_dataset
+from spuraug.ddb.artifacts import AttemptClock
 from spuraug.methods import get_method
 from spuraug.models import ToyCNN, build_model, load_toy_backbone_state
 from spuraug.records import EpochLine, RunConfig, RunResult
@@ -94,7 +96,6 @@ def run_lock(d: str | os.PathLike, label: str | None = None, wait: bool = True) 
 
     When another process holds it, one line says so and this one waits for it (``wait``)
     or yields ``False`` at once without the lock (the caller skips the run)."""
-    from filelock import FileLock, Timeout
 
     path = lock_path(d)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,6 @@ def load_model(run_dir: str | os.PathLike, which: str = "best") -> nn.Module:
         ) from None
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    from spuraug.data.registry import dataset_info
 
     model = build_model_from_config(config["model"], dataset_info(config["dataset"]).n_classes, pretrained=False)
     model.load_state_dict(state)
@@ -376,7 +376,6 @@ def run_method(
 
 def _run_locked(ctx: RunContext, method_obj, force: bool, label: str) -> dict:
     """:func:`run_method` with the run's lock held."""
-    from spuraug.ddb.artifacts import AttemptClock
 
     config, d = ctx.config, ctx.dir
     _restore_previous(d, "the last forced run did not start", label)

@@ -17,15 +17,22 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
+from spuraug.config import ConfigError, check_seed, parse_overrides
+from spuraug.data.registry import dataset_names
+from spuraug.engine import NonFiniteLossError, UnreadableCheckpoint
+from spuraug.errors import UserError
+from spuraug.methods import method_names
+from spuraug.runs import run_dir, run_method
+
 
 def check_runtime_options(args: argparse.Namespace) -> None:
     """``--threads`` >= 1 and a ``--device`` torch knows, as one-line errors."""
-    from spuraug.cli import UserError
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: expected an integer >= 1")
     if args.device not in (None, "auto"):
-        import torch  # deferred: torch is heavy and argument checks should not need it otherwise
 
         try:
             torch.device(args.device)
@@ -35,7 +42,6 @@ def check_runtime_options(args: argparse.Namespace) -> None:
 
 def check_out_dir(out: str) -> None:
     """``--out`` must be a folder this user can write to (or one that can be made)."""
-    from spuraug.cli import UserError
 
     p = Path(out)
     if p.exists() and not p.is_dir():
@@ -46,12 +52,6 @@ def check_out_dir(out: str) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from spuraug.cli import UserError
-    from spuraug.config import ConfigError, check_seed, parse_overrides
-    from spuraug.data.registry import dataset_names
-    from spuraug.engine import NonFiniteLossError, UnreadableCheckpoint
-    from spuraug.methods import method_names
-    from spuraug.runs import run_dir, run_method
 
     if args.dataset not in dataset_names():
         raise UserError(f"unknown dataset {args.dataset!r}; known datasets: {', '.join(dataset_names())}")
@@ -59,7 +59,6 @@ def train_command(args: argparse.Namespace) -> int:
         raise UserError(f"unknown method {args.method!r}; known methods: {', '.join(method_names())}")
     check_runtime_options(args)
     if args.threads:
-        import torch
 
         torch.set_num_threads(args.threads)
     try:
@@ -98,7 +97,6 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from spuraug.methods import method_names
 
     names = ", ".join(method_names())
     p = subparsers.add_parser(

@@ -23,6 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import torch.hub
+from torch.hub import get_dir
+
+from spuraug.errors import UserError
+
 #: Suffixes fetched from a hub repository (configs, tokenizer files, weights).
 _KEPT_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -143,7 +148,6 @@ def get_weights(names: Iterable[str] | None = None) -> list[HubModel | TorchChec
     by_name = {e.name: e for e in entries} | {e.id: e for e in entries}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        from spuraug.cli import UserError
 
         raise UserError(f"unknown weights {', '.join(unknown)}; known: {', '.join(e.name for e in entries)}")
     return [by_name[n] for n in names]
@@ -166,7 +170,6 @@ def hf_hub_cache() -> Path:
 
 def torch_checkpoint_dir() -> Path:
     """torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), resolved now."""
-    from torch.hub import get_dir
 
     return Path(get_dir()) / "checkpoints"
 
@@ -243,7 +246,7 @@ def _folder_size(folder: Path) -> int:
 
 def hub_model_status(model: HubModel, cache_dir: str | os.PathLike | None = None) -> WeightsStatus:
     """Whether ``model``'s required files are in the hub cache (no network)."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # deferred: slow import, only weight fetching needs it
 
     cache = Path(cache_dir) if cache_dir is not None else hf_hub_cache()
     snapshot = _snapshot(cache, model.repo_id)
@@ -353,10 +356,16 @@ def network_allowed() -> bool:
 
 def fetch_hub_model(model: HubModel, cache_dir: str | os.PathLike | None = None, fp16: bool = False) -> WeightsStatus:
     """Download the files :func:`select_files` picks into the hub cache; resumes partial downloads."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import (  # deferred: slow import, only weight fetching needs it
+        HfApi,
+        snapshot_download,
+    )
+    from huggingface_hub.errors import (  # deferred: slow import, only weight fetching needs it
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
 
-    from spuraug.cli import UserError
 
     cache = Path(cache_dir) if cache_dir is not None else hf_hub_cache()
     try:
@@ -376,13 +385,12 @@ def fetch_hub_model(model: HubModel, cache_dir: str | os.PathLike | None = None,
 
 def fetch_checkpoint(ckpt: TorchCheckpoint, checkpoint_dir: str | os.PathLike | None = None) -> WeightsStatus:
     """Download the checkpoint into torch hub's folder, checking its SHA-256 prefix."""
-    from torch.hub import download_url_to_file
 
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else torch_checkpoint_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ckpt.filename
     if not path.is_file():
-        download_url_to_file(ckpt.url, str(path), hash_prefix=ckpt.sha256_prefix or None, progress=True)
+        torch.hub.download_url_to_file(ckpt.url, str(path), hash_prefix=ckpt.sha256_prefix or None, progress=True)
     return checkpoint_status(ckpt, folder, check_hash=True)
 
 
@@ -405,7 +413,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from spuraug.cli import UserError
 
     if _offline():
         raise UserError("fetching needs the network but HF_HUB_OFFLINE/SPURAUG_OFFLINE is set; "

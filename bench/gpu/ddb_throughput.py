@@ -31,9 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from spuraug.atomic import write_json
+from spuraug.ddb import inpaint as stage
+from spuraug.ddb.config import InpaintConfig
+from spuraug.ddb.inpaint import speed_up
 from spuraug.toyworld.tokenizer import build_clip_tokenizer
 
 # The published configs (stabilityai/stable-diffusion-2-inpainting, unet/config.json etc.).
@@ -94,10 +101,16 @@ def sync(device: torch.device) -> None:
 
 def build_pipeline(smoke: bool, device: torch.device, dtype: torch.dtype):
     """StableDiffusionInpaintPipeline with the SD2 architectures (or tiny ones), random weights, SDPA."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers import (  # deferred: heavy optional model library, only the DDB stages need it
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionInpaintPipeline,
+        UNet2DConditionModel,
+    )
+    from diffusers.models.attention_processor import (
+        AttnProcessor2_0,  # deferred: heavy optional model library, only the DDB stages need it
+    )
 
-    from spuraug.ddb.inpaint import speed_up
 
     torch.manual_seed(0)
     tok, text = build_text_encoder(smoke, device)
@@ -121,7 +134,10 @@ def build_pipeline(smoke: bool, device: torch.device, dtype: torch.dtype):
 def build_text_encoder(smoke: bool, device: torch.device):
     """A project-written CLIP tokenizer (no download; speed depends on the 77-token length only)
     and the OpenCLIP ViT-H text encoder of SD2 (or a tiny one), random weights."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import (  # deferred: heavy model library, only the DDB stages need it
+        CLIPTextConfig,
+        CLIPTextModel,
+    )
 
     tok = build_clip_tokenizer(Path(tempfile.mkdtemp()) / "tok", PROMPT_WORDS, model_max_length=77)
     cfg = dict(SMOKE_TEXT if smoke else OPENCLIP_VIT_H_TEXT)
@@ -133,8 +149,6 @@ def build_text_encoder(smoke: bool, device: torch.device):
 
 def random_images(n: int, size: int, seed: int = 0) -> list:
     """``n`` uniform-noise RGB images of ``size`` x ``size`` pixels (speed does not depend on content)."""
-    import numpy as np
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
@@ -142,8 +156,6 @@ def random_images(n: int, size: int, seed: int = 0) -> list:
 
 def center_mask(size: int):
     """A mask of the central half (in each direction) of a ``size`` x ``size`` image."""
-    import numpy as np
-    from PIL import Image
 
     m = np.zeros((size, size), np.uint8)
     m[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
@@ -193,7 +205,6 @@ class _GlobalOnly:
 def flops_of(fn) -> tuple[float, dict]:
     """FLOPs of ``fn()`` (forward and, where it runs one, backward) by FlopCounterMode's formulas,
     attention counted (:func:`countable_attention`); the total and its split by op."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _GlobalOnly()
@@ -206,7 +217,6 @@ def flops_of(fn) -> tuple[float, dict]:
 def countable_attention():
     """Attention through the math kernel while counting: FlopCounterMode has formulas for the
     CUDA SDPA kernels and for the math kernel's matrix products, none for CPU's flash kernel."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
 
@@ -325,7 +335,6 @@ def unet_variants(base_unet, names: list[str], n: int, res: int, device: torch.d
                   dtype: torch.dtype, flops: float, ceiling: float, deadline: Deadline, min_time: float,
                   compile_mode: str) -> tuple[list[dict], dict]:
     """samples/s of the UNet alone under each variant; returns the rows and the callables."""
-    from spuraug.ddb.inpaint import speed_up
 
     rows, fns = [], {}
     args = unet_inputs(base_unet, n, res, device, dtype)
@@ -378,10 +387,7 @@ def measure(pipe, batch: int, res: int, steps: int, guidance: float, device: tor
 
 def measure_stage(pipe, batch: int, res: int, steps: int, guidance: float, deadline: Deadline) -> dict | None:
     """images/s of the whole DDB inpaint stage (spuraug.ddb.inpaint.inpaint: paste-back, PNG + JSON writes)."""
-    import numpy as np
 
-    from spuraug.ddb import inpaint as stage
-    from spuraug.ddb.config import InpaintConfig
 
     if deadline.left() < 30:
         log("stage: skipped (time budget)")
@@ -405,9 +411,10 @@ def measure_stage(pipe, batch: int, res: int, steps: int, guidance: float, deadl
 
 def count_only(res: int, out: str | None) -> dict:
     """FLOPs of one forward of the SD2 inpainting UNet on one sample, built on the meta device."""
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        UNet2DConditionModel,  # deferred: heavy optional model library, only the DDB stages need it
+    )
 
-    from spuraug.ddb.inpaint import speed_up
 
     meta = torch.device("meta")
     with meta:
@@ -510,7 +517,6 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = args.pipeline_variant
     if chosen == "best":
         chosen = max(timed, key=lambda r: r["ratio_to_ceiling"])["variant"] if timed else "eager"
-    from spuraug.ddb.inpaint import speed_up
 
     opts = parse_variant(chosen)
     unet = speed_up(base_unet, **{**opts, "compile": False})  # layout and fusion of the chosen variant

@@ -38,6 +38,7 @@ import argparse
 import importlib
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +46,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torchvision.io import decode_jpeg
+from torchvision.transforms import v2
+
+from bench.train_throughput import bare_loop, real_loop, write_waterbirds_like
+from spuraug import atomic, engine
+from spuraug.config import load_config
+from spuraug.data.registry import get_dataset
+from spuraug.data.transforms import IMAGENET_MEAN, IMAGENET_STD, waterbirds_transform
+from spuraug.ddb import prune, segment
+from spuraug.ddb.config import InpaintConfig, SegmentConfig
+from spuraug.ddb.inpaint import speed_up
 
 #: Where the builders live: the GPU benches' real architectures, and the tiny test models of
 #: the smoke mode (tests/, imported only when the smoke mode runs, from a checkout).
@@ -86,8 +100,6 @@ class Budget:
 
 
 def build_segmenter(smoke: bool, device: torch.device):
-    from spuraug.ddb import segment
-    from spuraug.ddb.config import SegmentConfig
 
     root = Path(tempfile.mkdtemp(prefix="ref_segment_"))
     if smoke:
@@ -107,7 +119,6 @@ def build_pipe(smoke: bool, device: torch.device, dtype: torch.dtype):
 
 
 def build_classifier(smoke: bool, device: torch.device) -> torch.nn.Module:
-    import torchvision
 
     torch.manual_seed(0)
     net = (torchvision.models.resnet18 if smoke else torchvision.models.resnet50)(num_classes=2)
@@ -123,7 +134,7 @@ def random_images(n: int, size: int, seed: int = 0) -> list:
 
 def reference_batch(images: list, seg, pipe, clf, transform, cfg: dict, device: torch.device) -> int:
     """One batch of ArianYp/DDB generate.py's ``generate_and_prune``; returns the images processed."""
-    from captum.attr import IntegratedGradients
+    from captum.attr import IntegratedGradients  # deferred: heavy, only attribution needs it
 
     masks, indices = [], []
     for idx, (mask, _score) in enumerate(seg(images, cfg["mask_prompt"])):  # lang_sam.predict(images, prompts)
@@ -182,8 +193,6 @@ def run_reference(images: list, seg, clf, pipe, transform, cfg: dict, batch: int
 
 def run_staged(images: list, seg, clf, pipe, cfg: dict, seg_batch: int, inpaint_batch: int,
                device: torch.device) -> dict:
-    from spuraug.data.transforms import waterbirds_transform
-    from spuraug.ddb import prune
 
     stages: dict[str, dict] = {}
 
@@ -205,7 +214,6 @@ def run_staged(images: list, seg, clf, pipe, cfg: dict, seg_batch: int, inpaint_
             out += seg(images[s:s + seg_batch], cfg["mask_prompt"])
         return out
 
-    from PIL import Image
 
     found = timed("segment", segment_all)
     masks = [Image.fromarray((m if m is not None else torch.ones(images[0].size[::-1]).numpy() > 0)
@@ -239,9 +247,6 @@ def run_staged(images: list, seg, clf, pipe, cfg: dict, seg_batch: int, inpaint_
 
 
 def part_generate(args, device: torch.device, budget: Budget) -> dict:
-    from spuraug.data.transforms import waterbirds_transform
-    from spuraug.ddb.config import InpaintConfig
-    from spuraug.ddb.inpaint import speed_up
 
     smoke = args.smoke
     n = args.images
@@ -309,10 +314,7 @@ def _collate_bytes(items):
 def gpu_decode_batch(data: list[torch.Tensor], device: torch.device, size: int = 224) -> torch.Tensor:
     """Decode JPEG bytes on ``device`` and apply the Waterbirds train transform there
     (random resized crop 0.7-1.0, flip, ImageNet normalisation); float (N, 3, size, size)."""
-    from torchvision.io import decode_jpeg
-    from torchvision.transforms import v2
 
-    from spuraug.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     imgs = decode_jpeg(data, device=device)
     crop = v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.75, 4 / 3), antialias=True),
@@ -341,10 +343,6 @@ def loader_rate(loader, batches: int, to_device, device: torch.device) -> dict:
 
 
 def part_train(args, device: torch.device, budget: Budget) -> dict:
-    from bench.train_throughput import bare_loop, real_loop, write_waterbirds_like
-    from spuraug import engine
-    from spuraug.config import load_config
-    from spuraug.data.registry import get_dataset
 
     smoke = args.smoke
     hp = dict(load_config("waterbirds", "erm")["hparams"])
@@ -393,7 +391,6 @@ def part_train(args, device: torch.device, budget: Budget) -> dict:
 
 
 def train_in_subprocess(args, device: torch.device, budget: Budget, out: Path) -> dict | None:
-    import subprocess
 
     tmp = out.with_name(f".{out.stem}.train.json")
     cmd = [sys.executable, "-m", "bench.gpu.reference_loop", "--parts", "train", "--out", str(tmp),
@@ -420,7 +417,6 @@ def default_out(device: torch.device) -> Path:
 
 
 def write(path: Path, record: dict) -> None:
-    from spuraug import atomic
 
     atomic.write_json(path, record)
 
@@ -451,7 +447,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.workers != "auto":
         args.workers = int(args.workers)
-    from spuraug.ddb.config import SegmentConfig
 
     s = args.smoke
     defaults = dict(images=4 if s else 64, steps=2 if s else 50, ref_batch=2 if s else 32,

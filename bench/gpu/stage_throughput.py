@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 from bench.gpu.ddb_throughput import (
     SD2_SCHEDULER,
@@ -52,6 +53,9 @@ from bench.gpu.ddb_throughput import (
     timed_calls,
     write_json,
 )
+from spuraug.data.transforms import waterbirds_transform
+from spuraug.ddb import invert, prune, segment
+from spuraug.ddb.config import InvertConfig, SegmentConfig
 
 STAGES = ("invert", "segment", "prune")
 
@@ -64,10 +68,12 @@ def _timed(fn, images_per_call: int, device: torch.device, min_time: float, dead
 
 def invert_stage(smoke: bool, device: torch.device, min_time: float, deadline: Deadline, fused: bool,
                  res: int | None = None) -> dict:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import (  # deferred: heavy optional model library, only the DDB stages need it
+        AutoencoderKL,
+        DDPMScheduler,
+        UNet2DConditionModel,
+    )
 
-    from spuraug.ddb import invert
-    from spuraug.ddb.config import InvertConfig
 
     torch.manual_seed(0)
     tok, text = build_text_encoder(smoke, device)  # add_tokens grows its embedding for the new token
@@ -101,13 +107,14 @@ def invert_stage(smoke: bool, device: torch.device, min_time: float, deadline: D
 
 
 def segment_stage(smoke: bool, device: torch.device, min_time: float, deadline: Deadline, batch: int) -> dict:
-    from spuraug.ddb import segment
-    from spuraug.ddb.config import SegmentConfig
 
     root = Path(tempfile.mkdtemp(prefix="ddb_segment_"))
     if smoke:
         # the tiny test models, only in --smoke mode (run from a checkout: tests/ is not installed)
-        from tests.tiny_models import save_grounding_dino, save_sam
+        from tests.tiny_models import (  # deferred: test-only model builders, smoke modes only
+            save_grounding_dino,
+            save_sam,
+        )
 
         det, sam = save_grounding_dino(root / "gdino"), save_sam(root / "sam")
     else:
@@ -146,7 +153,7 @@ def save_grounding_dino_tiny(folder: Path) -> Path:
         GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
         GroundingDinoProcessor,
-    )
+    )  # deferred: heavy model library, only the DDB stages need it
 
     torch.manual_seed(0)
     tok = BertTokenizer(vocab_file=str(write_bert_vocab(folder / "_vocab", ["a", "photo", "of", "bird"])),
@@ -158,7 +165,12 @@ def save_grounding_dino_tiny(folder: Path) -> Path:
 
 def save_sam_vit_base(folder: Path) -> Path:
     """SamConfig's defaults are facebook/sam-vit-base's (ViT-B, 1024 px)."""
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    from transformers import (  # deferred: heavy model library, only the DDB stages need it
+        SamConfig,
+        SamImageProcessor,
+        SamModel,
+        SamProcessor,
+    )
 
     torch.manual_seed(0)
     SamModel(SamConfig()).save_pretrained(folder)
@@ -167,10 +179,7 @@ def save_sam_vit_base(folder: Path) -> Path:
 
 
 def prune_stage(smoke: bool, device: torch.device, min_time: float, deadline: Deadline, batch: int) -> dict:
-    import torchvision
 
-    from spuraug.data.transforms import waterbirds_transform
-    from spuraug.ddb import prune
 
     torch.manual_seed(0)
     model = (torchvision.models.resnet18 if smoke else torchvision.models.resnet50)(num_classes=2).to(device).eval()

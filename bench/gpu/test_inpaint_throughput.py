@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from bench.gpu import ddb_throughput as g
+from spuraug.ddb.inpaint import speed_up
 
 SMOKE = os.environ.get("SPURAUG_GPU_BENCH_SMOKE") == "1"
 if not SMOKE and not torch.cuda.is_available():
@@ -33,7 +34,6 @@ BATCHES = (1, 2) if SMOKE else (1, 8, 32)
 
 @pytest.fixture(scope="module")
 def setup():
-    from spuraug.ddb.inpaint import speed_up
 
     if DEVICE.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -18,9 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.provenance import machine_id
+from bench.train_throughput import jemalloc_active
+from spuraug import atomic
+from spuraug.models import ToyCNN, build_model
+
 
 def measure(batch: int = 16, rounds: int = 5, size: int = 224, model: str = "resnet50") -> dict:
-    from spuraug.models import ToyCNN, build_model
 
     torch.manual_seed(0)
     nets = {}
@@ -64,9 +68,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--note", default="")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    from bench.provenance import machine_id
-    from bench.train_throughput import jemalloc_active
-    from spuraug import atomic
 
     rec = {"what": "CPU training step, contiguous vs channels-last", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "machine": machine_id(), "note": args.note, "jemalloc": jemalloc_active(),

@@ -37,6 +37,12 @@ import pandas as pd
 from PIL import Image
 
 from bench.provenance import emit_report
+from spuraug.data.toy import ToyConfig, ToyDataset
+from spuraug.ddb.config import InpaintConfig
+from spuraug.ddb.inpaint import Plan, Source, inpaint, load_inpaint_pipeline
+from spuraug.toyworld.check import vae_roundtrip
+from spuraug.toyworld.oracle import ORACLE_MODEL_ID, as_uint8_batch, load_oracle, predict
+from spuraug.toyworld.render import BACKGROUNDS, COLOR_WORDS, color_index, object_box
 
 
 def _newest(pattern: str) -> Path:
@@ -56,8 +62,6 @@ def _load(paths) -> list[Image.Image]:
 
 
 def _read(oracle, images: list[Image.Image], target_class, source_class, source_a, cfg) -> dict[str, np.ndarray]:
-    from spuraug.toyworld.oracle import predict
-    from spuraug.toyworld.render import BACKGROUNDS
 
     d, b = predict(oracle, images)
     ok_digit = d == np.array([cfg.digits[c] for c in target_class])
@@ -70,7 +74,6 @@ def object_colour(image: Image.Image, mask_path: str) -> str:
     """The colour word of the edited object: the mean of the most saturated third of the
     pixels in the mask's bounding box (the object is saturated; the toy backgrounds are
     mostly not), named by :func:`spuraug.toyworld.render.color_index`."""
-    from spuraug.toyworld.render import COLOR_WORDS, color_index, object_box
 
     g = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     with Image.open(mask_path) as im:
@@ -146,9 +149,6 @@ def roundtrip_reading(oracle, table: pd.DataFrame) -> dict:
     by the zoo's VAE, so read each SOURCE image after a VAE round trip (encode, decode,
     nothing repainted) and report the share the oracle still reads as the source's digit,
     overall and per source class."""
-    from spuraug.data.toy import ToyConfig
-    from spuraug.toyworld.check import vae_roundtrip
-    from spuraug.toyworld.oracle import as_uint8_batch, predict
 
     cfg = ToyConfig()
     src = table.source_class.to_numpy()
@@ -165,8 +165,6 @@ def roundtrip_reading(oracle, table: pd.DataFrame) -> dict:
 def initializer_probe(stage: Path, initializer: str, train, n_classes: int) -> tuple[pd.DataFrame, Path]:
     """Repaint the inpaint ``stage``'s samples with ``initializer`` instead of the learned
     tokens (same sources, masks, seeds, settings); returns the probe's samples table and folder."""
-    from spuraug.ddb.config import InpaintConfig
-    from spuraug.ddb.inpaint import Plan, Source, inpaint, load_inpaint_pipeline
 
     key = json.loads((stage / "key.json").read_text())["inpaint"]
     names = {f.name for f in fields(InpaintConfig)}
@@ -186,7 +184,6 @@ def initializer_probe(stage: Path, initializer: str, train, n_classes: int) -> t
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs_dir")
@@ -211,8 +208,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def seed_report(args, seed: int, oracle) -> dict:
     """The report of one seed's newest prune table (see the module docstring)."""
-    from spuraug.data.toy import ToyConfig, ToyDataset
-    from spuraug.toyworld.oracle import ORACLE_MODEL_ID
 
     base = f"{args.runs_dir}/toy/ddb_artifacts/seed{seed}"
     table = _newest(f"{base}/prune-*/table.csv")

@@ -29,6 +29,12 @@ from pathlib import Path
 
 import torch
 
+from spuraug.ddb.config import ddb_config
+from spuraug.ddb.engines import LocalEngine, RayEngine, WorkerSpec, connect_ray
+from spuraug.ddb.pipeline import Stages
+from spuraug.ddb.scaleout import InpaintWorker, inpaint_sharded
+from spuraug.models import build_model
+
 
 class _Noop:
     """A worker that loads nothing: measures actor start-up and shard round trips."""
@@ -44,9 +50,8 @@ class _Imports:
     """A worker that only imports the generation stack (torch, diffusers): a fresh actor's fixed cost."""
 
     def __init__(self) -> None:
-        from diffusers import StableDiffusionInpaintPipeline  # noqa: F401
+        from diffusers import StableDiffusionInpaintPipeline  # noqa: F401  # deferred: heavy optional model library, only the DDB stages need it
 
-        import spuraug.ddb.inpaint  # noqa: F401
         import spuraug.ddb.scaleout  # noqa: F401
 
     def run(self, payload) -> dict:
@@ -54,9 +59,6 @@ class _Imports:
 
 
 def _stages(models: dict, runs: Path, args, engine: str = "local", workers: int = 0):
-    from spuraug.ddb.config import ddb_config
-    from spuraug.ddb.pipeline import Stages
-    from spuraug.models import build_model
 
     torch.manual_seed(0)
     cfg = ddb_config({
@@ -80,11 +82,9 @@ def _timed(fn):
 
 
 def measure(args) -> dict:
-    import ray
+    import ray  # deferred: optional dependency (extra 'ray')
 
-    from spuraug.ddb.engines import LocalEngine, RayEngine, WorkerSpec, connect_ray
-    from spuraug.ddb.scaleout import InpaintWorker, inpaint_sharded
-    from tests import tiny_models as tiny  # test models (tests/), from a checkout
+    from tests import tiny_models as tiny  # deferred: test models (tests/), from a checkout
 
     torch.set_num_threads(1)  # as each Ray actor (OMP_NUM_THREADS=1)
     root = Path(tempfile.mkdtemp(prefix="ray_scaling_"))
@@ -108,7 +108,7 @@ def measure(args) -> dict:
 
         # per-shard overheads
         _, out["ray_init_s"] = _timed(lambda: connect_ray(num_cpus=os.cpu_count(), log_to_driver=False))
-        from spuraug.ddb.engines import _RayWorker
+        from spuraug.ddb.engines import _RayWorker  # deferred: optional dependency, guarded by try
 
         t0 = time.perf_counter()
         a = ray.remote(_RayWorker).options(num_cpus=0.5).remote(WorkerSpec(_Noop), {})

@@ -31,17 +31,20 @@ import numpy as np
 import torch
 
 from bench.provenance import emit_report
+from spuraug.data.toy import ToyConfig, ToyDataset
+from spuraug.ddb import invert as inv
+from spuraug.ddb.config import InvertConfig
+from spuraug.toyworld.check import box_masks, inpaint, load_inpainter
+from spuraug.toyworld.oracle import load_oracle
+from spuraug.toyworld.quality import composition_report
+from spuraug.toyworld.render import DIGIT_WORDS
+from spuraug.toyworld.zoo import resolve_model_id
 
 TOKENS = ("<class-0>", "<class-1>")
 
 
 def learn_tokens(loss_region: str, steps: int, out: Path, seed: int = 0) -> dict[str, Path]:
     """Each class's learned embedding file (``out/class<c>/learned_embeds.safetensors``)."""
-    from spuraug.data.toy import ToyConfig, ToyDataset
-    from spuraug.ddb import invert as inv
-    from spuraug.ddb.config import InvertConfig
-    from spuraug.toyworld.check import box_masks
-    from spuraug.toyworld.zoo import resolve_model_id
 
     model = resolve_model_id("spuraug/toy-sd-inpainting")
     train = ToyDataset("train", ToyConfig())
@@ -65,7 +68,6 @@ def learn_tokens(loss_region: str, steps: int, out: Path, seed: int = 0) -> dict
 def balanced_test_selection(n_eval: int):
     """The probes' test images: ``n_eval // 2`` of each class (fixed draw), their target
     class (the other one), and the test split."""
-    from spuraug.data.toy import ToyConfig, ToyDataset
 
     test = ToyDataset("test", ToyConfig())
     rng = np.random.default_rng(1)
@@ -77,8 +79,6 @@ def repaint_rates(pipe, oracle, test, sel: np.ndarray, target: np.ndarray, promp
     """Repaint the object boxes (grown 2 px) of ``test[sel]`` with ``prompts`` (20 steps,
     guidance 7.5, seed 0) and read them with the oracle: the share showing the target
     class's digit (overall and per target class), the source digit, the source background."""
-    from spuraug.toyworld.check import box_masks, inpaint
-    from spuraug.toyworld.quality import composition_report
 
     cfg = test.config
     images = inpaint(pipe, test.images[sel], box_masks(test.masks[sel], 2), prompts, seed=0, guidance_scale=7.5)
@@ -93,9 +93,6 @@ def repaint_rates(pipe, oracle, test, sel: np.ndarray, target: np.ndarray, promp
 
 
 def evaluate(embeddings: dict[str, Path], n_eval: int, words: bool) -> dict:
-    from spuraug.toyworld.check import load_inpainter
-    from spuraug.toyworld.oracle import load_oracle
-    from spuraug.toyworld.render import DIGIT_WORDS
 
     test, sel, target = balanced_test_selection(n_eval)
     cfg = test.config

@@ -16,14 +16,16 @@ import argparse
 import glob
 
 import numpy as np
+from PIL import Image
 
 from bench.provenance import emit_report
+from spuraug.data.toy import ToyConfig, ToyDataset
+from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle, predict
 
 
 def agreement(oracle_a, oracle_b, images, truth: np.ndarray | None = None) -> dict:
     """Share of ``images`` on which both oracles read the same digit / the same background;
     with ``truth`` (the true digits) also each oracle's digit accuracy (``acc_a``, ``acc_b``)."""
-    from spuraug.toyworld.oracle import predict
 
     da, ba = predict(oracle_a, images)
     db, bb = predict(oracle_b, images)
@@ -35,10 +37,7 @@ def agreement(oracle_a, oracle_b, images, truth: np.ndarray | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from PIL import Image
 
-    from spuraug.data.toy import ToyConfig, ToyDataset
-    from spuraug.toyworld.oracle import ORACLE_MODEL_ID, load_oracle
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("other", help="the other oracle's folder")

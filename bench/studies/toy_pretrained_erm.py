@@ -21,20 +21,23 @@ learning them again. About 3 minutes per seed.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from bench.provenance import write_json
+from bench.studies import ddb_toy_oracle
+from spuraug.config import load_config, parse_overrides
+from spuraug.runs import run_method
+from spuraug.toyworld.backbone import BackboneRecipe, digit_accuracy, pretrain_backbone, save_backbone
+from spuraug.toyworld.world import WorldConfig, generate_world
 
 
 def backbone_folder(runs_dir: Path, recipe, progress: bool = True) -> tuple[Path, dict]:
     """The pretrained backbone of ``recipe`` (trained once per recipe, resumable) and its facts."""
-    import json
 
-    from spuraug.toyworld.backbone import digit_accuracy, pretrain_backbone, save_backbone
-    from spuraug.toyworld.world import WorldConfig, generate_world
 
     folder = runs_dir / "toy" / f"backbone-{recipe.key()}"
     if not (folder / "model.safetensors").is_file():
@@ -55,8 +58,6 @@ def _scores(result: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.studies import ddb_toy_oracle
-    from spuraug.runs import run_method
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs-dir", default="runs-pretrained")
@@ -71,14 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    from spuraug.config import parse_overrides
 
     t0 = time.time()
     command = "python -m bench.studies.toy_pretrained_erm " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    from spuraug.config import load_config
-    from spuraug.toyworld.backbone import BackboneRecipe
-    from spuraug.toyworld.world import WorldConfig
 
     runs = Path(args.runs_dir)
     progress = not args.no_progress

@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 from bench.provenance import write_json
+from spuraug.toyworld import recipe as R
+from spuraug.toyworld.check import box_inpainting_latents, load_inpainter, object_x0_gap
+from spuraug.toyworld.render import DIGIT_WORDS
+from spuraug.toyworld.world import WorldConfig, generate_world
 
 
 def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_weight: float,
         threads: int = 2, every: int = 200) -> dict:
-    from spuraug.toyworld import recipe as R
-    from spuraug.toyworld.check import box_inpainting_latents, load_inpainter, object_x0_gap
-    from spuraug.toyworld.render import DIGIT_WORDS
-    from spuraug.toyworld.world import WorldConfig, generate_world
 
     torch.set_num_threads(threads)
     rec = replace(R.ZooRecipe(), full_mask_loss_weight=full_weight)

@@ -24,15 +24,22 @@ from pathlib import Path
 import torch
 
 from bench.provenance import emit_report
+from bench.studies.toy_inversion_probe import balanced_test_selection, repaint_rates
+from spuraug.toyworld.check import load_inpainter
+from spuraug.toyworld.oracle import load_oracle
+from spuraug.toyworld.recipe import ZooRecipe, build_tokenizer, train_unet
+from spuraug.toyworld.render import DIGIT_WORDS
+from spuraug.toyworld.world import generate_world
+from spuraug.toyworld.zoo import resolve_model_id
 
 
 def continue_unet(steps: int, work: Path) -> Path:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import (  # deferred: heavy optional model library, only the DDB stages need it
+        AutoencoderKL,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel  # deferred: heavy model library, only the DDB stages need it
 
-    from spuraug.toyworld.recipe import ZooRecipe, build_tokenizer, train_unet
-    from spuraug.toyworld.world import generate_world
-    from spuraug.toyworld.zoo import resolve_model_id
 
     zoo = Path(resolve_model_id("spuraug/toy-sd-inpainting"))
     base = ZooRecipe()
@@ -62,10 +69,6 @@ def continue_unet(steps: int, work: Path) -> Path:
 def word_rates(model: str, n_eval: int = 384) -> dict:
     """Target-digit share with the true digit word and with the initializer word (same test
     images, masks and seed as :mod:`bench.studies.toy_inversion_probe`)."""
-    from bench.studies.toy_inversion_probe import balanced_test_selection, repaint_rates
-    from spuraug.toyworld.check import load_inpainter
-    from spuraug.toyworld.oracle import load_oracle
-    from spuraug.toyworld.render import DIGIT_WORDS
 
     test, sel, target = balanced_test_selection(n_eval)
     pipe, oracle = load_inpainter(model), load_oracle()

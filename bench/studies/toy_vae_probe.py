@@ -23,12 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from bench.provenance import emit_report
+from bench.studies.toy_inversion_probe import balanced_test_selection
+from spuraug.toyworld.check import vae_roundtrip
+from spuraug.toyworld.oracle import load_oracle, predict
+from spuraug.toyworld.recipe import ZooRecipe, train_vae
+from spuraug.toyworld.world import generate_world
+from spuraug.toyworld.zoo.__main__ import recipe_changes
 
 
 def read_roundtrip(oracle, vae_folder: str, test, sel: np.ndarray) -> dict:
     """The oracle's digit accuracy on the round trips of ``test[sel]`` (overall, per class)."""
-    from spuraug.toyworld.check import vae_roundtrip
-    from spuraug.toyworld.oracle import predict
 
     truth = np.array([test.config.digits[y] for y in test.y[sel]])
     d, _ = predict(oracle, vae_roundtrip(test.images[sel], vae_folder))
@@ -39,8 +43,6 @@ def read_roundtrip(oracle, vae_folder: str, test, sel: np.ndarray) -> dict:
 
 def train_variant(changes: dict, folder: Path) -> float:
     """Train the zoo's VAE with ``changes`` to the recipe into ``folder``; returns seconds."""
-    from spuraug.toyworld.recipe import ZooRecipe, train_vae
-    from spuraug.toyworld.world import generate_world
 
     recipe = replace(ZooRecipe(), **changes)
     world = generate_world(recipe.world)
@@ -53,9 +55,6 @@ def train_variant(changes: dict, folder: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.studies.toy_inversion_probe import balanced_test_selection
-    from spuraug.toyworld.recipe import ZooRecipe
-    from spuraug.toyworld.zoo.__main__ import recipe_changes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME [KEY=VALUE ...]",
@@ -64,7 +63,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", default="/tmp/spuraug-vae-probe")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
-    from spuraug.toyworld.oracle import load_oracle, predict
 
     test, sel, _ = balanced_test_selection(args.n_eval)
     oracle = load_oracle()

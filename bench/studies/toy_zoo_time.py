@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.provenance import emit_report, hardware
+from spuraug.toyworld.recipe import ZooRecipe, build_zoo
 
 #: The recipe field holding each timed stage's number of optimizer steps.
 STEP_FIELDS = {"vae": "vae_steps", "unet": "unet_steps", "clipseg": "seg_steps", "oracle": "oracle_steps"}
@@ -51,7 +52,6 @@ def project(full_steps: dict[str, int], a: dict, b: dict) -> dict:
 
 
 def timed_build(recipe, folder: Path, threads: int) -> dict:
-    from spuraug.toyworld.recipe import build_zoo
 
     t = time.time()
     m = build_zoo(folder / "zoo", recipe, work_dir=folder / "work" / "k", progress=False, force=True,
@@ -63,7 +63,6 @@ def timed_build(recipe, folder: Path, threads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from spuraug.toyworld.recipe import ZooRecipe
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fraction", type=float, default=0.05, help="first build's share of each stage's steps")

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from spuraug.data import celeba, metashift, waterbirds
 from spuraug.data.base import DataError
+from spuraug.data.check import check_dataset, format_counts
 
 #: ``downloader(url, destination_file)``: writes the file or raises.
 Downloader = Callable[[str, Path], None]
@@ -172,7 +173,7 @@ def wilds_package_download(wilds_name: str, data_dir: Path) -> None:
     """Let the WILDS package download ``wilds_name`` into ``data_dir/<wilds_name>_v1.0``."""
     if offline():
         raise FetchError("network use is disabled (SPURAUG_OFFLINE=1)")
-    import wilds
+    import wilds  # deferred: heavy, only real-data loading needs it
 
     # WILDS prints and swallows download errors; the layout check that follows catches them.
     wilds.get_dataset(dataset=wilds_name, root_dir=str(data_dir), download=True)
@@ -280,7 +281,6 @@ def fetch(
     A copy already in place is checked without downloading. ``downloader``,
     ``wilds_download`` and ``mirrors`` replace the network parts (tests use them).
     """
-    from spuraug.data.commands import check_dataset, format_counts
 
     out = out if out is not None else sys.stdout
     if name not in MIRRORS:

@@ -8,7 +8,7 @@ their groups are coded: docs/datasets.md.
 from __future__ import annotations
 
 from spuraug.data import celeba, metashift, waterbirds
-from spuraug.data.registry import DatasetSpec
+from spuraug.data.spec import DatasetSpec
 from spuraug.data.transforms import celeba_transform, waterbirds_transform
 
 SPECS: dict[str, DatasetSpec] = {

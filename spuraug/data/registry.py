@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from spuraug.data import real, toy
 from spuraug.data.base import DatasetInfo, SpuriousDataset
+from spuraug.data.spec import DatasetSpec
+from spuraug.data.transforms import toy_transform
 
 #: Where real datasets live when neither ``--data-dir`` nor ``SPURAUG_DATA_DIR`` says.
 DEFAULT_DATA_DIR = Path("data")
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """How to build a dataset: its static facts, its loader and its transforms."""
-
-    info: DatasetInfo
-    #: ``load(split, data_dir, transform, **options) -> SpuriousDataset``
-    load: Callable[..., SpuriousDataset]
-    #: ``transform(train: bool) -> callable`` (the papers' transforms)
-    transform: Callable[[bool], Callable]
-    needs_data_dir: bool = True
-
-
 def _specs() -> dict[str, DatasetSpec]:
-    from spuraug.data import toy
-    from spuraug.data.transforms import toy_transform
-
     specs = {
         "toy": DatasetSpec(
             info=toy.toy_info(),
@@ -43,11 +30,7 @@ def _specs() -> dict[str, DatasetSpec]:
             needs_data_dir=False,
         )
     }
-    try:  # the real datasets register themselves in spuraug.data.real
-        from spuraug.data import real
-    except ImportError:  # pragma: no cover - only while that module is being written
-        return specs
-    specs.update(real.SPECS)
+    specs.update(real.SPECS)  # the real datasets register themselves in spuraug.data.real
     return specs
 
 

@@ -13,6 +13,16 @@ import argparse
 import json
 import sys
 
+import torch
+
+from spuraug.config import ConfigError, check_seed, load_config, parse_overrides
+from spuraug.ddb.hub import ModelMissingError
+from spuraug.ddb.method import config_from_hparams, ddb_dataset_options
+from spuraug.ddb.pipeline import Stages
+from spuraug.errors import UserError
+from spuraug.runs import run_method
+from spuraug.train_cli import check_out_dir, check_runtime_options
+
 STAGE_COMMANDS = ("invert", "sources", "segment", "inpaint", "prune", "retrain", "run")
 
 _HELP = {
@@ -29,7 +39,6 @@ _HELP = {
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The nested config overrides of the command line: ``--set STAGE.OPTION=VALUE`` items
     and the shortcut options, all read by :func:`spuraug.config.parse_overrides` under ``ddb.``."""
-    from spuraug.config import ConfigError, parse_overrides
 
     items = []
     for item in args.set or []:
@@ -87,9 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def stages_from_args(args: argparse.Namespace):
     """The :class:`~spuraug.ddb.pipeline.Stages` of the command line's dataset, seed and config."""
-    from spuraug.config import load_config
-    from spuraug.ddb.method import config_from_hparams, ddb_dataset_options
-    from spuraug.ddb.pipeline import Stages
 
     overrides = overrides_from_args(args)
     resolved = load_config(args.dataset, "ddb", args.config, overrides or None)
@@ -100,31 +106,23 @@ def stages_from_args(args: argparse.Namespace):
 
 
 def handle(args: argparse.Namespace) -> int:
-    from spuraug.config import ConfigError
-    from spuraug.ddb.hub import ModelMissingError
 
     try:
         return _handle(args)
     except (ConfigError, ModelMissingError) as e:
-        from spuraug.cli import UserError
-
         raise UserError(str(e)) from None
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from spuraug.config import check_seed
-    from spuraug.train_cli import check_out_dir, check_runtime_options
 
     cmd = args.ddb_command
     check_seed(args.seed)
     check_runtime_options(args)
     check_out_dir(args.out)
     if args.threads:
-        import torch
 
         torch.set_num_threads(args.threads)
     if cmd in ("retrain", "run"):
-        from spuraug.runs import run_method
 
         result = run_method(args.dataset, "ddb", args.seed, args.out, args.data_dir, args.config,
                             overrides_from_args(args) or None, force=args.force, device=args.device)

@@ -130,7 +130,7 @@ class LocalEngine(Engine):
 
 def ray_available() -> bool:
     try:
-        import ray  # noqa: F401
+        import ray  # noqa: F401  # deferred: optional dependency (extra 'ray')
     except ImportError:
         return False
     return True
@@ -143,7 +143,7 @@ def connect_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> dict
     session files under :data:`RAY_TMP_DIR`. An already initialised Ray is reused.
     """
     try:
-        import ray
+        import ray  # deferred: optional dependency (extra 'ray')
     except ImportError:  # pragma: no cover - ray is in the lock
         raise RuntimeError("--engine ray needs the `ray` package: pip install 'ray[default]'") from None
     if not ray.is_initialized():
@@ -209,8 +209,12 @@ class RayEngine(Engine):
 
     def map(self, spec: WorkerSpec, shards: Sequence[Shard],
             on_shard_done: Callable[[Shard, dict], None] | None = None) -> dict[str, str]:
-        import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        import ray  # deferred: optional dependency (extra 'ray')
+        from ray.exceptions import (  # deferred: optional dependency (extra 'ray')
+            ActorDiedError,
+            ActorUnavailableError,
+            RayActorError,
+        )
 
         lost = (RayActorError, ActorDiedError, ActorUnavailableError)
         t0 = time.perf_counter()

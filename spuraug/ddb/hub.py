@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spuraug.models import WeightsMissingError
+from spuraug.weights import network_allowed
 
 TOY_PREFIX = "spuraug/toy-"
 
@@ -28,7 +29,7 @@ def resolve(model_id: str) -> str:
     """The path or hub id ``from_pretrained`` should receive for ``model_id``."""
     if str(model_id).startswith(TOY_PREFIX):
         try:
-            from spuraug.toyworld.zoo import resolve_model_id
+            from spuraug.toyworld.zoo import resolve_model_id  # deferred: optional dependency, guarded by try
         except ImportError as e:  # the toy zoo module is not installed
             raise ModelMissingError(
                 f"model {model_id!r} is a toy-zoo id but spuraug.toyworld.zoo is not available ({e}); "
@@ -43,7 +44,6 @@ def resolve(model_id: str) -> str:
 
 def _offline() -> bool:
     """Loading stays offline unless asked (:func:`spuraug.weights.network_allowed`)."""
-    from spuraug.weights import network_allowed
 
     return not network_allowed() or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
 
@@ -91,7 +91,9 @@ def revision_of(model_id: str) -> str:
     if Path(path).is_dir():
         return f"local:{Path(path).resolve()}"
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import (
+            try_to_load_from_cache,  # deferred: slow import, only weight fetching needs it
+        )
 
         for name in ("model_index.json", "config.json", "preprocessor_config.json"):
             hit = try_to_load_from_cache(path, name)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageFilter
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from spuraug import atomic
@@ -63,8 +64,10 @@ def load_inpaint_pipeline(
     cfg: InpaintConfig, embeddings: dict[str, Path] | None = None, device: torch.device | str = "auto"
 ):
     """The inpainting pipeline of ``cfg.model`` with the learned tokens loaded, SDPA attention."""
-    import diffusers
-    from diffusers import StableDiffusionInpaintPipeline
+    import diffusers  # deferred: heavy optional model library, only the DDB stages need it
+    from diffusers import (
+        StableDiffusionInpaintPipeline,  # deferred: heavy optional model library, only the DDB stages need it
+    )
 
     device = resolve_device(device if device != "auto" else cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -85,7 +88,6 @@ def load_inpaint_pipeline(
 
 
 def _sdpa_order(first: str) -> list:
-    from torch.nn.attention import SDPBackend
 
     names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
@@ -99,7 +101,6 @@ def _sdpa_order(first: str) -> list:
 @functools.cache
 def _backend_processor_class(base: type, first: str) -> type:
     """``base`` (an SDPA attention processor class) calling attention inside ``sdpa_kernel``."""
-    from torch.nn.attention import sdpa_kernel
 
     order = _sdpa_order(first)
 
@@ -120,7 +121,9 @@ def speed_up(unet, *, channels_last: bool = False, fuse_qkv: bool = False, atten
     projection matrices, channels-last changes the layout, ``attention`` the SDPA kernel
     tried first, compilation the kernels.
     """
-    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.attention_processor import (
+        AttnProcessor2_0,  # deferred: heavy optional model library, only the DDB stages need it
+    )
 
     if hasattr(unet, "_orig_mod"):
         raise ValueError("speed_up: pass the uncompiled UNet (this one is already torch.compile'd)")

@@ -16,6 +16,7 @@ each image's object region and takes the loss there (docs/ddb.md).
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections.abc import Sequence
@@ -57,8 +58,15 @@ class SDComponents:
 
 def load_sd_components(model_id: str, revision: str | None = None) -> SDComponents:
     """Load tokenizer, text encoder, VAE, UNet and a DDPM noise scheduler of a SD folder or hub id."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import (  # deferred: heavy optional model library, only the DDB stages need it
+        AutoencoderKL,
+        DDPMScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import (  # deferred: heavy model library, only the DDB stages need it
+        CLIPTextModel,
+        CLIPTokenizer,
+    )
 
     return SDComponents(
         tokenizer=hub.load(CLIPTokenizer, model_id, "tokenizer", revision),
@@ -157,14 +165,14 @@ class RowSubstitution:
 
 def save_learned_embeds(path: Path, token: str, vector: torch.Tensor) -> None:
     """Write ``{token: tensor[1, dim]}`` as safetensors (diffusers' textual-inversion format)."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # deferred: only checkpoint loading of DDB weights needs it
 
     data = save({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, metadata={"format": "pt"})
     atomic.write_bytes(Path(path), data)
 
 
 def load_learned_embeds(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # deferred: only checkpoint loading of DDB weights needs it
 
     return load_file(str(path))
 
@@ -222,7 +230,9 @@ def train_token(
         lr = lr * cfg.gradient_accumulation_steps * cfg.train_batch_size
     opt = torch.optim.AdamW([sub.rows], lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    from diffusers.optimization import get_scheduler
+    from diffusers.optimization import (
+        get_scheduler,  # deferred: heavy optional model library, only the DDB stages need it
+    )
 
     lr_sched = get_scheduler(cfg.lr_scheduler, optimizer=opt, num_warmup_steps=0, num_training_steps=cfg.max_train_steps)
     step = 0
@@ -362,7 +372,6 @@ def train_token(
 
 
 def _save_checkpoint(path: Path, sub: RowSubstitution, opt, lr_sched, gen: torch.Generator, step: int) -> None:
-    import io
 
     buf = io.BytesIO()
     torch.save({"rows": sub.rows.detach().cpu(), "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from spuraug.config import ConfigError
 from spuraug.ddb.config import DDBConfig, ddb_config
+from spuraug.ddb.pipeline import Stages, kept_arrays, weights_changed
+from spuraug.ddb.retrain import AugmentedTrainSet, DDBObjective, GeneratedDataset, reinit_head
+from spuraug.engine import TrainSource
 from spuraug.methods import Method, Param, param, register_method
+from spuraug.runs import load_model
 
 STAGES: tuple[str, ...] = ("invert", "sources", "segment", "inpaint", "prune", "retrain")
 
@@ -26,7 +31,6 @@ def ddb_dataset_options(resolved: dict) -> dict:
 
 def config_from_hparams(hparams: dict, where: str = "ddb") -> DDBConfig:
     """The :class:`DDBConfig` of a resolved ``ddb`` section (``ConfigError`` naming the key)."""
-    from spuraug.config import ConfigError
 
     try:
         return ddb_config({k: hparams.get(k) or {} for k in STAGES}, where=where)
@@ -61,16 +65,11 @@ class DDB(Method):
     def stale_reason(self, ctx, result: dict) -> str | None:
         """A finished DDB run is stale when the weights behind its models changed since (a
         retrained toy zoo, another snapshot in a local folder): same config, other images."""
-        from spuraug.ddb.pipeline import weights_changed
 
         cfg = config_from_hparams(ctx.hparams, where=f"{ctx.config['config_file']}: ddb")
         return weights_changed(cfg, (result.get("ddb") or {}).get("stages") or {}, ctx.runs_dir, ctx.dataset)
 
     def run(self, ctx) -> dict:
-        from spuraug.ddb.pipeline import Stages, kept_arrays
-        from spuraug.ddb.retrain import AugmentedTrainSet, DDBObjective, GeneratedDataset, reinit_head
-        from spuraug.engine import TrainSource
-        from spuraug.runs import load_model
 
         cfg = config_from_hparams(ctx.hparams, where=f"{ctx.config['config_file']}: ddb")
         erm_dir = ctx.ensure_erm()

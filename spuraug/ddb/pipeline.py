@@ -31,12 +31,28 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from spuraug import atomic
+from spuraug import atomic, engine
+from spuraug.data.registry import get_dataset, get_spec
 from spuraug.ddb import hub
+from spuraug.ddb import invert as inv
 from spuraug.ddb.artifacts import Artifact, AttemptClock, read_json, safe_name, timed, write_json_sorted
 from spuraug.ddb.config import DDBConfig
+from spuraug.ddb.inpaint import (
+    Source,
+    edited_region,
+    inpaint,
+    load_inpaint_pipeline,
+    make_plan,
+    region_from_mask,
+    resolve_dtype,
+)
 from spuraug.ddb.invert import EMBEDS_FILE, class_tokens
+from spuraug.ddb.prune import apply_rules, prune_counts, score_table
+from spuraug.ddb.scaleout import inpaint_sharded, prune_sharded
+from spuraug.ddb.segment import build_segmenter, load_mask, segment_sources
+from spuraug.ddb.sources import psi, select_sources
 from spuraug.engine import resolve_device
+from spuraug.runs import ensure_erm, load_model
 
 #: Options that change speed or memory but not results: left out of artifact keys.
 RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size", "engine", "workers",
@@ -114,7 +130,6 @@ class Stages:
     def split(self, name: str, transform: Any = None):
         key = (name, transform if isinstance(transform, str) or transform is None else id(transform))
         if key not in self._splits:
-            from spuraug.data.registry import get_dataset
 
             opts = {k: tuple(v) if isinstance(v, list) else v for k, v in self.dataset_options.items()}
             self._splits[key] = get_dataset(self.dataset, name, data_dir=self.data_dir, transform=transform, **opts)
@@ -122,7 +137,6 @@ class Stages:
 
     @property
     def eval_transform(self):
-        from spuraug.data.registry import get_spec
 
         return get_spec(self.dataset).transform(False)
 
@@ -137,7 +151,6 @@ class Stages:
     def erm(self) -> tuple[torch.nn.Module, str]:
         """The ERM classifier (eval mode) and a key naming it (its run's config hash)."""
         if self.classifier is None:
-            from spuraug.runs import ensure_erm, load_model
 
             if self.erm_dir is None:
                 self.erm_dir = ensure_erm(self.dataset, self.seed, self.runs_dir, self.data_dir,
@@ -178,7 +191,6 @@ class Stages:
                                                       "weights": [hub.fingerprint(m) for m in segmenter_models(self.cfg)]})
 
     def inpaint_artifact(self) -> Artifact:
-        from spuraug.ddb.inpaint import resolve_dtype
 
         c = _key_cfg(self.cfg.inpaint)
         c.pop("label")  # applied when the table is read, not baked into the images
@@ -200,7 +212,6 @@ class Stages:
 
     def invert(self) -> Artifact:
         """Textual inversion of every class (resumable; shared across ERM seeds)."""
-        from spuraug.ddb import invert as inv
 
         art = self.invert_artifact()
         if art.done:
@@ -226,7 +237,6 @@ class Stages:
                 regions = objects = None
                 if cfg.loss_region in ("object", "region"):
                     if segmenter is None:
-                        from spuraug.ddb.segment import build_segmenter
 
                         segmenter = build_segmenter(self.cfg.segment, self.device)
                     objects, regions = self._inversion_regions(segmenter, images, image_ids, out / "masks")
@@ -249,8 +259,6 @@ class Stages:
         """``loss_region: object``: each inversion image's object mask, found by the segment
         stage's code, backend and prompt (saved as ``masks/<id>.png|json``, resumable), and
         the region the inpainting stage would repaint for it (``None`` where nothing is found)."""
-        from spuraug.ddb.inpaint import region_from_mask
-        from spuraug.ddb.segment import load_mask, segment_sources
 
         segment_sources([(sid, (lambda im=im: im)) for sid, im in zip(ids, images)], segmenter,
                         self.cfg.segment.prompt, mask_dir, self.cfg.segment.batch_size)
@@ -267,8 +275,6 @@ class Stages:
     # ------------------------------------------------------------------ sources
     def sources(self) -> pd.DataFrame:
         """The K lowest-ERM-loss training images per class (``sources.csv``)."""
-        from spuraug import engine
-        from spuraug.ddb.sources import psi, select_sources
 
         art = self.sources_artifact()
         if not art.done:
@@ -300,7 +306,6 @@ class Stages:
     # ------------------------------------------------------------------ stage 2a
     def segment(self) -> Artifact:
         """Object masks of every source (``masks/<source id>.png``)."""
-        from spuraug.ddb.segment import build_segmenter, segment_sources
 
         table = self.sources()
         art = self.segment_artifact()
@@ -330,7 +335,6 @@ class Stages:
 
     # ------------------------------------------------------------------ stage 2b
     def plan(self):
-        from spuraug.ddb.inpaint import Source, make_plan
 
         table = self.sources()
         seg = self.segment()
@@ -346,7 +350,6 @@ class Stages:
 
     def inpaint(self, on_written=None) -> Artifact:
         """Generated images (``images/<sample>.png`` + ``.json``) and ``samples.csv``."""
-        from spuraug.ddb.inpaint import inpaint, load_inpaint_pipeline
 
         plan = self.plan()
         embeds = self.embeddings()
@@ -361,7 +364,6 @@ class Stages:
                 pipe = load_inpaint_pipeline(cfg, embeds, self.device)
                 table = inpaint(pipe, plan, self.tokens(), cfg, art.path, on_written=on_written)
             else:  # sharded over workers (spuraug/ddb/scaleout.py)
-                from spuraug.ddb.scaleout import inpaint_sharded
 
                 table, engine = inpaint_sharded(self, plan, embeds, art.path)
             atomic.write_text(art.path / "samples.csv", table.to_csv(index=False))
@@ -377,9 +379,6 @@ class Stages:
     # ------------------------------------------------------------------ stage 3
     def prune(self) -> pd.DataFrame:
         """The pruning table (every sample's p, Psi_i, rho and verdicts) with the configured thresholds."""
-        from spuraug.ddb.inpaint import edited_region
-        from spuraug.ddb.prune import prune_counts, score_table
-        from spuraug.ddb.sources import psi
 
         inp = self.inpaint()
         sources = self.sources()
@@ -395,7 +394,6 @@ class Stages:
             with timed(art) as t:
                 model, _ = self.erm()
                 if cfg.engine != "local":  # sharded over workers (spuraug/ddb/scaleout.py)
-                    from spuraug.ddb.scaleout import prune_sharded
 
                     scores, engine = prune_sharded(self, samples, sources, art.path, inp.path)
                 pos = dict(zip(sources.source_id.astype(str), sources.position))
@@ -429,7 +427,6 @@ class Stages:
 
     def verdicts(self, scores: pd.DataFrame, samples: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:
         """Scores + the configured rule's verdicts + image paths (for retraining and the examples page)."""
-        from spuraug.ddb.prune import apply_rules
 
         cfg = self.cfg.prune
         table = apply_rules(scores, cfg.threshold, cfg.rho, cfg.use_condition1, cfg.use_condition2)

@@ -59,7 +59,7 @@ def score_samples(
     device: torch.device | str = "cpu",
 ) -> list[dict]:
     """``p``, ``p_target``, ``rho_raw``, ``attr_total``, ``rho_fraction``, ``logit_delta`` for one batch."""
-    from captum.attr import IntegratedGradients
+    from captum.attr import IntegratedGradients  # deferred: heavy, only attribution needs it
 
     model.eval().to(device)
     x = torch.stack([transform(im.convert("RGB")) for im in edited]).to(device)

@@ -26,10 +26,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
-from spuraug.ddb.artifacts import read_json, write_json_sorted
+from spuraug.ddb.artifacts import read_json, safe_name, write_json_sorted
 from spuraug.ddb.engines import Engine, Shard, WorkerSpec, chunk, make_engine
+from spuraug.ddb.inpaint import Plan, Source, edited_region, inpaint, load_inpaint_pipeline, samples_table
+from spuraug.ddb.prune import TABLE_COLUMNS, score_samples
+from spuraug.ddb.sources import psi
 
 #: Shards hold this many of the stage's batches (retry granularity vs per-shard overhead).
 SHARD_BATCHES = 2
@@ -85,10 +90,8 @@ class InpaintWorker:
                  base_dir: str | None = None, fault: FaultInjection | None = None, threads: int | None = None) -> None:
         _enter(base_dir)
         if threads:
-            import torch
 
             torch.set_num_threads(int(threads))
-        from spuraug.ddb.inpaint import load_inpaint_pipeline
 
         self.cfg, self.tokens, self.out_dir, self.fault = cfg, list(tokens), Path(out_dir), fault
         self.pipe = load_inpaint_pipeline(cfg, {k: Path(v) for k, v in embeddings.items()}, _worker_device(device))
@@ -100,7 +103,6 @@ class InpaintWorker:
             self.fault.hit(self.count)
 
     def run(self, plan: list) -> dict[str, str]:
-        from spuraug.ddb.inpaint import inpaint
 
         inpaint(self.pipe, plan, self.tokens, self.cfg, self.out_dir, on_written=self._written)
         return {p.sample_id: str(self.out_dir / "images" / f"{p.sample_id}.png") for p in plan}
@@ -120,7 +122,6 @@ def inpaint_sharded(stages: Any, plan: list, embeddings: dict[str, Path], out_di
     The table is :func:`spuraug.ddb.inpaint.samples_table` of the whole plan, as the local
     stage returns it.
     """
-    from spuraug.ddb.inpaint import Plan, Source, samples_table
 
     cfg = stages.cfg.inpaint
     eng = _engine(cfg, engine)
@@ -151,7 +152,6 @@ def inpaint_sharded(stages: Any, plan: list, embeddings: dict[str, Path], out_di
         "out_dir": str(out_dir), "device": str(stages.device), "base_dir": os.getcwd(), "fault": fault,
         "threads": threads,
     })
-    from tqdm.auto import tqdm
 
     done0 = sum(1 for p in plan if (img_dir / f"{p.sample_id}.json").is_file())
     with tqdm(total=len(plan), initial=done0, desc=f"inpaint ({eng.name})", unit="img", dynamic_ncols=True) as bar:
@@ -169,7 +169,6 @@ class PruneWorker:
                  threads: int | None = None, mask_dir: str | None = None, inpaint_cfg: Any = None) -> None:
         _enter(base_dir)
         if threads:
-            import torch
 
             torch.set_num_threads(int(threads))
         self.model, self.transform, self.psi, self.cfg = model, transform, psi, cfg
@@ -187,9 +186,6 @@ class PruneWorker:
         return edited_region(mask_file, self.inpaint_cfg)
 
     def run(self, rows: list[tuple[dict, ArrayImage]]) -> dict[str, str]:
-        from spuraug.ddb.artifacts import safe_name
-        from spuraug.ddb.inpaint import edited_region
-        from spuraug.ddb.prune import score_samples
 
         def mask_file(r: dict) -> Path:  # the segment artifact's mask, as the local stage reads it
             return self.mask_dir / f"{safe_name(str(r['source_id']))}.png" if self.mask_dir else Path(r["mask"])
@@ -229,8 +225,6 @@ def prune_sharded(stages: Any, samples: pd.DataFrame, sources: pd.DataFrame, out
                   fault: FaultInjection | None = None, threads: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Score every generated sample on ``engine`` (``<out_dir>/scores/<sample id>.json``);
     returns (score table of :data:`spuraug.ddb.prune.TABLE_COLUMNS` in ``samples`` order, engine report)."""
-    from spuraug.ddb.prune import TABLE_COLUMNS
-    from spuraug.ddb.sources import psi
 
     cfg = stages.cfg.prune
     eng = _engine(cfg, engine)
@@ -255,7 +249,6 @@ def prune_sharded(stages: Any, samples: pd.DataFrame, sources: pd.DataFrame, out
         "base_dir": os.getcwd(), "fault": fault, "threads": threads,
         "mask_dir": str(stages.segment_artifact().path / "masks"), "inpaint_cfg": stages.cfg.inpaint,
     })
-    from tqdm.auto import tqdm
 
     done0 = sum(1 for r in records if (score_dir / f"{r['sample_id']}.json").is_file())
     with tqdm(total=len(records), initial=done0, desc=f"prune ({eng.name})", unit="img", dynamic_ncols=True) as bar:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from spuraug import atomic
@@ -45,7 +46,7 @@ class GroundedSAM:
             Sam2Processor,
             SamModel,
             SamProcessor,
-        )
+        )  # deferred: heavy model library, only the DDB stages need it
 
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -106,7 +107,10 @@ class CLIPSegSegmenter:
     """CLIPSeg heat map thresholded at ``clipseg_threshold``."""
 
     def __init__(self, cfg: SegmentConfig, device: torch.device | str = "cpu") -> None:
-        from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+        from transformers import (  # deferred: heavy model library, only the DDB stages need it
+            CLIPSegForImageSegmentation,
+            CLIPSegProcessor,
+        )
 
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -132,7 +136,6 @@ class CLIPSegSegmenter:
 
 def clean_mask(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected part of ``mask`` with its holes filled."""
-    from scipy import ndimage
 
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:

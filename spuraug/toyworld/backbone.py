@@ -109,7 +109,7 @@ def digit_accuracy(model: ToyCNN, world: World, batch: int = 512) -> float:
 def save_backbone(model: ToyCNN, folder: str | Path, recipe: BackboneRecipe, **facts) -> Path:
     """``config.json`` + ``model.safetensors`` (the format ``model.weights`` of a toy_cnn
     config loads, :func:`spuraug.models.load_toy_backbone_state`)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # deferred: only checkpoint loading of DDB weights needs it
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,17 +25,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from spuraug.data.toy import ToyConfig, ToyDataset
+from spuraug.toyworld.oracle import load_oracle, predict
+from spuraug.toyworld.quality import box_crops, composition_report, segmentation_iou, variance_explained
+from spuraug.toyworld.recipe import (
+    build_training_scheduler,
+    encode_latents,
+    object_cells,
+    to_model_range,
+    tokenize,
+    unet_input,
+)
 from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, object_box
+from spuraug.toyworld.world import WorldConfig, generate_world
+from spuraug.toyworld.zoo import resolve_model_id
 
 
 def load_inpainter(model_id: str = "spuraug/toy-sd-inpainting"):
     """The zoo's StableDiffusionInpaintPipeline (safety checker off, progress bar off)."""
-    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers import (
+        StableDiffusionInpaintPipeline,  # deferred: heavy optional model library, only the DDB stages need it
+    )
 
-    from spuraug.toyworld.zoo import resolve_model_id
 
     pipe = StableDiffusionInpaintPipeline.from_pretrained(resolve_model_id(model_id), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
@@ -75,10 +90,8 @@ def _grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
 def vae_roundtrip(images: np.ndarray, model_id: str = "spuraug/toy-sd-inpainting", batch_size: int = 64) -> np.ndarray:
     """uint8 (N, 64, 64, 3) images encoded (latent mean) and decoded by a VAE: the one of the
     pipeline ``model_id`` (an id or a pipeline folder with ``vae/``) or a VAE folder itself."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # deferred: heavy optional model library, only the DDB stages need it
 
-    from spuraug.toyworld.recipe import to_model_range
-    from spuraug.toyworld.zoo import resolve_model_id
 
     folder = Path(resolve_model_id(model_id))
     vae = AutoencoderKL.from_pretrained(folder / "vae" if (folder / "vae").is_dir() else folder).eval()
@@ -101,7 +114,6 @@ def box_masks(masks: np.ndarray, grow: int = 0) -> np.ndarray:
 
 
 def _inpaint_probes(pipe, oracle, b_img, b_digit, b_bg, masks, probes, seed, guidance_scale, rows) -> dict:
-    from spuraug.toyworld.quality import composition_report
 
     n = len(b_img)
     inpaint_report = {}
@@ -133,13 +145,11 @@ def _inpaint_probes(pipe, oracle, b_img, b_digit, b_bg, masks, probes, seed, gui
 def measure(n: int = 64, seed: int = 0, dilation: int = 4, guidance_scale: float = 5.0,
             grid_path: str | None = None) -> dict:
     """The quality report described in the module docstring, on ``n`` images per probe."""
-    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+    from transformers import (  # deferred: heavy model library, only the DDB stages need it
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+    )
 
-    from spuraug.data.toy import ToyConfig, ToyDataset
-    from spuraug.toyworld.oracle import load_oracle, predict
-    from spuraug.toyworld.quality import segmentation_iou
-    from spuraug.toyworld.world import WorldConfig, generate_world
-    from spuraug.toyworld.zoo import resolve_model_id
 
     t0 = time.time()
     report: dict = {"n": n, "seed": seed, "mask_dilation_px": dilation, "guidance_scale": guidance_scale}
@@ -211,9 +221,6 @@ def variance_report(n_per_kind: int = 60, seed: int = 0) -> dict:
     The x0 loss rewards a text word only by the variance its group means explain, so a
     word that explains ~0 gets ~0 gradient. Shares for the finer groupings are biased
     upwards by about (number of groups) / N; ``groups`` records that number."""
-    from spuraug.toyworld.quality import box_crops, variance_explained
-    from spuraug.toyworld.recipe import encode_latents, to_model_range
-    from spuraug.toyworld.world import WorldConfig, generate_world
 
     world = generate_world(WorldConfig(n_per_kind=n_per_kind, seed=seed))
     pipe = load_inpainter()
@@ -238,9 +245,7 @@ def box_inpainting_latents(vae, world, grow: int = 2, seed: int = 0, batch_size:
     ``grow`` px): clean latents ``z0``, masked-image latents ``zm`` (box pixels set to 0, as
     the pipeline does) and the latent-resolution mask ``m_lat``; encoded in batches with one
     generator seeded ``seed`` (all of ``z0`` first, then ``zm``)."""
-    import torch.nn.functional as F
 
-    from spuraug.toyworld.recipe import encode_latents, to_model_range
 
     masks = box_masks(world.masks, grow)
     x = to_model_range(world.images)
@@ -262,7 +267,6 @@ def object_x0_gap(unet, text_encoder, tokenizer, world, z0, zm, m_lat,
     """Per timestep, the UNet's x0 error on the object's latent cells with the true digit word
     and with another one ("a photo of a {word} digit"), same noise (seeded by t), and their
     gap (other - true): 0 for a model that ignores the digit word."""
-    from spuraug.toyworld.recipe import build_training_scheduler, object_cells, tokenize, unet_input
 
     obj = object_cells(world.masks)[:, None]
     alphas = build_training_scheduler().alphas_cumprod
@@ -285,7 +289,6 @@ def text_usage_gap(n: int = 192, seed: int = 1000, timesteps: tuple[int, ...] = 
     """Does the zoo's UNet use the digit word? :func:`object_x0_gap` on ``n`` held-out world
     images (world seed ``seed``) with box masks grown by 2 px. A word the model ignores gives
     equal errors; a used word gives a larger error when wrong."""
-    from spuraug.toyworld.world import WorldConfig, generate_world
 
     pipe = load_inpainter()
     world = generate_world(WorldConfig(n_per_kind=max(1, n // 60 + 1), seed=seed)).subset(np.arange(n))

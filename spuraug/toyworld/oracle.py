@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from spuraug.engine import train_steps
 from spuraug.toyworld.render import BACKGROUNDS, IMAGE_SIZE
+from spuraug.toyworld.zoo import resolve_model_id
 
 ORACLE_MODEL_ID = "spuraug/toy-oracle"
 
@@ -165,7 +166,7 @@ def train_oracle(world, recipe, work: Path | None = None, vae=None, progress: bo
 
 def save_oracle(model: WorldOracle, folder: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` to ``folder``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # deferred: only checkpoint loading of DDB weights needs it
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,9 +178,8 @@ def save_oracle(model: WorldOracle, folder: str | Path) -> None:
 
 def load_oracle(model_id_or_folder: str | Path = ORACLE_MODEL_ID, device: str | torch.device = "cpu") -> WorldOracle:
     """The oracle saved in the zoo (``"spuraug/toy-oracle"``) or in a folder, in eval mode."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # deferred: only checkpoint loading of DDB weights needs it
 
-    from spuraug.toyworld.zoo import resolve_model_id
 
     folder = Path(resolve_model_id(str(model_id_or_folder)))
     cfg_path = folder / "config.json"

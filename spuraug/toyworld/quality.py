@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from spuraug.toyworld.oracle import as_uint8_batch, load_oracle, predict
 from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, object_box
 
 
@@ -83,7 +86,6 @@ def composition_report(images, intended_digit, source_background, oracle=None) -
     ``intended_digit`` / ``source_background``: one value for all images or one per image.
     ``oracle``: a :class:`~spuraug.toyworld.oracle.WorldOracle`; default: the zoo's.
     """
-    from spuraug.toyworld.oracle import as_uint8_batch, load_oracle, predict
 
     arr = as_uint8_batch(images)
     n = len(arr)
@@ -114,8 +116,6 @@ def composition_success(images, intended_digit, source_background, oracle=None) 
 def box_crops(arrays: np.ndarray, masks: np.ndarray, size: int = 8) -> np.ndarray:
     """Each (C, h, w) array cropped to its object's bounding box and resized to ``size`` x
     ``size`` (``masks`` at the images' resolution; arrays may be smaller, e.g. latents)."""
-    import torch
-    import torch.nn.functional as F
 
     masks = _as_masks(masks, "masks")
     scale = masks.shape[1] // arrays.shape[2]

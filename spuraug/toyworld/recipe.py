@@ -33,7 +33,9 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from spuraug.engine import ResumePoint, train_steps
+from spuraug.toyworld.oracle import save_oracle, train_oracle
 from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, IMAGE_SIZE, object_box
+from spuraug.toyworld.tokenizer import build_clip_tokenizer, write_tokenizer_files
 from spuraug.toyworld.world import (
     SEGMENTER_OBJECT_PROMPT,
     World,
@@ -163,7 +165,6 @@ class ZooRecipe:
 
 
 def build_tokenizer(folder: Path, recipe: ZooRecipe):
-    from spuraug.toyworld.tokenizer import build_clip_tokenizer
 
     return build_clip_tokenizer(folder, caption_words(), model_max_length=recipe.max_length)
 
@@ -184,13 +185,16 @@ def _text_config_kwargs(tokenizer, recipe: ZooRecipe, hidden: int) -> dict:
 
 
 def build_text_encoder(tokenizer, recipe: ZooRecipe):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import (  # deferred: heavy model library, only the DDB stages need it
+        CLIPTextConfig,
+        CLIPTextModel,
+    )
 
     return CLIPTextModel(CLIPTextConfig(**_text_config_kwargs(tokenizer, recipe, recipe.text_hidden)))
 
 
 def build_vae(recipe: ZooRecipe):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # deferred: heavy optional model library, only the DDB stages need it
 
     n = len(recipe.vae_channels)
     if 2 ** (n - 1) != IMAGE_SIZE // LATENT_SIZE:
@@ -210,7 +214,9 @@ def build_vae(recipe: ZooRecipe):
 
 
 def build_unet(recipe: ZooRecipe):
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        UNet2DConditionModel,  # deferred: heavy optional model library, only the DDB stages need it
+    )
 
     ch = recipe.unet_channels
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(ch) - 1)
@@ -231,7 +237,7 @@ def build_unet(recipe: ZooRecipe):
 
 def build_training_scheduler(prediction_type: str = "sample"):
     """Stable Diffusion's DDPM noise schedule (scaled linear betas) with ``prediction_type``."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # deferred: heavy optional model library, only the DDB stages need it
 
     return DDPMScheduler(
         num_train_timesteps=1000,
@@ -245,7 +251,10 @@ def build_training_scheduler(prediction_type: str = "sample"):
 
 
 def build_clipseg(tokenizer, recipe: ZooRecipe):
-    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+    from transformers import (  # deferred: heavy model library, only the DDB stages need it
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+    )
 
     h = recipe.seg_hidden
     text = _text_config_kwargs(tokenizer, recipe, h)
@@ -272,7 +281,10 @@ def build_clipseg(tokenizer, recipe: ZooRecipe):
 
 
 def build_clipseg_processor(tokenizer):
-    from transformers import CLIPSegProcessor, ViTImageProcessor
+    from transformers import (  # deferred: heavy model library, only the DDB stages need it
+        CLIPSegProcessor,
+        ViTImageProcessor,
+    )
 
     image_processor = ViTImageProcessor(
         do_resize=True,
@@ -659,7 +671,10 @@ def file_hashes(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
 
 def save_inpainting_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, recipe: ZooRecipe) -> None:
     """Save a StableDiffusionInpaintPipeline folder whose scheduler samples in few steps."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+    from diffusers import (  # deferred: heavy optional model library, only the DDB stages need it
+        DPMSolverMultistepScheduler,
+        StableDiffusionInpaintPipeline,
+    )
 
     scheduler = DPMSolverMultistepScheduler.from_config(build_training_scheduler(recipe.prediction_type).config)
     pipe = StableDiffusionInpaintPipeline(
@@ -668,7 +683,6 @@ def save_inpainting_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, r
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     # Keep the CLIP-format vocabulary files next to tokenizer.json (tokenizer folder).
-    from spuraug.toyworld.tokenizer import write_tokenizer_files
 
     write_tokenizer_files(folder / "tokenizer", caption_words())
     (folder / "spuraug_recipe.json").write_text(json.dumps(
@@ -688,7 +702,6 @@ def build_zoo(out_dir: str | Path, recipe: ZooRecipe = ZooRecipe(), work_dir: st
     file still has its recorded hash (unless ``force``). Finished stages are cached in
     ``work_dir`` and an interrupted stage resumes from its last checkpoint.
     """
-    from spuraug.toyworld.oracle import save_oracle, train_oracle
 
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
@@ -711,7 +724,9 @@ def build_zoo(out_dir: str | Path, recipe: ZooRecipe = ZooRecipe(), work_dir: st
 
         tokenizer = build_tokenizer(work / "tokenizer-files", recipe)
 
-        from diffusers import AutoencoderKL
+        from diffusers import (
+            AutoencoderKL,  # deferred: heavy optional model library, only the DDB stages need it
+        )
 
         t = time.time()
         if (work / "vae" / "config.json").exists():
@@ -723,8 +738,10 @@ def build_zoo(out_dir: str | Path, recipe: ZooRecipe = ZooRecipe(), work_dir: st
         times["vae"] = time.time() - t
 
 
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
+        from diffusers import (
+            UNet2DConditionModel,  # deferred: heavy optional model library, only the DDB stages need it
+        )
+        from transformers import CLIPTextModel  # deferred: heavy model library, only the DDB stages need it
 
         t = time.time()
         if (work / "unet" / "config.json").exists():
@@ -736,7 +753,9 @@ def build_zoo(out_dir: str | Path, recipe: ZooRecipe = ZooRecipe(), work_dir: st
             text_encoder.save_pretrained(work / "text_encoder")
         times["unet"] = time.time() - t
 
-        from transformers import CLIPSegForImageSegmentation
+        from transformers import (
+            CLIPSegForImageSegmentation,  # deferred: heavy model library, only the DDB stages need it
+        )
 
         t = time.time()
         if (work / "clipseg" / "config.json").exists():

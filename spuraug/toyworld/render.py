@@ -11,12 +11,14 @@ Everything is a pure function of a ``numpy.random.Generator``: same seed, same p
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from sklearn.datasets import load_digits
 
 IMAGE_SIZE = 64
 
@@ -38,7 +40,6 @@ COLOR_WORDS: tuple[str, ...] = ("red", "orange", "lime", "green", "cyan", "blue"
 
 def color_index(rgb) -> int:
     """Index into :data:`COLOR_WORDS` of the hue of ``rgb`` (three floats in [0, 1])."""
-    import colorsys
 
     hue = colorsys.rgb_to_hsv(*(float(c) for c in rgb))[0]
     return int(np.floor(hue * len(COLOR_WORDS) + 0.5)) % len(COLOR_WORDS)
@@ -47,7 +48,6 @@ def color_index(rgb) -> int:
 @lru_cache(maxsize=1)
 def _digit_bank() -> tuple[np.ndarray, np.ndarray]:
     """All scikit-learn digits as float images in [0, 1] (N, 8, 8) and their labels."""
-    from sklearn.datasets import load_digits
 
     d = load_digits()
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)

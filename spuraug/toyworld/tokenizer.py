@@ -75,7 +75,7 @@ def build_clip_tokenizer(folder: str | Path, words: list[str], model_max_length:
     ``vocab.json`` and ``merges.txt`` are written to ``folder``; the tokenizer's own
     ``save_pretrained`` adds ``tokenizer.json`` next to them.
     """
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # deferred: heavy model library, only the DDB stages need it
 
     vocab, merges = build_vocab(words)
     write_tokenizer_files(folder, words)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
+
+from spuraug.config import ConfigError, parse_overrides
+from spuraug.toyworld.recipe import ZOO_PARTS, ZooRecipe, build_zoo, file_hashes
+from spuraug.toyworld.zoo import zoo_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spuraug.toyworld.zoo import zoo_dir
 
     parser = argparse.ArgumentParser(prog="python -m spuraug.toyworld.zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="verify every file against the manifest's sha256")
     args = parser.parse_args(argv)
 
-    from spuraug.toyworld.recipe import ZOO_PARTS, ZooRecipe, build_zoo, file_hashes
 
     if args.command == "train":
         recipe = ZooRecipe.short() if args.short else ZooRecipe()
@@ -53,9 +56,7 @@ def recipe_changes(recipe, items: list[str], flag: str = "--set") -> dict:
     """``FIELD=VALUE`` items as recipe field changes (values read by the suite's one override
     parser, :func:`spuraug.config.parse_overrides`; lists become tuples); ``SystemExit``
     naming ``flag`` and the item for anything else."""
-    from dataclasses import fields
 
-    from spuraug.config import ConfigError, parse_overrides
 
     known = {f.name for f in fields(recipe)}
     changes = {}
@@ -74,7 +75,6 @@ def recipe_changes(recipe, items: list[str], flag: str = "--set") -> dict:
 
 def with_fields(recipe, items: list[str]):
     """``recipe`` with ``FIELD=VALUE`` changes (:func:`recipe_changes`)."""
-    from dataclasses import replace
 
     return replace(recipe, **recipe_changes(recipe, items))
 
