@@ -38,7 +38,9 @@ def test_dockerfile_passes_hadolint(dockerfile):
 
 def make_n(*args: str, env: dict | None = None, unset: tuple[str, ...] = ()) -> list[str]:
     """The commands `make -n` would run, one per line."""
-    drop = ("DOCKER", "GPU", "DATA_DIR", "SPURAUG_DATA_DIR", "HF_HUB_CACHE", "MAKEFLAGS", "MFLAGS", *unset)
+    # LD_PRELOAD: `make test` itself preloads jemalloc, which the Makefile would append to
+    drop = ("DOCKER", "GPU", "DATA_DIR", "SPURAUG_DATA_DIR", "HF_HUB_CACHE", "MAKEFLAGS", "MFLAGS", "LD_PRELOAD",
+            *unset)
     base = {k: v for k, v in os.environ.items() if k not in drop}
     result = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(REPO), *args],
                             env={**base, **(env or {})}, capture_output=True, text=True, timeout=60)
