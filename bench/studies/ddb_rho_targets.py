@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.provenance import emit_report
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
@@ -73,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not scores:
         print(f"no finished prune stage under {args.runs}/{args.dataset}/ddb_artifacts/seed{args.seed}")
         return 2
-    res = summarise(scores)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit_report(summarise(scores), args.out)
     return 0
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
+from spuraug import atomic
 from spuraug.data.toy import ToyConfig, ToyDataset
 from spuraug.toyworld.oracle import load_oracle, predict
 from spuraug.toyworld.quality import box_crops, composition_report, segmentation_iou, variance_explained
@@ -320,11 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         report = text_usage_gap()
     else:
         report = measure(args.n, args.seed, args.dilation, args.guidance_scale, args.grid)
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        atomic.write_json(args.out, report)
     return 0
 
 
