@@ -50,7 +50,9 @@ class _Imports:
     """A worker that only imports the generation stack (torch, diffusers): a fresh actor's fixed cost."""
 
     def __init__(self) -> None:
-        from diffusers import StableDiffusionInpaintPipeline  # noqa: F401  # deferred: heavy optional model library, only the DDB stages need it
+        # deferred: this actor measures the cost of importing the generation stack in a fresh
+        # worker process, so the imports must happen here, inside the actor
+        from diffusers import StableDiffusionInpaintPipeline  # noqa: F401
 
         import spuraug.ddb.scaleout  # noqa: F401
 
@@ -108,7 +110,8 @@ def measure(args) -> dict:
 
         # per-shard overheads
         _, out["ray_init_s"] = _timed(lambda: connect_ray(num_cpus=os.cpu_count(), log_to_driver=False))
-        from spuraug.ddb.engines import _RayWorker  # deferred: optional dependency, guarded by try
+        # deferred: needs ray, an optional extra (this study runs only with it)
+        from spuraug.ddb.engines import _RayWorker
 
         t0 = time.perf_counter()
         a = ray.remote(_RayWorker).options(num_cpus=0.5).remote(WorkerSpec(_Noop), {})

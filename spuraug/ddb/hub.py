@@ -29,7 +29,8 @@ def resolve(model_id: str) -> str:
     """The path or hub id ``from_pretrained`` should receive for ``model_id``."""
     if str(model_id).startswith(TOY_PREFIX):
         try:
-            from spuraug.toyworld.zoo import resolve_model_id  # deferred: optional dependency, guarded by try
+            # deferred: only toy-zoo ids need it; an install without the zoo still loads hub ids
+            from spuraug.toyworld.zoo import resolve_model_id
         except ImportError as e:  # the toy zoo module is not installed
             raise ModelMissingError(
                 f"model {model_id!r} is a toy-zoo id but spuraug.toyworld.zoo is not available ({e}); "
