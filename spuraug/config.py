@@ -29,6 +29,7 @@ from baselines.erm import recipe_values
 from spuraug.data.toy import ToyConfig
 from spuraug.methods import Param, get_method, method_names, param
 from spuraug.models import MODEL_NAMES
+from spuraug.toyworld.zoo import resolve_model_id
 
 #: Where ``<dataset>.yaml`` live: package data of spuraug (``spuraug/configs/``).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -261,7 +262,10 @@ def validate(data: dict, dataset: str, where: str) -> dict:
 
 
 def _file_sha256(path: str) -> str | None:
-    p = Path(path)
+    try:
+        p = Path(resolve_model_id(path))
+    except FileNotFoundError:  # a toy zoo id whose folder is not built: loading it says so
+        return None
     if p.is_dir():
         p = p / "model.safetensors"
     if not p.is_file():

@@ -15,6 +15,7 @@ from torch import nn
 from torch.hub import get_dir
 from torchvision.models import ResNet50_Weights, resnet50
 
+from spuraug.toyworld.zoo import resolve_model_id
 from spuraug.weights import network_allowed
 
 MODEL_NAMES = ("resnet50", "toy_cnn")
@@ -125,7 +126,10 @@ def load_toy_backbone_state(weights: str | os.PathLike | None, width: int) -> di
             "model.pretrained is true for toy_cnn but model.weights is not set: give a pretrained toy "
             "backbone folder (python -m bench.studies.toy_pretrained_erm writes one) or set model.pretrained: false"
         )
-    path = Path(weights)
+    try:  # "spuraug/toy-backbone": the toy zoo's folder (make toy-zoo)
+        path = Path(resolve_model_id(str(weights)))
+    except (FileNotFoundError, ValueError) as e:
+        raise WeightsMissingError(f"model.weights: {e}") from None
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():

@@ -110,3 +110,46 @@ def test_the_ablation_script_end_to_end_on_tiny_models(tmp_path):
     r = rep["seeds"]["0"]
     assert r["edits"]["all"]["n"] == 5 and set(r["pruning_separability"]) <= {"0", "1"}
     assert 0 <= r["ddb"]["test_worst_group_acc"] <= 100 and 0 <= r["erm"]["test_worst_group_acc"] <= 100
+
+
+def test_make_toy_zoo_builds_the_backbone_once_and_configs_load_it_by_its_zoo_id(tmp_path, monkeypatch):
+    """build_backbone writes toy-backbone/ plus the manifest's "backbone" entry, skips an up-to-date
+    one, and ``model.weights: spuraug/toy-backbone`` resolves to it (the toy's ImageNet path)."""
+    import json
+
+    from spuraug.toyworld.backbone import build_backbone
+
+    zoo = tmp_path / "zoo"
+    entry = build_backbone(zoo, TINY, work_dir=tmp_path / "work", progress=False)
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    assert manifest["backbone"] == entry and manifest["models"]["spuraug/toy-backbone"] == "toy-backbone"
+    assert set(entry["files"]) == {"toy-backbone/config.json", "toy-backbone/model.safetensors"}
+    stamp = (zoo / "toy-backbone" / "model.safetensors").stat().st_mtime_ns
+    assert build_backbone(zoo, TINY, work_dir=tmp_path / "work", progress=False) == entry
+    assert (zoo / "toy-backbone" / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+
+    monkeypatch.setenv("SPURAUG_TOY_ZOO", str(zoo))
+    net = build_model_from_config({"name": "toy_cnn", "width": 8, "pretrained": True,
+                                   "weights": "spuraug/toy-backbone"}, 2)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(zoo / "toy-backbone" / "model.safetensors"))
+    assert torch.equal(net.state_dict()["body.0.0.weight"], saved["body.0.0.weight"])
+
+    monkeypatch.setenv("SPURAUG_TOY_ZOO", str(tmp_path / "empty"))
+    with pytest.raises(WeightsMissingError, match="make toy-zoo"):
+        build_model_from_config({"name": "toy_cnn", "width": 8, "pretrained": True,
+                                 "weights": "spuraug/toy-backbone"}, 2)
+
+
+def test_the_committed_zoo_holds_the_backbone_the_toy_config_starts_from():
+    """spuraug/configs/toy.yaml starts every toy method from the zoo's backbone, whose files match
+    the manifest (python -m spuraug.toyworld.zoo check)."""
+    from spuraug.config import load_config
+    from spuraug.toyworld.zoo.__main__ import main as zoo_main
+
+    cfg = load_config("toy", "erm")["model"]
+    assert cfg["pretrained"] is True and cfg["weights"] == "spuraug/toy-backbone"
+    net = build_model_from_config(cfg, 2)
+    assert net.fc.out_features == 2
+    assert zoo_main(["check"]) == 0

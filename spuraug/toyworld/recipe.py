@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from spuraug import atomic
 from spuraug.engine import ResumePoint, train_steps
 from spuraug.toyworld.oracle import save_oracle, train_oracle
 from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, IMAGE_SIZE, object_box
@@ -805,7 +806,12 @@ def build_zoo(out_dir: str | Path, recipe: ZooRecipe = ZooRecipe(), work_dir: st
         },
         "files": file_hashes(out_dir, ZOO_PARTS),
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    if manifest_path.exists():  # the backbone's entry (spuraug.toyworld.backbone.build_backbone) stays
+        previous = json.loads(manifest_path.read_text())
+        if "backbone" in previous:
+            manifest["backbone"] = previous["backbone"]
+            manifest["models"]["spuraug/toy-backbone"] = previous.get("models", {}).get("spuraug/toy-backbone", "toy-backbone")
+    atomic.write_json(manifest_path, manifest)
     return manifest
 
 

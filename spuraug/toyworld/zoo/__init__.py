@@ -5,6 +5,8 @@ Ids and their folders (next to this file, in each library's standard format):
 - ``"spuraug/toy-sd-inpainting"`` -> ``toy-sd-inpainting/`` (diffusers StableDiffusionInpaintPipeline)
 - ``"spuraug/toy-clipseg"``       -> ``toy-clipseg/`` (transformers CLIPSegForImageSegmentation + CLIPSegProcessor)
 - ``"spuraug/toy-oracle"``        -> ``toy-oracle/`` (the world classifier, :mod:`spuraug.toyworld.oracle`)
+- ``"spuraug/toy-backbone"``      -> ``toy-backbone/`` (a ToyCNN pretrained to name the world's digits,
+  :mod:`spuraug.toyworld.backbone`: the toy's ImageNet, loaded by ``model.weights``)
 
 ``make toy-zoo`` (``python -m spuraug.toyworld.zoo train``) trains them; the trained
 weights are committed, so it only retrains when the recipe or a file changed.
@@ -21,6 +23,7 @@ MODEL_IDS: dict[str, str] = {
     "spuraug/toy-sd-inpainting": "toy-sd-inpainting",
     "spuraug/toy-clipseg": "toy-clipseg",
     "spuraug/toy-oracle": "toy-oracle",
+    "spuraug/toy-backbone": "toy-backbone",
 }
 
 

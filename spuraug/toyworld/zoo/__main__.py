@@ -8,7 +8,10 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+import torch
+
 from spuraug.config import ConfigError, parse_overrides
+from spuraug.toyworld.backbone import BACKBONE_DIR, BackboneRecipe, build_backbone
 from spuraug.toyworld.recipe import ZOO_PARTS, ZooRecipe, build_zoo, file_hashes
 from spuraug.toyworld.zoo import zoo_dir
 
@@ -36,15 +39,25 @@ def main(argv: list[str] | None = None) -> int:
             recipe = with_fields(recipe, args.set)
         out = Path(args.out) if args.out else zoo_dir()
         manifest = build_zoo(out, recipe, work_dir=args.work_dir, force=args.force, threads=args.threads)
-        print(json.dumps({k: manifest[k] for k in ("recipe_key", "stage_train_s", "this_run_wall_s")}))
+        backbone_recipe = BackboneRecipe.short() if args.short else BackboneRecipe()
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            backbone = build_backbone(out, backbone_recipe, force=args.force,
+                                      work_dir=None if args.work_dir is None else Path(args.work_dir) / "backbone")
+        finally:
+            torch.set_num_threads(old_threads)
+        print(json.dumps({**{k: manifest[k] for k in ("recipe_key", "stage_train_s", "this_run_wall_s")},
+                          "backbone": {k: backbone[k] for k in ("recipe_key", "train_s", "heldout_digit_accuracy")}}))
         return 0
     out = zoo_dir()
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
         print(f"no manifest at {manifest_path}; run `make toy-zoo`", file=sys.stderr)
         return 1
-    recorded = json.loads(manifest_path.read_text())["files"]
-    actual = file_hashes(out, ZOO_PARTS)
+    manifest = json.loads(manifest_path.read_text())
+    recorded = {**manifest["files"], **(manifest.get("backbone") or {}).get("files", {})}
+    actual = file_hashes(out, ZOO_PARTS + (BACKBONE_DIR,))
     bad = sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
     for k in bad:
         print(f"mismatch: {k}", file=sys.stderr)
