@@ -202,3 +202,28 @@ def test_gate_prints_the_tolerance_it_uses(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "tolerance (accuracy points, per method): erm 4.0, ddb 5.0" in out
     assert "ddb        worst_group_acc" in out and "REGRESSION" in out
+
+
+def test_write_reference_covers_ddb_with_the_default_tolerance(tmp_path, monkeypatch, capsys):
+    """`--write-reference --methods erm groupdro jtt dfr ddb` writes an entry per method, DDB
+    included, each with the 5-point tolerance (measurements stubbed: the launcher running DDB
+    is the one of the baselines, bench.check.measure)."""
+    methods = ["erm", "groupdro", "jtt", "dfr", "ddb"]
+    seen = {}
+
+    def fake_measure(runs_dir, ms, seeds, overrides=None, log=print):
+        seen["methods"], seen["overrides"] = list(ms), overrides
+        got = {m: {"worst_group_acc": 40.0 + i, "avg_acc": 80.0 + i} for i, m in enumerate(ms)}
+        return got, {"failed": [], "config_hashes": {f"{m}/seed0": f"h{m}" for m in ms},
+                     "wall_time_s": {f"{m}/seed0": 1.0 for m in ms}, "per_seed": {}}
+
+    monkeypatch.setattr(check, "measure", fake_measure)
+    ref_path = tmp_path / "ref.json"
+    assert check.main(["--write-reference", "--methods", *methods, "--reference", str(ref_path),
+                       "--runs-dir", str(tmp_path)]) == 0
+    assert seen["methods"] == methods and seen["overrides"] is None  # None: the CI overrides
+    ref = load_reference(ref_path)
+    assert [m for m in ref if not m.startswith("_")] == methods
+    assert ref["ddb"] == {"worst_group_acc": 44.0, "avg_acc": 84.0, "tolerance": 5.0}
+    assert "tolerance (accuracy points, per method): erm 5.0, groupdro 5.0, jtt 5.0, dfr 5.0, ddb 5.0" in (
+        capsys.readouterr().out)
