@@ -52,8 +52,10 @@ def check_dataset(name: str, data_dir: str | None = None, deep: bool = False, **
 
 def format_counts(name: str, splits: dict[str, SpuriousDataset]) -> tuple[str, bool]:
     """A table of examples per split and group, and whether it equals the published counts.
-    Groups are named, and counts compared, by the splits' own info (the data their options made)."""
-    info = next(iter(splits.values())).info if splits else get_spec(name).info
+    For a dataset whose options change its facts (``DatasetSpec.info_for``: the toy's digits and
+    backgrounds), groups are named, and counts compared, by the splits' own info."""
+    spec = get_spec(name)
+    info = next(iter(splits.values())).info if splits and spec.info_for is not None else spec.info
     header = f"{'split':<6} " + " ".join(f"{g:>22}" for g in info.group_names) + f" {'total':>8}"
     lines = [header]
     matches = True
