@@ -92,10 +92,14 @@ bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make 
 	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(foreach kv,$(SET),--set $(kv)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR))) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 # ---- the harness (docs/harness.md)
-.PHONY: check leaderboard throughput
+.PHONY: check mutation leaderboard throughput
+CLEAN ?=
 
 check: setup ## accuracy regression gate: CI-sized toy sweep vs results/reference/toy.json (exit 1 on regression)
 	$(WITH_JEMALLOC)$(PY) -m bench.check
+
+mutation: setup ## prove the gate: inject a known regression into each method in turn (it must fail) + CLEAN clean runs (they must pass) -> results/check/, docs/harness.md [METHODS=.. SEEDS=.. CLEAN=3 RUNS_DIR=runs/mutation]
+	$(WITH_JEMALLOC)$(PY) -m bench.mutation $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(CLEAN),--clean $(CLEAN)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
 
 leaderboard: setup ## build results/leaderboard.md + results/leaderboard/index.html (screenshot when chromium is installed)
 	$(PY) -m bench.leaderboard

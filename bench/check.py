@@ -50,6 +50,22 @@ CI_OVERRIDES: dict = {
 }
 #: Tolerance written into a new reference (accuracy points), per metric.
 DEFAULT_TOLERANCE = 5.0
+#: The widest tolerance ``--write-reference`` writes unless ``--max-tolerance`` says otherwise:
+#: a gate with a wider one lets a 5-point regression through (issue 18 item 6).
+MAX_TOLERANCE = 5.0
+
+
+def tolerance_line(reference: dict) -> str:
+    """The tolerance each method of ``reference`` is checked with, in one line."""
+    tols = ", ".join(f"{m} {float(e.get('tolerance', DEFAULT_TOLERANCE)):.1f}" for m, e in reference.items()
+                     if not m.startswith("_"))
+    return f"tolerance (accuracy points, per method): {tols}"
+
+
+def too_wide(entries: dict, max_tolerance: float) -> list[str]:
+    """The methods of ``entries`` whose tolerance exceeds ``max_tolerance``, with it."""
+    return [f"{m} {e['tolerance']:.1f}" for m, e in entries.items()
+            if not m.startswith("_") and float(e["tolerance"]) > max_tolerance + 1e-9]
 
 
 def compare(reference: dict, got: dict[str, dict], strict: bool = False) -> tuple[list[dict], bool]:
@@ -216,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-seeds", nargs="+", type=int, default=[],
                    help="with --write-reference: also run these seeds; a method's tolerance becomes "
                         "max(--tolerance, 2 x the sample std of its metrics over all seeds run)")
+    p.add_argument("--max-tolerance", type=float, default=MAX_TOLERANCE,
+                   help="with --write-reference: refuse to write a reference in which a method's tolerance "
+                        "exceeds this (accuracy points; default %(default)s): its measured values are printed "
+                        "instead. Raise it only on purpose: the gate then lets larger regressions through")
     p.add_argument("--pool-machines", action="store_true",
                    help="with --write-reference and --calibration-seeds: add this machine's calibration runs "
                         "to those of the machines already in the reference (this machine's replaced); "
@@ -223,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.pool_machines and not (args.write_reference and args.calibration_seeds):
         p.error("--pool-machines needs --write-reference and --calibration-seeds")
+    if args.write_reference and args.tolerance > args.max_tolerance:
+        p.error(f"--tolerance {args.tolerance} exceeds --max-tolerance {args.max_tolerance}; "
+                "raise --max-tolerance too if a wider gate is intended")
     previous = load_reference(args.reference) if args.pool_machines else None
 
     reference = None if args.write_reference else load_reference(args.reference)
@@ -287,8 +310,18 @@ def main(argv: list[str] | None = None) -> int:
                     "seeds": seeds_run, "per_seed": calibration["per_seed"],
                     "rule": "tolerance = max(--tolerance, 2 x sample std over these seeds), per method",
                 }
-        write_json(Path(args.reference), ref)
+        ref["_meta"]["max_tolerance"] = args.max_tolerance
         print(format_rows(compare(ref, got)[0]))
+        print(tolerance_line(ref))
+        wide = too_wide(ref, args.max_tolerance)
+        if wide:
+            print(json.dumps(ref, indent=2))
+            print(f"bench.check: error: not written: the tolerance of {', '.join(wide)} exceeds --max-tolerance "
+                  f"{args.max_tolerance} (the runs move more than that between seeds/machines); the reference it "
+                  "would have written is printed above. Make the numbers stabler, or pass a larger --max-tolerance "
+                  "on purpose", file=sys.stderr)
+            return 1
+        write_json(Path(args.reference), ref)
         print(f"wrote {args.reference}")
         return 1 if info["failed"] else 0
     ref_hashes = reference.get("_meta", {}).get("config_hashes") or {}
@@ -299,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
               "reference (docs/harness.md)")
     rows, passed = compare(reference, got, strict=args.strict)
     print(format_rows(rows))
+    print(tolerance_line(reference))
     if info["failed"]:
         passed = False
     print("check PASSED" if passed else "check FAILED: accuracy regression (see the rows above)")

@@ -12,8 +12,11 @@ Conventions (also in docs/harness.md):
   ``summary.csv`` and "n/a" in ``summary.md``/``summary.tex``;
 - ``avg_acc`` is the plain accuracy over test examples, ``adjusted_avg_acc`` the per-group
   test accuracy weighted by the training-group proportions;
-- one column per group, named by the dataset's group name (``"three / land"``), holding
-  the mean test accuracy of that group over seeds.
+- one column per group, named by the group names of the data the runs were made on
+  (``"three / land"`` by default, ``"four / sky"`` with ``dataset_options.digits=[4,9]``
+  ``backgrounds=[sky,brick]``; recorded in each ``result.json``), holding the mean test
+  accuracy of that group over seeds; runs of one method on data with other group names
+  make their own row.
 """
 
 from __future__ import annotations
@@ -111,11 +114,12 @@ def find_runs(runs_dir: str | Path, dataset: str, methods: Sequence[str] | None 
     return records, problems
 
 
-def group_names_for(dataset: str, n_groups: int) -> list[str]:
-    """The dataset's group names from the registry, or ``group <g>`` for an unknown dataset."""
+def group_names_for(dataset: str, n_groups: int, options: dict | None = None) -> list[str]:
+    """The dataset's group names from the registry (with ``options``, a run's
+    ``dataset_options``: those of the data they make), or ``group <g>`` for an unknown dataset."""
     try:
-        names = list(dataset_info(dataset).group_names)
-    except (KeyError, ImportError):
+        names = list(dataset_info(dataset, options).group_names)
+    except (KeyError, ImportError, TypeError, ValueError):
         names = []
     if len(names) < n_groups:
         names += [f"group {g}" for g in range(len(names), n_groups)]
@@ -124,6 +128,27 @@ def group_names_for(dataset: str, n_groups: int) -> list[str]:
 
 def _group_index(entry: dict, n_attributes: int) -> int:
     return int(entry["y"]) * n_attributes + int(entry["a"])
+
+
+def _group_layout(record: RunRecord) -> tuple[int, int]:
+    """``(n_attributes, n_groups)`` of a run's test groups."""
+    groups = record.test["groups"]
+    n_attributes = max(int(g["a"]) for g in groups) + 1
+    return n_attributes, max(_group_index(g, n_attributes) for g in groups) + 1
+
+
+def run_group_names(record: RunRecord) -> list[str]:
+    """The names of the groups of the data ``record`` was run on: those its ``result.json``
+    recorded (``group_names``), else those of its config's ``dataset_options`` (a result
+    written before the field, with its config), else the dataset's defaults (a ``runs.jsonl``
+    line written before the field: it keeps no config)."""
+    _, n_groups = _group_layout(record)
+    names = record.result.get("group_names")
+    if isinstance(names, list) and len(names) >= n_groups:
+        return [str(n) for n in names]
+    config = record.result.get("config")
+    options = config.get("dataset_options") if isinstance(config, dict) else None
+    return group_names_for(record.dataset, n_groups, options or None)
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
@@ -136,30 +161,30 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
 
 
 def summarize(records: Iterable[RunRecord], method_order: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per (dataset, method): :data:`SUMMARY_COLUMNS` then one column per group.
+    """One row per (dataset, method, data): :data:`SUMMARY_COLUMNS` then one column per group.
 
-    Methods appear in ``method_order`` (then alphabetically for the rest). Group columns
-    that have no test example in any run (e.g. MetaShift's two empty test groups) are
-    dropped.
+    Group columns are named by the groups of the data each run was made on
+    (:func:`run_group_names`): runs of one method on data with other group names (another
+    digit or background pair) are never averaged together, they make their own row, with
+    values under their own group columns only. Methods appear in ``method_order`` (then
+    alphabetically for the rest). Group columns that have no test example in any run (e.g.
+    MetaShift's two empty test groups) are dropped.
     """
-    by_key: dict[tuple[str, str], list[RunRecord]] = {}
+    by_key: dict[tuple[str, str, tuple[str, ...]], list[RunRecord]] = {}
     for r in records:
-        by_key.setdefault((r.dataset, r.method), []).append(r)
+        by_key.setdefault((r.dataset, r.method, tuple(run_group_names(r))), []).append(r)
     order = list(method_order or [])
     keys = sorted(by_key, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
     rows = []
     group_columns: list[str] = []
-    for dataset, method in keys:
-        runs = sorted(by_key[(dataset, method)], key=lambda r: r.seed)
+    for dataset, method, names in keys:
+        runs = sorted(by_key[(dataset, method, names)], key=lambda r: r.seed)
         row: dict = {"dataset": dataset, "method": method, "n_seeds": len(runs)}
         for metric in SUMMARY_METRICS:
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std([r.test.get(metric) for r in runs])
-        groups0 = runs[0].test["groups"]
-        n_attributes = max(int(g["a"]) for g in groups0) + 1
-        n_groups = max(_group_index(g, n_attributes) for g in groups0) + 1
-        names = group_names_for(dataset, n_groups)
         per_group: dict[int, list] = {}
         for r in runs:
+            n_attributes, _ = _group_layout(r)
             for g in r.test["groups"]:
                 per_group.setdefault(_group_index(g, n_attributes), []).append(g.get("acc"))
         for gi in sorted(per_group):

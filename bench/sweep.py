@@ -20,6 +20,7 @@ lock (:func:`spuraug.runs.run_lock`), so a ``spuraug train`` on a run being swep
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import time
@@ -66,8 +67,11 @@ def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
     """Images/s of DDB's stages, from the manifests of the finished stage folders under
     ``runs/<dataset>/ddb_artifacts/`` (or ``runs/<dataset>/ddb/``), read as
     :class:`spuraug.records.StageManifest`: a stage with ``images_per_s`` gives a row with
-    its ``images`` and ``wall_time_s``. Unfinished stages (no ``done``) and manifests that do
-    not follow the schema are skipped; missing artifacts give an empty list.
+    its ``images`` and ``wall_time_s``, the ERM ``seed`` whose stage it is (``None`` for a
+    stage shared by every seed: the inversion) and the stage ``run`` (its folder,
+    ``<stage>-<key>``), so every figure names where it comes from. Unfinished stages (no
+    ``done``) and manifests that do not follow the schema are skipped; missing artifacts
+    give an empty list.
     """
     rows: list[dict] = []
     for base in ddb_artifact_dirs(runs_dir, dataset):
@@ -79,21 +83,41 @@ def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
             except RecordError:
                 continue
             if m.images_per_s is not None:
-                rows.append({"manifest": str(path), "stage": m.stage, "images_per_s": float(m.images_per_s),
+                seeds = [int(p[4:]) for p in path.relative_to(base).parts[:-1] if re.fullmatch(r"seed\d+", p)]
+                rows.append({"manifest": str(path), "stage": m.stage, "seed": seeds[0] if seeds else None,
+                             "run": path.parent.name, "images_per_s": float(m.images_per_s),
                              "images": None if m.images is None else float(m.images),
                              "wall_time_s": m.wall_time_s})
     return rows
 
 
+def throughput_source(row: dict) -> str:
+    """Where a throughput figure comes from: ``"seed 0, inpaint-3f2a"`` (``"all seeds"`` for a
+    stage shared by every seed); a row of a provenance written before these fields: its manifest."""
+    if "run" not in row:
+        return str(row.get("manifest", "n/a"))
+    seed = "all seeds" if row.get("seed") is None else f"seed {row['seed']}"
+    return f"{seed}, {row['run']}"
+
+
+def throughput_line(rows: list[dict]) -> str:
+    """The console line: each stage's images/s with the seed and stage run it was measured on."""
+    return "DDB generation throughput: " + ", ".join(
+        f"{r['stage']} {r['images_per_s']:.3f} images/s ({throughput_source(r)})" for r in rows)
+
+
 def throughput_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
-    lines = ["## DDB generation throughput", "", "| stage | images | wall time (s) | images/s | manifest |",
-             "|---|---|---|---|---|"]
+    lines = ["## DDB generation throughput", "",
+             "| stage | seed | stage run | images | wall time (s) | images/s | manifest |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         img = "n/a" if r["images"] is None else f"{r['images']:.0f}"
         wt = "n/a" if r["wall_time_s"] is None else f"{r['wall_time_s']:.1f}"
-        lines.append(f"| {r['stage']} | {img} | {wt} | {r['images_per_s']:.3f} | {r['manifest']} |")
+        seed = "all seeds" if r.get("seed") is None else str(r["seed"])
+        lines.append(f"| {r['stage']} | {seed} | {r.get('run', 'n/a')} | {img} | {wt} | {r['images_per_s']:.3f} "
+                     f"| {r['manifest']} |")
     return "\n".join(lines)
 
 
@@ -216,7 +240,7 @@ def _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, conf
     log(format_console(df))
     if ddb:
         log("")
-        log("DDB generation throughput: " + ", ".join(f"{r['stage']} {r['images_per_s']:.3f} images/s" for r in ddb))
+        log(throughput_line(ddb))
     for p in problems:
         log(f"not in the table: {p}")
     log(f"wrote {out}")

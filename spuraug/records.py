@@ -151,7 +151,18 @@ class RunResult(_Record):
     config_hash: str | None = None
     wall_time_s: float | None = None
     config: dict | None = None
+    #: The names of the groups of the data the run was made on, indexed by ``g = y *
+    #: n_attributes + a`` (``"four / sky"`` for ``dataset_options.digits=[4,9]``,
+    #: ``backgrounds=[sky,brick]``), so that tables never guess them from the dataset's
+    #: defaults. ``None`` in results written before the field existed (and then not written back).
+    group_names: list[str] | None = None
     extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if out.get("group_names") is None:
+            out.pop("group_names", None)  # a result written before the field round-trips unchanged
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "result.json") -> RunResult:
@@ -161,6 +172,9 @@ class RunResult(_Record):
         for key in METRIC_KEYS:
             if key not in result.test:
                 raise RecordError(f"{where}: field 'test' has no {key!r}")
+        names = result.group_names
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise RecordError(f"{where}: field 'group_names' is not a list of strings: {names!r}")
         return result
 
 

@@ -19,8 +19,10 @@ from bench.summary import (
     read_runs_jsonl,
     records_from_runs_jsonl,
     summarize,
+    write_runs_jsonl,
+    write_summary,
 )
-from bench.sweep import ddb_generation_throughput, run_sweep
+from bench.sweep import ddb_generation_throughput, run_sweep, throughput_line, throughput_markdown
 
 
 @pytest.fixture
@@ -163,6 +165,98 @@ def test_ddb_throughput_read_from_manifests(tmp_path):
         ("inpaint", 120.0, 40.0, 3.0)]
     assert rows[0]["manifest"] == str(inpaint.path / "manifest.json")
     assert ddb_generation_throughput(tmp_path, "celeba") == []
+
+
+def test_ddb_throughput_names_the_seed_and_stage_run_of_each_figure(tmp_path):
+    """Issue 18 item 9: every figure of the console line and the Markdown table names the ERM
+    seed (or "all seeds" for the shared inversion) and the stage folder it was measured in."""
+    from spuraug.ddb.artifacts import Artifact
+
+    root = tmp_path / "toy" / "ddb_artifacts"
+    made = {}
+    for where, stage, rate in [(root, "invert", 0.5), (root / "seed0", "inpaint", 3.0), (root / "seed2", "inpaint", 4.0)]:
+        art = made[(stage, rate)] = Artifact(where, stage, {"rate": rate})
+        art.prepare()
+        art.finish({"images": 10, "images_per_s": rate, "wall_time_s": 10 / rate})
+    rows = ddb_generation_throughput(tmp_path, "toy")
+    assert sorted((r["stage"], r["seed"], r["run"]) for r in rows) == sorted([
+        ("invert", None, made[("invert", 0.5)].path.name), ("inpaint", 0, made[("inpaint", 3.0)].path.name),
+        ("inpaint", 2, made[("inpaint", 4.0)].path.name)])
+    line = throughput_line(rows)
+    assert f"inpaint 3.000 images/s (seed 0, {made[('inpaint', 3.0)].path.name})" in line
+    assert f"inpaint 4.000 images/s (seed 2, {made[('inpaint', 4.0)].path.name})" in line
+    assert f"invert 0.500 images/s (all seeds, {made[('invert', 0.5)].path.name})" in line
+    md = throughput_markdown(rows)
+    assert "| stage | seed | stage run |" in md
+    assert f"| inpaint | 2 | {made[('inpaint', 4.0)].path.name} |" in md and "| invert | all seeds |" in md
+
+
+def _variant_run(runs, method, seed, wga, group_names=None, options=None):
+    """A hand-built run whose result.json records the group names of its data (as
+    spuraug.runs writes it) or only its config's dataset_options (a result written before)."""
+    d = make_run(runs, "toy", method, seed, wga, 90.0, 90.0, group_accs=[91.0, wga, wga + 2, 92.0])
+    result = json.loads((d / "result.json").read_text())
+    if group_names is not None:
+        result["group_names"] = group_names
+    if options is not None:
+        result["config"] = {**result["config"], "dataset_options": options}
+    (d / "result.json").write_text(json.dumps(result))
+    return d
+
+
+VARIANT = {"digits": [4, 9], "backgrounds": ["sky", "brick"]}
+VARIANT_NAMES = ["four / sky", "four / brick", "nine / sky", "nine / brick"]
+
+
+def test_group_columns_name_the_groups_of_the_data_run(tmp_path):
+    """Issue 18 item 9: with dataset_options.digits=[4,9] backgrounds=[sky,brick] the group
+    columns read "four / sky ... nine / brick", from the names the run recorded, or from its
+    config's dataset_options (a result written before the field), never the toy's defaults."""
+    runs = tmp_path / "runs"
+    _variant_run(runs, "erm", 0, 40.0, group_names=VARIANT_NAMES)
+    _variant_run(runs, "erm", 1, 50.0, options=VARIANT)  # older result: names from its config
+    records, _ = find_runs(runs, "toy", ["erm"], [0, 1])
+    df = summarize(records)
+    assert list(df.columns[len(SUMMARY_COLUMNS):]) == VARIANT_NAMES
+    assert len(df) == 1 and df.n_seeds.iloc[0] == 2 and df["four / brick"].iloc[0] == pytest.approx(45.0)
+    # the version folder's runs.jsonl (no config) keeps the names: the table rebuilds alike
+    out = tmp_path / "v"
+    out.mkdir()
+    write_runs_jsonl(records, out)
+    lines = read_runs_jsonl(out / "runs.jsonl")
+    assert lines[0]["group_names"] == VARIANT_NAMES
+    write_summary(df, out)
+    assert "four / sky" in (out / "summary.md").read_text() and "three / land" not in (out / "summary.md").read_text()
+
+
+def test_runs_on_other_groups_are_not_merged_under_one_header(tmp_path):
+    """A method run on the default data (seed 0) and on a variant (seed 1) gives two rows,
+    each with values under its own group columns only: no mean over two different datasets."""
+    runs = tmp_path / "runs"
+    _variant_run(runs, "erm", 0, 10.0)  # an old result without names or options: the defaults
+    _variant_run(runs, "erm", 1, 50.0, group_names=VARIANT_NAMES)
+    records, _ = find_runs(runs, "toy", ["erm"], [0, 1])
+    df = summarize(records)
+    assert list(df.columns[len(SUMMARY_COLUMNS):]) == [
+        "three / land", "three / water", "eight / land", "eight / water", *VARIANT_NAMES]
+    assert list(df.n_seeds) == [1, 1] and list(df.worst_group_acc_mean) == [10.0, 50.0]
+    default, variant = df.iloc[0], df.iloc[1]
+    assert default["three / water"] == 10.0 and math.isnan(default["four / brick"])
+    assert variant["four / brick"] == 50.0 and math.isnan(variant["three / water"])
+
+
+def test_a_real_variant_run_records_its_group_names(tmp_path):
+    """A real tiny ERM run on digits [4, 9] / backgrounds [sky, brick] writes the names of its
+    groups into result.json, and the sweep's summary reads them."""
+    tiny = {"dataset_options": {"n_train": 120, "n_val": 40, "n_test": 40, **VARIANT},
+            "erm": {"epochs": 1, "keep_epochs": []}}
+    vdir, df, outcomes = run_sweep("toy", ["erm"], [0], runs_dir=str(tmp_path / "runs"),
+                                   results_dir=str(tmp_path / "results"), overrides=tiny, log=lambda *a: None)
+    assert [o.status for o in outcomes] != ["failed"]
+    result = json.loads((tmp_path / "runs" / "toy" / "erm" / "seed0" / "result.json").read_text())
+    assert result["group_names"] == VARIANT_NAMES
+    assert list(df.columns[len(SUMMARY_COLUMNS):]) == VARIANT_NAMES
+    assert "four / sky" in (vdir / "summary.md").read_text()
 
 
 def _finished_with_default_config(d):

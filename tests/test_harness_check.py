@@ -170,11 +170,60 @@ def test_write_reference_pools_this_machine_with_the_reference_machines(tmp_path
                                     "erm": {"worst_group_acc": 20.0, "avg_acc": 65.0, "tolerance": 5.0}}))
     argv = ["--write-reference", "--methods", "erm", "--runs-dir", str(tmp_path / "runs"), "--calibration-seeds", "1",
             "--pool-machines", "--reference", str(ref_path)]
-    assert check.main(argv) == 0
+    # the other machine's runs spread by 20 points: a tolerance above 5 is refused unless asked for,
+    # and the reference it would have written is printed (nothing measured is lost)
+    before = ref_path.read_text()
+    assert check.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert ref_path.read_text() == before
+    assert "exceeds --max-tolerance 5.0" in err and '"per_machine"' in out and "tolerance (accuracy points" in out
+    assert check.main([*argv, "--max-tolerance", "100"]) == 0  # the runs are reused from --runs-dir
     ref = load_reference(ref_path)
     machines = ref["_meta"]["calibration"]["per_machine"]
     assert machines["other"] == other and len(machines[here]["erm"]["worst_group_acc"]) == 2
     pooled = other["erm"]["worst_group_acc"] + machines[here]["erm"]["worst_group_acc"]
     assert ref["erm"]["worst_group_acc"] == pytest.approx(sum(pooled) / 4, abs=0.01)
+    assert ref["erm"]["tolerance"] > 5.0 and ref["_meta"]["max_tolerance"] == 100.0
     with pytest.raises(SystemExit):
         check.main(["--pool-machines", "--reference", str(ref_path)])  # needs --write-reference
+    with pytest.raises(SystemExit):  # a default tolerance above the maximum is a usage error
+        check.main(["--write-reference", "--tolerance", "8", "--reference", str(ref_path)])
+
+
+def test_gate_prints_the_tolerance_it_uses(tmp_path, monkeypatch, capsys):
+    """`make check` says which tolerance each method is held to (here with stubbed measurements)."""
+    ref = {"_meta": {"overrides": check.CI_OVERRIDES},
+           "erm": {"worst_group_acc": 50.0, "avg_acc": 80.0, "tolerance": 4.0},
+           "ddb": {"worst_group_acc": 60.0, "avg_acc": 85.0, "tolerance": 5.0}}
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    got = {"erm": {"worst_group_acc": 50.0, "avg_acc": 80.0}, "ddb": {"worst_group_acc": 54.0, "avg_acc": 85.0}}
+    monkeypatch.setattr(check, "measure", lambda *a, **k: (got, {"failed": [], "config_hashes": {}}))
+    assert check.main(["--reference", str(tmp_path / "ref.json"), "--runs-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "tolerance (accuracy points, per method): erm 4.0, ddb 5.0" in out
+    assert "ddb        worst_group_acc" in out and "REGRESSION" in out
+
+
+def test_write_reference_covers_ddb_with_the_default_tolerance(tmp_path, monkeypatch, capsys):
+    """`--write-reference --methods erm groupdro jtt dfr ddb` writes an entry per method, DDB
+    included, each with the 5-point tolerance (measurements stubbed: the launcher running DDB
+    is the one of the baselines, bench.check.measure)."""
+    methods = ["erm", "groupdro", "jtt", "dfr", "ddb"]
+    seen = {}
+
+    def fake_measure(runs_dir, ms, seeds, overrides=None, log=print):
+        seen["methods"], seen["overrides"] = list(ms), overrides
+        got = {m: {"worst_group_acc": 40.0 + i, "avg_acc": 80.0 + i} for i, m in enumerate(ms)}
+        return got, {"failed": [], "config_hashes": {f"{m}/seed0": f"h{m}" for m in ms},
+                     "wall_time_s": {f"{m}/seed0": 1.0 for m in ms}, "per_seed": {}}
+
+    monkeypatch.setattr(check, "measure", fake_measure)
+    ref_path = tmp_path / "ref.json"
+    assert check.main(["--write-reference", "--methods", *methods, "--reference", str(ref_path),
+                       "--runs-dir", str(tmp_path)]) == 0
+    assert seen["methods"] == methods and seen["overrides"] is None  # None: the CI overrides
+    ref = load_reference(ref_path)
+    assert [m for m in ref if not m.startswith("_")] == methods
+    assert ref["ddb"] == {"worst_group_acc": 44.0, "avg_acc": 84.0, "tolerance": 5.0}
+    assert "tolerance (accuracy points, per method): erm 5.0, groupdro 5.0, jtt 5.0, dfr 5.0, ddb 5.0" in (
+        capsys.readouterr().out)

@@ -125,3 +125,19 @@ def test_dataloader_batches_equal_with_and_without_the_batched_path(small_toy):
             assert all(torch.equal(u, v) for u, v in zip(a, b))
             n += int((a[3] >= len(fast)).sum())
         assert n == 20  # every generated example went through the batched path
+
+
+def test_a_variant_names_its_groups_and_counts_in_the_registry_and_data_check():
+    """Issue 18 item 9: dataset_options.digits=[4,9] backgrounds=[sky,brick] name the groups
+    "four / sky" ... "nine / brick" wherever the data's facts are read (registry, data check)."""
+    from spuraug.data.check import format_counts
+    from spuraug.data.registry import dataset_info
+
+    opts = {"digits": [4, 9], "backgrounds": ["sky", "brick"], "n_train": 40, "n_val": 20, "n_test": 20}
+    info = dataset_info("toy", opts)
+    assert info.group_names == ("four / sky", "four / brick", "nine / sky", "nine / brick")
+    assert dataset_info("toy").group_names[0] == "three / land" and dataset_info("toy", {}).n_groups == 4
+    splits = {s: get_dataset("toy", s, transform=None, **{k: tuple(v) if isinstance(v, list) else v
+                                                             for k, v in opts.items()}) for s in ("train", "val")}
+    table, matches = format_counts("toy", splits)
+    assert "four / sky" in table.splitlines()[0] and "three" not in table and matches

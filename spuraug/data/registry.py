@@ -28,6 +28,7 @@ def _specs() -> dict[str, DatasetSpec]:
             ),
             transform=toy_transform,
             needs_data_dir=False,
+            info_for=lambda **opt: toy.toy_info(toy.ToyConfig(**opt)),
         )
     }
     specs.update(real.SPECS)  # the real datasets register themselves in spuraug.data.real
@@ -45,8 +46,13 @@ def get_spec(name: str) -> DatasetSpec:
     return specs[name]
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    return get_spec(name).info
+def dataset_info(name: str, options: dict | None = None) -> DatasetInfo:
+    """The facts of dataset ``name``; with ``options`` (a run's ``dataset_options``), those of
+    the data they make (``{"digits": [4, 9]}``: the toy's classes are "four" and "nine")."""
+    spec = get_spec(name)
+    if not options or spec.info_for is None:
+        return spec.info
+    return spec.info_for(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:

@@ -21,3 +21,7 @@ class DatasetSpec:
     #: ``transform(train: bool) -> callable`` (the papers' transforms)
     transform: Callable[[bool], Callable]
     needs_data_dir: bool = True
+    #: ``info_for(**options) -> DatasetInfo``: the facts of the data a run's ``dataset_options``
+    #: make (the toy's digits and backgrounds name its classes and attributes); ``None`` when
+    #: no option changes them (:attr:`info` then holds for every run).
+    info_for: Callable[..., DatasetInfo] | None = None
