@@ -99,7 +99,7 @@ def stages_from_args(args: argparse.Namespace):
 
     overrides = overrides_from_args(args)
     resolved = load_config(args.dataset, "ddb", args.config, overrides or None)
-    cfg = config_from_hparams(resolved["hparams"], where=f"{resolved['config_file']}: ddb")
+    cfg = config_from_hparams(resolved["hparams"], where=f"{resolved['config_file']}: ddb", dataset=args.dataset)
     return Stages(args.dataset, args.seed, cfg, runs_dir=args.out, data_dir=args.data_dir,
                   dataset_options=ddb_dataset_options(resolved), device=args.device, config_file=args.config,
                   overrides=overrides or None)
