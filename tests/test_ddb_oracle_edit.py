@@ -209,3 +209,44 @@ def test_ddb_oracle_mix_makes_both_kinds_of_edit(tmp_path):
     m = json.loads((inp.path / "manifest.json").read_text())
     assert m["counts"]["oracle"] == len(oracle) and m["counts"]["learned"] == len(learned)
     assert "inversion" not in m and m["tokens"]
+
+
+def test_toy_oracle_study_splits_its_reading_by_generator(tmp_path):
+    from bench.studies.ddb_toy_oracle import generators
+
+    inp = tmp_path / "inpaint-x"
+    (inp / "images").mkdir(parents=True)
+    pd.DataFrame({"sample_id": ["a", "b", "c"], "generator": ["oracle", "diffusers", "oracle"]}).to_csv(
+        inp / "samples.csv", index=False)
+    old = tmp_path / "inpaint-old"  # written before the oracle: no generator column
+    (old / "images").mkdir(parents=True)
+    pd.DataFrame({"sample_id": ["d"]}).to_csv(old / "samples.csv", index=False)
+    table = pd.DataFrame({"sample_id": ["c", "d", "a", "b"],
+                          "generated_path": [str(inp / "images" / "c.png"), str(old / "images" / "d.png"),
+                                             str(inp / "images" / "a.png"), str(inp / "images" / "b.png")]})
+    assert list(generators(table)) == ["oracle", "diffusers", "oracle", "diffusers"]
+
+
+def test_edit_quality_study_smoke(tmp_path):
+    """bench.studies.ddb_edit_quality at tiny sizes on the toy zoo: two mixes share the ERM run
+    and the stage folders, each mix's edits are made by the expected generators."""
+    import json as _json
+
+    from bench.studies.ddb_edit_quality import main
+
+    out = tmp_path / "curve.json"
+    rep = main(["--runs-dir", str(tmp_path / "runs"), "--seeds", "0", "--mixes", "0.5", "1", "--no-progress",
+                "--quiet", "--out", str(out), "--set", "dataset_options.n_train=200", "dataset_options.n_val=80",
+                "dataset_options.n_test=80", "erm.epochs=1", "ddb.invert.max_train_steps=1", "ddb.invert.n_images=2",
+                "ddb.sources.k=[3,3]", "ddb.prune.n_steps=2", "ddb.retrain.epochs=1"])
+    assert _json.loads(out.read_text())["curve"] == rep["curve"]
+    assert [p["oracle_mix"] for p in rep["curve"]] == [0.5, 1.0]
+    half, full = rep["per_mix"]["0.5"]["0"], rep["per_mix"]["1"]["0"]
+    assert set(full["composition_success"]["by_generator"]) == {"oracle"}
+    assert full["composition_success"]["n"] == 6 and 0 <= full["composition_success"]["all"] <= 1
+    gens = half["composition_success"]["by_generator"]
+    assert sum(g["n"] for g in gens.values()) == 6 and set(gens) <= {"oracle", "diffusers"}
+    assert half["erm"] == full["erm"]  # one ERM run, shared
+    runs = tmp_path / "runs"
+    assert len(list((runs / "toy" / "ddb_artifacts" / "seed0").glob("segment-*"))) == 1  # masks made once
+    assert len(list((runs / "toy" / "ddb_artifacts" / "seed0").glob("inpaint-*"))) == 2
