@@ -29,7 +29,8 @@ _HELP = {
     "invert": "textual inversion: one learned token per class (shared by every ERM seed)",
     "sources": "the K lowest-ERM-loss training images of each class",
     "segment": "object masks of the sources from a text prompt (Grounding DINO + SAM, or CLIPSeg)",
-    "inpaint": "repaint each source's object as the other class with Stable Diffusion inpainting",
+    "inpaint": "repaint each source's object as the other class with Stable Diffusion inpainting "
+               "(toy: or the oracle, inpaint.backend=oracle)",
     "prune": "bicephalous pruning: ERM probability vs Psi_i and Integrated Gradients inside the mask",
     "retrain": "retrain the ERM network on original + kept samples (a normal run folder)",
     "run": "every stage, then retraining (same as `spuraug train --method ddb`)",
