@@ -257,7 +257,7 @@ def validate(data: dict, dataset: str, where: str) -> dict:
         out[name] = _check_section(where, name, data.get(name), get_method(name).params)
         check = getattr(get_method(name), "check_hparams", None)
         if check is not None:  # a method whose sections hold more than flat values (DDB's stages)
-            check(out[name], f"{where}: {name}")
+            check(out[name], f"{where}: {name}", dataset=dataset)
     return out
 
 

@@ -7,8 +7,9 @@ With several seeds the report is ``{"seeds": {"<S>": <the report of seed S>}}``.
 For the newest prune table of ``RUNS_DIR/toy/ddb_artifacts/seed<S>/``: the share of
 generated images the oracle (``spuraug/toy-oracle``) reads as the TARGET digit, the share
 whose background is the source's, and both (composition success), for all / kept / pruned
-samples, plus how many sources were majority-group images (the toy's group labels are
-used here for measurement only, never by DDB).
+samples, and per generator (``by_generator``: the oracle and the learned edits of
+``ddb.inpaint.backend: oracle`` with an ``oracle_mix``), plus how many sources were
+majority-group images (the toy's group labels are used here for measurement only, never by DDB).
 
 ``--initializer`` also repaints the very same sources, masks and seeds with the
 textual-inversion *initializer* word in place of each learned token (through the same
@@ -144,13 +145,12 @@ def pruning_separability(table: pd.DataFrame, good: np.ndarray) -> dict:
     return out
 
 
-def roundtrip_reading(oracle, table: pd.DataFrame) -> dict:
+def roundtrip_reading(oracle, table: pd.DataFrame, cfg: ToyConfig = ToyConfig()) -> dict:
     """The ceiling of composition success for these edits: every generated image is decoded
     by the zoo's VAE, so read each SOURCE image after a VAE round trip (encode, decode,
     nothing repainted) and report the share the oracle still reads as the source's digit,
     overall and per source class."""
 
-    cfg = ToyConfig()
     src = table.source_class.to_numpy()
     images = as_uint8_batch(_load(table.source_path))
     d, _ = predict(oracle, vae_roundtrip(images))
@@ -206,13 +206,26 @@ def main(argv: list[str] | None = None) -> dict:
     return emit_report(out, args.out, args.quiet)
 
 
-def seed_report(args, seed: int, oracle) -> dict:
-    """The report of one seed's newest prune table (see the module docstring)."""
+def generators(table: pd.DataFrame) -> np.ndarray:
+    """Which generator made each edit of a prune table: ``"oracle"`` or ``"diffusers"``
+    (``ddb.inpaint.backend: oracle`` with ``oracle_mix``; the inpaint stage's samples.csv
+    records it; a stage written before the oracle existed made every edit with diffusers)."""
+    out = []
+    for folder in sorted({Path(p).parent.parent for p in table.generated_path}):
+        s = pd.read_csv(folder / "samples.csv", dtype={"source_id": str, "sample_id": str})
+        gen = s["generator"] if "generator" in s else pd.Series("diffusers", index=s.index)
+        out.append(pd.Series(gen.fillna("diffusers").to_numpy(), index=s.sample_id))
+    found = pd.concat(out) if out else pd.Series(dtype=str)
+    return found.reindex(table.sample_id.astype(str)).fillna("diffusers").to_numpy(str)
+
+
+def seed_report(args, seed: int, oracle, table: Path | None = None, cfg: ToyConfig = ToyConfig()) -> dict:
+    """The report of one seed's newest prune table, or of ``table`` (see the module docstring);
+    ``cfg``: the toy benchmark the run used (its ``dataset_options``; default the benchmark)."""
 
     base = f"{args.runs_dir}/toy/ddb_artifacts/seed{seed}"
-    table = _newest(f"{base}/prune-*/table.csv")
+    table = Path(table) if table is not None else _newest(f"{base}/prune-*/table.csv")
     t = pd.read_csv(table, dtype={"source_id": str})
-    cfg = ToyConfig()
     train = ToyDataset("train", cfg)
     src_a = np.array([train.a[int(s)] for s in t.source_id])
     images = _load(t.generated_path)
@@ -223,6 +236,10 @@ def seed_report(args, seed: int, oracle) -> dict:
            "oracle_reads_source_digit": float(r["source_digit"].mean())}
     for name, sel in (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep)):
         out[name] = _rates(r, sel)
+    generator = generators(t)
+    out["by_generator"] = {g: {name: _rates(r, (generator == g) & sel) for name, sel in
+                               (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep))}
+                           for g in sorted(set(generator))}
     # Which pruning condition keeps which edits, per target class.
     target = t.target_class.to_numpy()
     out["by_target_class"] = {
@@ -230,7 +247,7 @@ def seed_report(args, seed: int, oracle) -> dict:
                  (("all", np.ones(len(t), bool)), ("kept", keep), ("pruned", ~keep))}
         for c in sorted(set(int(v) for v in target))}
     out["pruning_separability"] = pruning_separability(t, r["digit"])
-    out["vae_roundtrip_of_sources"] = roundtrip_reading(oracle, t)
+    out["vae_roundtrip_of_sources"] = roundtrip_reading(oracle, t, cfg)
     out["by_condition"] = {
         cond: {"passed": _rates(r, t[cond].to_numpy(bool)), "failed": _rates(r, ~t[cond].to_numpy(bool))}
         for cond in ("cond1_keep", "cond2_keep") if cond in t}

@@ -29,7 +29,8 @@ _HELP = {
     "invert": "textual inversion: one learned token per class (shared by every ERM seed)",
     "sources": "the K lowest-ERM-loss training images of each class",
     "segment": "object masks of the sources from a text prompt (Grounding DINO + SAM, or CLIPSeg)",
-    "inpaint": "repaint each source's object as the other class with Stable Diffusion inpainting",
+    "inpaint": "repaint each source's object as the other class with Stable Diffusion inpainting "
+               "(toy: or the oracle, inpaint.backend=oracle)",
     "prune": "bicephalous pruning: ERM probability vs Psi_i and Integrated Gradients inside the mask",
     "retrain": "retrain the ERM network on original + kept samples (a normal run folder)",
     "run": "every stage, then retraining (same as `spuraug train --method ddb`)",
@@ -99,7 +100,7 @@ def stages_from_args(args: argparse.Namespace):
 
     overrides = overrides_from_args(args)
     resolved = load_config(args.dataset, "ddb", args.config, overrides or None)
-    cfg = config_from_hparams(resolved["hparams"], where=f"{resolved['config_file']}: ddb")
+    cfg = config_from_hparams(resolved["hparams"], where=f"{resolved['config_file']}: ddb", dataset=args.dataset)
     return Stages(args.dataset, args.seed, cfg, runs_dir=args.out, data_dir=args.data_dir,
                   dataset_options=ddb_dataset_options(resolved), device=args.device, config_file=args.config,
                   overrides=overrides or None)

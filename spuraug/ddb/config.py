@@ -136,6 +136,17 @@ class SegmentConfig:
 class InpaintConfig:
     """Repaint the object as the OTHER class (method.md, Stage 2)."""
 
+    #: Who makes the edits. "diffusers": the inpainting pipeline of ``model`` with the learned
+    #: tokens (the paper). "oracle": the toy benchmark only, not in the paper: the source's digit
+    #: is erased and the target class's digit drawn by the toy renderer
+    #: (spuraug/ddb/oracle_edit.py), so DDB's other stages can be measured apart from the
+    #: learned generator (docs/ddb.md "Oracle edits").
+    backend: str = "diffusers"
+    #: With ``backend: oracle``: the share of planned edits the oracle makes; the rest are made
+    #: by the diffusers pipeline. Which ones is a fixed function of each sample's id and
+    #: ``seed`` (the edits of a smaller share are a subset of a larger one's). 1.0: oracle only,
+    #: and no textual inversion is run.
+    oracle_mix: float = 1.0
     model: str = "stabilityai/stable-diffusion-2-inpainting"  # public generate.py
     revision: str | None = None
     #: Prompt; ``{token}`` is the other class's learned token (public: "a photo of a <cat> animal").
@@ -232,6 +243,7 @@ _SECTIONS = {f.name: f for f in fields(DDBConfig)}
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 _CHOICES = {
     ("segment", "backend"): ("grounded_sam", "clipseg"),
+    ("inpaint", "backend"): ("diffusers", "oracle"),
     ("sources", "erm_checkpoint"): ("best", "last"),
     ("segment", "box_choice"): ("first", "top_score"),
     ("inpaint", "label"): ("new", "source"),
@@ -266,6 +278,7 @@ _RANGES: dict[tuple[str, str], dict[str, float]] = {
     ("segment", "text_threshold"): {"ge": 0, "le": 1},
     ("segment", "clipseg_threshold"): {"ge": 0, "le": 1},
     ("segment", "batch_size"): {"ge": 1},
+    ("inpaint", "oracle_mix"): {"ge": 0, "le": 1},
     ("inpaint", "resolution"): {"ge": 8},
     ("inpaint", "num_inference_steps"): {"ge": 1},
     ("inpaint", "guidance_scale"): {"ge": 0},
@@ -309,11 +322,17 @@ def _check(stage: str, obj: Any, key: str, value: Any, where: str) -> Any:
     return value
 
 
-def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDBConfig:
+#: The datasets the oracle generator can edit (it needs the toy renderer and exact masks).
+ORACLE_DATASETS = ("toy",)
+
+
+def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb", dataset: str | None = None) -> DDBConfig:
     """Build a :class:`DDBConfig` from a ``ddb:`` mapping of ``{stage: {field: value}}``.
 
     Keys not given keep the defaults. An unknown stage or field, a value of the wrong type,
-    outside a field's choices or out of its range raises ``ValueError`` naming ``where.stage.field``.
+    outside a field's choices or out of its range raises ``ValueError`` naming ``where.stage.field``;
+    so does ``inpaint.backend: oracle`` on a ``dataset`` other than the toy, and
+    ``inpaint.oracle_mix`` below 1 without it.
     """
     section = dict(section or {})
     cfg = DDBConfig()
@@ -330,4 +349,11 @@ def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb") -> DDB
             if key not in known:
                 raise ValueError(f"{where}.{stage}.{key}: unknown option; known: {', '.join(sorted(known))}")
             setattr(obj, key, _check(stage, obj, key, value, f"{where}.{stage}.{key}"))
+    inp = cfg.inpaint
+    if inp.backend == "oracle" and dataset is not None and dataset not in ORACLE_DATASETS:
+        raise ValueError(f"{where}.inpaint.backend: 'oracle' draws the edits with the toy renderer and needs the "
+                         f"toy's exact masks; dataset {dataset!r} is not one of {', '.join(ORACLE_DATASETS)}")
+    if inp.backend != "oracle" and inp.oracle_mix != 1.0:
+        raise ValueError(f"{where}.inpaint.oracle_mix: {inp.oracle_mix!r} applies only with inpaint.backend: oracle "
+                         f"(backend is {inp.backend!r})")
     return cfg

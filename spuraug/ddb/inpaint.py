@@ -229,7 +229,6 @@ def inpaint(
     out_dir = Path(out_dir)
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    rel_root = out_dir
     done = {p.sample_id for p in plan if (img_dir / f"{p.sample_id}.json").is_file()}
     bs = max(1, int(cfg.batch_size))
     pbar = tqdm(total=len(plan), initial=len(done), desc="inpaint", unit="img", dynamic_ncols=True)
@@ -256,20 +255,10 @@ def inpaint(
                 if p.sample_id in done:
                     continue
                 final = paste_back(src, gen_img, mfull) if cfg.paste_back else gen_img.resize(src.size, Image.Resampling.BICUBIC)
-                img_path = img_dir / f"{p.sample_id}.png"
-                atomic.save_image(img_path, final)
-                label = p.target_class if cfg.label == "new" else p.source.source_class
-                record = {
-                    "sample_id": p.sample_id, "file": str(img_path.relative_to(rel_root)),
-                    "source_id": p.source.source_id, "source_position": p.source.position,
-                    "source_class": p.source.source_class, "source_rank": p.source.rank,
-                    "target_class": p.target_class, "label": label, "prompt": prompt,
-                    "negative_prompt": cfg.negative_prompt, "seed": p.seed, "mask": str(p.source.mask_file),
+                write_sample(out_dir, p, final, cfg, {
+                    "generator": "diffusers", "prompt": prompt, "negative_prompt": cfg.negative_prompt,
                     "num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
-                    "resolution": r, "paste_back": cfg.paste_back, "mask_dilation": cfg.mask_dilation,
-                    "mask_mode": cfg.mask_mode,
-                }
-                write_json_sorted(img_dir / f"{p.sample_id}.json", record)
+                    "resolution": r, "paste_back": cfg.paste_back})
                 done.add(p.sample_id)
                 pbar.update(1)
                 if on_written is not None:
@@ -277,6 +266,24 @@ def inpaint(
     finally:
         pbar.close()
     return samples_table(out_dir, plan)
+
+
+def write_sample(out_dir: Path, p: Plan, image: Image.Image, cfg: InpaintConfig, extra: dict) -> None:
+    """Write one generated sample: ``images/<sample id>.png``, then its record
+    ``images/<sample id>.json`` (the fields every sample has, plus its generator's ``extra``);
+    the record last, so a record means a finished sample."""
+    out_dir = Path(out_dir)
+    img_path = out_dir / "images" / f"{p.sample_id}.png"
+    atomic.save_image(img_path, image)
+    label = p.target_class if cfg.label == "new" else p.source.source_class
+    record = {
+        "sample_id": p.sample_id, "file": str(img_path.relative_to(out_dir)),
+        "source_id": p.source.source_id, "source_position": p.source.position,
+        "source_class": p.source.source_class, "source_rank": p.source.rank,
+        "target_class": p.target_class, "label": label, "seed": p.seed, "mask": str(p.source.mask_file),
+        "mask_dilation": cfg.mask_dilation, "mask_mode": cfg.mask_mode, **extra,
+    }
+    write_json_sorted(img_path.with_suffix(".json"), record)
 
 
 def samples_table(out_dir: Path, plan: Sequence[Plan]) -> pd.DataFrame:

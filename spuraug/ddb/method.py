@@ -29,11 +29,12 @@ def ddb_dataset_options(resolved: dict) -> dict:
     return {**resolved["dataset_options"], **(resolved["hparams"].get("dataset_options") or {})}
 
 
-def config_from_hparams(hparams: dict, where: str = "ddb") -> DDBConfig:
-    """The :class:`DDBConfig` of a resolved ``ddb`` section (``ConfigError`` naming the key)."""
+def config_from_hparams(hparams: dict, where: str = "ddb", dataset: str | None = None) -> DDBConfig:
+    """The :class:`DDBConfig` of a resolved ``ddb`` section (``ConfigError`` naming the key);
+    ``dataset`` checks the options that only some datasets allow (``inpaint.backend: oracle``)."""
 
     try:
-        return ddb_config({k: hparams.get(k) or {} for k in STAGES}, where=where)
+        return ddb_config({k: hparams.get(k) or {} for k in STAGES}, where=where, dataset=dataset)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -57,10 +58,10 @@ class DDB(Method):
     }
 
     @staticmethod
-    def check_hparams(hparams: dict, where: str) -> None:
-        """Validate every stage's options (types, choices, ranges) when the config is loaded,
-        before any file is written (:func:`spuraug.config.validate` calls this)."""
-        config_from_hparams(hparams, where=where)
+    def check_hparams(hparams: dict, where: str, dataset: str | None = None) -> None:
+        """Validate every stage's options (types, choices, ranges, the dataset's) when the config
+        is loaded, before any file is written (:func:`spuraug.config.validate` calls this)."""
+        config_from_hparams(hparams, where=where, dataset=dataset)
 
     def stale_reason(self, ctx, result: dict) -> str | None:
         """A finished DDB run is stale when the weights behind its models changed since (a
@@ -71,7 +72,7 @@ class DDB(Method):
 
     def run(self, ctx) -> dict:
 
-        cfg = config_from_hparams(ctx.hparams, where=f"{ctx.config['config_file']}: ddb")
+        cfg = config_from_hparams(ctx.hparams, where=f"{ctx.config['config_file']}: ddb", dataset=ctx.dataset)
         erm_dir = ctx.ensure_erm()
         stages = Stages(
             ctx.dataset, ctx.seed, cfg, runs_dir=ctx.runs_dir, data_dir=ctx.data_dir,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from PIL import Image
 
 from spuraug import atomic, engine
 from spuraug.data.registry import get_dataset, get_spec
+from spuraug.data.toy import ToyDataset
 from spuraug.ddb import hub
 from spuraug.ddb import invert as inv
 from spuraug.ddb.artifacts import Artifact, AttemptClock, read_json, safe_name, timed, write_json_sorted
@@ -45,14 +47,20 @@ from spuraug.ddb.inpaint import (
     make_plan,
     region_from_mask,
     resolve_dtype,
+    samples_table,
 )
 from spuraug.ddb.invert import EMBEDS_FILE, class_tokens
+from spuraug.ddb.oracle_edit import ORACLE_VERSION, oracle_inpaint, split_plan
 from spuraug.ddb.prune import apply_rules, prune_counts, score_table
 from spuraug.ddb.scaleout import inpaint_sharded, prune_sharded
 from spuraug.ddb.segment import build_segmenter, load_mask, segment_sources
 from spuraug.ddb.sources import psi, select_sources
 from spuraug.engine import resolve_device
 from spuraug.runs import ensure_erm, load_model
+
+#: Why the inversion stage did not run (manifests, result.json and the log say so).
+INVERSION_SKIPPED = ("inversion skipped: inpaint.backend is oracle with oracle_mix 1, every edit is drawn by the "
+                     "toy renderer, no token is learned")
 
 #: Options that change speed or memory but not results: left out of artifact keys.
 RUNTIME_FIELDS = ("batch_size", "device", "checkpoint_every", "internal_batch_size", "engine", "workers",
@@ -190,14 +198,26 @@ class Stages:
                                                       "segment": _key_cfg(self.cfg.segment),
                                                       "weights": [hub.fingerprint(m) for m in segmenter_models(self.cfg)]})
 
+    @property
+    def learned_edits(self) -> bool:
+        """Whether the learned generator makes any edit (false with ``inpaint.backend: oracle``
+        and ``oracle_mix: 1``: then no token is learned and the inversion stage is skipped)."""
+        return self.cfg.inpaint.backend != "oracle" or self.cfg.inpaint.oracle_mix < 1.0
+
     def inpaint_artifact(self) -> Artifact:
 
         c = _key_cfg(self.cfg.inpaint)
         c.pop("label")  # applied when the table is read, not baked into the images
         c["dtype"] = str(resolve_dtype(self.cfg.inpaint.dtype, self.torch_device))
-        return Artifact(self.seed_root(), "inpaint", {"segment": self.segment_artifact().key,
-                                                      "invert": self.invert_artifact().key, "inpaint": c,
-                                                      "weights": hub.fingerprint(self.cfg.inpaint.model)})
+        key = {"segment": self.segment_artifact().key, "inpaint": c}
+        if c["backend"] == "diffusers":  # the keys of learned-only stages stay what they were before the oracle
+            c.pop("backend")
+            c.pop("oracle_mix")
+        else:
+            key["oracle"] = ORACLE_VERSION
+        if self.learned_edits:
+            key.update({"invert": self.invert_artifact().key, "weights": hub.fingerprint(self.cfg.inpaint.model)})
+        return Artifact(self.seed_root(), "inpaint", key)
 
     def prune_artifact(self) -> Artifact:
         c = _key_cfg(self.cfg.prune)
@@ -349,28 +369,57 @@ class Stages:
         return make_plan(srcs, self.n_classes, self.cfg.inpaint.seed)
 
     def inpaint(self, on_written=None) -> Artifact:
-        """Generated images (``images/<sample>.png`` + ``.json``) and ``samples.csv``."""
+        """Generated images (``images/<sample>.png`` + ``.json``) and ``samples.csv``.
+
+        With ``inpaint.backend: oracle`` the share ``oracle_mix`` of the plan is drawn by the
+        toy's oracle generator (spuraug/ddb/oracle_edit.py) into the same files, the rest by the
+        learned pipeline; with ``oracle_mix: 1`` no token is learned."""
 
         plan = self.plan()
-        embeds = self.embeddings()
+        cfg = self.cfg.inpaint
+        oracle_plan, learned_plan = (split_plan(plan, cfg.oracle_mix, cfg.seed) if cfg.backend == "oracle"
+                                     else ([], plan))
+        embeds = self.embeddings() if self.learned_edits else None
         art = self.inpaint_artifact()
         if art.done:
             return art
         art.prepare()
-        cfg = self.cfg.inpaint
         engine = None
+        seconds = {}
         with timed(art) as t:
-            if cfg.engine == "local":
-                pipe = load_inpaint_pipeline(cfg, embeds, self.device)
-                table = inpaint(pipe, plan, self.tokens(), cfg, art.path, on_written=on_written)
-            else:  # sharded over workers (spuraug/ddb/scaleout.py)
+            if oracle_plan:
+                t0 = time.perf_counter()
+                train = self.split("train")
+                if not isinstance(train, ToyDataset):
+                    raise ValueError(f"ddb.inpaint.backend: 'oracle' needs the toy dataset's renderer and exact masks; "
+                                     f"dataset {self.dataset!r} is not the toy")
+                oracle_inpaint(oracle_plan, cfg, art.path, train.mask, list(train.config.digits), on_written=on_written)
+                seconds["oracle"] = time.perf_counter() - t0
+            if learned_plan:
+                t0 = time.perf_counter()
+                if cfg.engine == "local":
+                    pipe = load_inpaint_pipeline(cfg, embeds, self.device)
+                    inpaint(pipe, learned_plan, self.tokens(), cfg, art.path, on_written=on_written)
+                else:  # sharded over workers (spuraug/ddb/scaleout.py)
 
-                table, engine = inpaint_sharded(self, plan, embeds, art.path)
+                    _, engine = inpaint_sharded(self, learned_plan, embeds, art.path)
+                seconds["learned"] = time.perf_counter() - t0
+            table = samples_table(art.path, plan)
             atomic.write_text(art.path / "samples.csv", table.to_csv(index=False))
         per = {str(c): int((table.source_class == c).sum()) for c in range(self.n_classes)} if len(table) else {}
-        art.finish({"counts": {"planned": len(plan), "generated": int(len(table)), "per_source_class": per},
-                    "models": {"inpainting": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
-                    "tokens": self.tokens(), "seeds": {"base": cfg.seed, "per_sample": "sha256(base|source_id|target)"},
+        counts = {"planned": len(plan), "generated": int(len(table)), "per_source_class": per}
+        extra: dict = {"backend": cfg.backend}
+        if cfg.backend == "oracle":
+            counts.update({"oracle": len(oracle_plan), "learned": len(learned_plan)})
+            extra.update({"oracle_mix": cfg.oracle_mix, "oracle_version": ORACLE_VERSION,
+                          "generator_seconds_last_attempt": seconds})
+            if not self.learned_edits:
+                extra["inversion"] = INVERSION_SKIPPED
+        if self.learned_edits:
+            extra.update({"models": {"inpainting": {"id": cfg.model, "revision": hub.revision_of(cfg.model)}},
+                          "tokens": self.tokens()})
+        art.finish({"counts": counts, **extra,
+                    "seeds": {"base": cfg.seed, "per_sample": "sha256(base|source_id|target)"},
                     "label": cfg.label, "images": len(plan), "images_per_s": len(plan) / max(t["wall_time_s"], 1e-9),
                     "engine": engine or {"engine": "local", "workers": 1},
                     "wall_time_s": t["wall_time_s"], "config": asdict(cfg)})
@@ -454,7 +503,10 @@ class Stages:
 
     def run_all(self) -> dict:
         """Every stage up to pruning; returns each stage's manifest."""
-        self.invert()
+        if self.learned_edits:
+            self.invert()
+        else:
+            print(f"ddb: {INVERSION_SKIPPED}", file=sys.stderr)
         self.sources()
         self.segment()
         self.inpaint()
@@ -464,6 +516,10 @@ class Stages:
     def manifests(self) -> dict:
         out = {}
         for name in ("invert", "sources", "segment", "inpaint", "prune"):
+            if name == "invert" and not self.learned_edits:
+                out[name] = {"path": None, "done": False, "skipped": INVERSION_SKIPPED, "counts": None,
+                             "wall_time_s": 0.0, "config_hash": None}
+                continue
             art = getattr(self, f"{name}_artifact")()
             m = art.manifest()
             out[name] = {"path": str(art.path), "done": art.done, "counts": m.get("counts"),
