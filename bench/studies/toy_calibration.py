@@ -56,12 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", nargs="+", default=["erm", "groupdro", "jtt", "dfr"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--runs-dir", default="/tmp/cal")
+    ap.add_argument("--runs-name", default=None,
+                    help="runs folder under --runs-dir (default --name): another variant's, to reuse its ERM runs")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     overrides = parse_overrides(args.set)
-    runs = Path(args.runs_dir) / args.name
+    runs = Path(args.runs_dir) / (args.runs_name or args.name)
     t0 = time.time()
     methods: dict = {}
     per_group: dict = {}
@@ -84,6 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(args.out)
     table = json.loads(out.read_text()) if out.exists() else {}
+    earlier = table.get(args.name)
+    if earlier and earlier.get("overrides") == args.set:  # more methods of the same variant: keep both
+        record["methods"] = {**earlier["methods"], **methods}
+        record["per_group_test_acc"] = {**earlier.get("per_group_test_acc", {}), **per_group}
+        record["regime"] = regime(record["methods"])
+        record["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]),
+                             record["command"]]
     table[args.name] = record
     atomic.write_json(out, table)
     for m, r in methods.items():
