@@ -237,6 +237,7 @@ def test_edit_quality_study_smoke(tmp_path):
     out = tmp_path / "curve.json"
     rep = main(["--runs-dir", str(tmp_path / "runs"), "--seeds", "0", "--mixes", "0.5", "1", "--no-progress",
                 "--quiet", "--out", str(out), "--set", "dataset_options.n_train=200", "dataset_options.n_val=80",
+                "dataset_options.correlation=0.95", "model.pretrained=false",
                 "dataset_options.n_test=80", "erm.epochs=1", "ddb.invert.max_train_steps=1", "ddb.invert.n_images=2",
                 "ddb.sources.k=[3,3]", "ddb.prune.n_steps=2", "ddb.retrain.epochs=1"])
     assert _json.loads(out.read_text())["curve"] == rep["curve"]
