@@ -219,6 +219,11 @@ class RetrainConfig:
     epochs: int = 200  # train.py --epochs
     weight_decay: float = 0.0  # train.py: Adam without weight decay
     reinit_head: bool = True  # train.py weight_init(fc): Xavier uniform, bias 0
+    #: Let model selection also pick the ERM model DDB starts from ("epoch 0", scored by its own
+    #: epoch line in the ERM run): DDB then never ends below its start on the selection metric.
+    #: Not in the public train.py, whose reinitialised head leaves the start out of selection
+    #: (docs/ddb.md, "Why DDB can end below ERM"); false = the reference protocol.
+    keep_start: bool = False
     #: Train (original and generated images) with the dataset's random train transform (public
     #: train.py: ``args.transform = get_transform(True)`` for both); false: the eval transform.
     augment: bool = True

@@ -9,13 +9,16 @@ selection only.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import ClassVar
 
+from spuraug import atomic
 from spuraug.config import ConfigError
 from spuraug.ddb.config import DDBConfig, ddb_config
 from spuraug.ddb.pipeline import Stages, kept_arrays, weights_changed
 from spuraug.ddb.retrain import AugmentedTrainSet, DDBObjective, GeneratedDataset, reinit_head
-from spuraug.engine import TrainSource
+from spuraug.engine import TrainSource, select_line
 from spuraug.methods import Method, Param, param, register_method
 from spuraug.runs import load_model
 
@@ -95,6 +98,11 @@ class DDB(Method):
                                              keys=source_classes if rc.gamma_by == "source" else None),
                       hparams=hp)
         out = ctx.result_from_fit(fit)
+        start = start_line(erm_dir, cfg.sources.erm_checkpoint) if rc.keep_start else None
+        if start is not None and select_line([start, fit.selected], ctx.hparams["selection"]) is start:
+            out = {"selected_epoch": 0, "val": start["val"], "test": start["test"]}  # ties go to the start
+            atomic.torch_save(Path(fit.out_dir) / "checkpoints" / "best.pt",
+                              load_model(erm_dir, cfg.sources.erm_checkpoint).state_dict())
         out["ddb"] = {
             "erm_run": str(erm_dir),
             "stages": manifests,
@@ -103,5 +111,22 @@ class DDB(Method):
             "kept_per_label": {str(c): int((labels == c).sum()) for c in range(train.n_classes)},
             "kept_per_source_class": {str(c): int((source_classes == c).sum()) for c in range(train.n_classes)},
             "gamma_by": rc.gamma_by,
+            "keep_start": rc.keep_start,
+            "selected_start": out["selected_epoch"] == 0,
         }
         return out
+
+
+def start_line(erm_dir: str | Path, which: str) -> dict | None:
+    """The ERM run's epoch line of the weights DDB starts from: its last evaluated epoch for
+    ``sources.erm_checkpoint: last``, its selected epoch for ``best``; ``epoch`` set to 0."""
+
+    lines = [json.loads(x) for x in (Path(erm_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    if not lines:
+        return None
+    if which == "best":
+        result = json.loads((Path(erm_dir) / "result.json").read_text())
+        line = next((x for x in lines if x.get("epoch") == result.get("selected_epoch")), None)
+    else:
+        line = lines[-1]
+    return None if line is None or "val" not in line else {**line, "epoch": 0}
