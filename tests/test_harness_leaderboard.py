@@ -68,7 +68,11 @@ def test_leaderboard_files_and_labels(results):
     # group-label use, from the method classes (ERM: none in training, val for selection)
     assert row("ERM", "60.0 ± 0.0", "91.0 ± 0.0", "92.0 ± 0.0", "3", "no/yes").search(toy)
     assert "group labels train/val" in toy
+    # the toy section (only it) says what its numbers show and what they do not (issue 18 item 10)
+    assert "What the toy numbers show" in toy and "What they do not" in toy
+    assert "What the toy numbers show" in page.split('id="toy"')[1].split('id="waterbirds"')[0]
     wb = md.split("## waterbirds")[1].split("## celeba")[0]
+    assert "What the toy numbers show" not in wb
     assert "Published (copied from the papers, not reproduced here)" in wb
     assert row("DDB", "93.0 ± 0.1", "93.6").search(wb)
     assert row("my-model", "81.3", "90.5", "91.0").search(wb)
