@@ -334,3 +334,13 @@ def test_sweep_checks_every_config_before_running(tmp_path, capsys, extra, needl
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
     assert not runs.exists() and not results.exists()
+
+
+def test_make_bench_runs_the_benchmark_methods_by_default_and_others_when_named():
+    """Without METHODS=, the sweep runs DDB next to ERM, GroupDRO, JTT and DFR (issue 18 item 7);
+    SUBG and RWG are registered and run when named."""
+    from bench.sweep import BENCHMARK_METHODS, default_methods
+    from spuraug.methods import method_names
+
+    assert default_methods() == ["erm", "groupdro", "jtt", "dfr", "ddb"] == list(BENCHMARK_METHODS)
+    assert {"subg", "rwg"} <= set(method_names()) - set(default_methods())
