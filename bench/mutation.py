@@ -90,6 +90,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "DDB's bicephalous pruning (both conditions off: every generated image is kept), method.md Stage 3"),
     Mutation("ddb", "zero_gammas", ("ddb.retrain.gamma=[0,0]",),
              "DDB's generated images in retraining (gamma 0 for both classes: weight 0), method.md Stage 4"),
+    Mutation("ddb", "source_labels", ("ddb.inpaint.label=source",),
+             "DDB's relabelling: edits trained with their SOURCE class instead of the new class j, method.md Stage 2"),
 )
 
 
