@@ -18,8 +18,10 @@ TIMING = ("images_per_s", "step_time_s", "peak_mem_mb")
 @pytest.fixture
 def tiny(small_toy):
     return {
-        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test},
+        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test,
+                            "correlation": small_toy.correlation},
         "model.width": 8,
+        "model.pretrained": False,  # the zoo backbone is width 16: tiny runs train from scratch
         "erm.epochs": 2,
         "erm.batch_size": 32,
         "erm.lr": 0.05,
@@ -31,7 +33,8 @@ def _strip(lines):
 
 
 def _splits(small_toy):
-    opts = {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test}
+    opts = {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test,
+            "correlation": small_toy.correlation}
     return (get_dataset("toy", "train", transform="train", **opts),
             {"val": get_dataset("toy", "val", **opts), "test": get_dataset("toy", "test", **opts)})
 

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def tiny(small_toy):
     return {
-        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test},
-        "model.width": 8, "erm.epochs": 2, "erm.batch_size": 64, "erm.lr": 0.05,
+        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test,
+                            "correlation": small_toy.correlation},
+        "model.width": 8, "model.pretrained": False, "erm.epochs": 2, "erm.batch_size": 64, "erm.lr": 0.05,
     }
 
 

@@ -59,7 +59,7 @@ def test_bad_config_names_file_and_key(tmp_path, text, match):
 
 
 def test_overrides_are_validated_and_applied():
-    cfg = load_config("toy", "erm", overrides={"erm.lr": 0.5, "model": {"width": 4}})
+    cfg = load_config("toy", "erm", overrides={"erm.lr": 0.5, "model": {"width": 4, "pretrained": False}})
     assert cfg["hparams"]["lr"] == 0.5 and cfg["model"]["width"] == 4 and cfg["model"]["name"] == "toy_cnn"
     assert cfg["config_hash"] != load_config("toy", "erm")["config_hash"]
     with pytest.raises(ConfigError, match=r"overrides.*erm.lr: expected float"):
@@ -92,7 +92,7 @@ def test_cli_bad_inputs_exit_2_and_touch_nothing(tmp_path, capsys):
 def test_cli_nan_loss_exit_2_keeps_the_finished_run(tmp_path, capsys, small_toy):
     out = tmp_path / "runs"
     tiny = ["--set", f"dataset_options={{n_train: {small_toy.n_train}, n_val: {small_toy.n_val}, "
-            f"n_test: {small_toy.n_test}}}", "--set", "model.width=4", "--set", "erm.epochs=1"]
+            f"n_test: {small_toy.n_test}}}", "--set", "model.width=4", "--set", "model.pretrained=false", "--set", "erm.epochs=1"]
     assert main(["train", "--dataset", "toy", "--method", "erm", "--out", str(out), *tiny]) == 0
     done = out / "toy/erm/seed0"
     result = (done / "result.json").read_text()
