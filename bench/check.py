@@ -41,7 +41,11 @@ from spuraug.methods import method_names
 DEFAULT_REFERENCE = Path("results/reference/toy.json")
 CHECK_METRICS: tuple[str, ...] = ("worst_group_acc", "avg_acc")
 CI_DATASET = "toy"
-CI_SEEDS: tuple[int, ...] = (0,)
+#: The mean over three seeds: a CPU type other than the reference's moves one seed's worst group
+#: by up to a seed's std (ERM 3.5, DDB 4.8 points on the toy), more than a 5-point gate can take;
+#: the mean of three moves about half as much. It costs a whole `make bench` (issue 18 item 6
+#: asks <= 10 minutes; docs/harness.md).
+CI_SEEDS: tuple[int, ...] = (0, 1, 2)
 #: Overrides merged into spuraug/configs/toy.yaml for the gate's sweep. None: the gate runs
 #: seed 0 of exactly what `make bench` runs (the pretrained start made the full toy cheap enough;
 #: a shrunk benchmark left 11 images in its smallest training group, issue 18), so a sweep's

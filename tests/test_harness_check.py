@@ -125,9 +125,9 @@ def test_gate_on_a_real_tiny_sweep(tmp_path, monkeypatch, capsys):
     (tmp_path / "good.json").write_text(json.dumps(good))
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     # --runs-dir reuses the finished run: the gate's comparison is what is tested here
-    assert check.main(["--reference", str(tmp_path / "good.json"), "--methods", "erm", "--runs-dir", str(runs)]) == 0
+    assert check.main(["--reference", str(tmp_path / "good.json"), "--methods", "erm", "--seeds", "0", "--runs-dir", str(runs)]) == 0
     assert "check PASSED" in capsys.readouterr().out
-    assert check.main(["--reference", str(tmp_path / "bad.json"), "--methods", "erm", "--runs-dir", str(runs)]) == 1
+    assert check.main(["--reference", str(tmp_path / "bad.json"), "--methods", "erm", "--seeds", "0", "--runs-dir", str(runs)]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "check FAILED" in out
 
@@ -173,7 +173,7 @@ def test_write_reference_pools_this_machine_with_the_reference_machines(tmp_path
     ref_path.write_text(json.dumps({"_meta": {"machine": "other", "overrides": TINY,
                                               "calibration": {"per_machine": {"other": other, here: stale}}},
                                     "erm": {"worst_group_acc": 20.0, "avg_acc": 65.0, "tolerance": 5.0}}))
-    argv = ["--write-reference", "--methods", "erm", "--runs-dir", str(tmp_path / "runs"), "--calibration-seeds", "1",
+    argv = ["--write-reference", "--methods", "erm", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"), "--calibration-seeds", "1",
             "--pool-machines", "--reference", str(ref_path)]
     # the other machine's runs spread by 20 points: a tolerance above 5 is refused unless asked for,
     # and the reference it would have written is printed (nothing measured is lost)
