@@ -137,23 +137,7 @@ def test_loading_a_config_rejects_the_oracle_on_a_real_dataset():
 def _config(root: Path, inpaint: dict, sd: Path | None) -> Path:
     cs = tiny.save_clipseg(root / "clipseg")
     model = str(sd) if sd is not None else str(root / "no-such-model")  # the oracle alone never loads it
-    cfg = {
-        "dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80},
-        "model": {"name": "toy_cnn", "width": 8, "pretrained": False},
-        "eval": {"batch_size": 256, "every": 1},
-        "loader": {"num_workers": 0},
-        "erm": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64, "epochs": 1},
-        "ddb": {
-            "invert": {"model": model, "resolution": 16, "max_train_steps": 2, "n_images": 3,
-                       "initializer_token": "digit", "noun": "digit"},
-            "sources": {"k": [6, 6]},
-            "segment": {"backend": "clipseg", "clipseg": str(cs), "clipseg_threshold": 0.0, "prompt": "digit"},
-            "inpaint": {"model": model, "resolution": 16, "num_inference_steps": 2, "batch_size": 4,
-                        "prompt": "a photo of a {token} digit", "mask_mode": "box", **inpaint},
-            "prune": {"n_steps": 4, "threshold": -1.0e9},
-            "retrain": {"epochs": 2, "lr": 1.0e-3, "batch_size": 32},
-        },
-    }
+    cfg = tiny.tiny_ddb_toy_config(model, str(cs), [6, 6], {"batch_size": 4, "mask_mode": "box", **inpaint})
     path = root / "toy_oracle.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

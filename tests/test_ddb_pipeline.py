@@ -23,23 +23,7 @@ def config_file(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddb_e2e")
     sd = tiny.save_stable_diffusion(root / "sd9", in_channels=9, image_size=16)
     cs = tiny.save_clipseg(root / "clipseg")
-    cfg = {
-        "dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80},
-        "model": {"name": "toy_cnn", "width": 8, "pretrained": False},
-        "eval": {"batch_size": 256, "every": 1},
-        "loader": {"num_workers": 0},
-        "erm": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64, "epochs": 1},
-        "ddb": {
-            "invert": {"model": str(sd), "resolution": 16, "max_train_steps": 2, "n_images": 3,
-                       "initializer_token": "digit", "noun": "digit"},
-            "sources": {"k": [3, 2]},
-            "segment": {"backend": "clipseg", "clipseg": str(cs), "clipseg_threshold": 0.0, "prompt": "digit"},
-            "inpaint": {"model": str(sd), "resolution": 16, "num_inference_steps": 2, "batch_size": 2,
-                        "prompt": "a photo of a {token} digit"},
-            "prune": {"n_steps": 4, "threshold": -1.0e9},
-            "retrain": {"epochs": 2, "lr": 1.0e-3, "batch_size": 32},
-        },
-    }
+    cfg = tiny.tiny_ddb_toy_config(str(sd), str(cs), [3, 2])
     path = root / "toy_tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -201,3 +201,24 @@ def save_grounding_dino(folder: Path, seed: int = 0) -> Path:
 
     shutil.rmtree(folder / "_vocab")
     return folder
+
+
+def tiny_ddb_toy_config(sd_model: str, clipseg: str, k: list[int], inpaint: dict | None = None) -> dict:
+    """A toy config small enough for an end-to-end DDB run on tiny models (ERM 1 epoch, 200 images)."""
+    return {
+        "dataset_options": {"n_train": 200, "n_val": 80, "n_test": 80},
+        "model": {"name": "toy_cnn", "width": 8, "pretrained": False},
+        "eval": {"batch_size": 256, "every": 1},
+        "loader": {"num_workers": 0},
+        "erm": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64, "epochs": 1},
+        "ddb": {
+            "invert": {"model": sd_model, "resolution": 16, "max_train_steps": 2, "n_images": 3,
+                       "initializer_token": "digit", "noun": "digit"},
+            "sources": {"k": list(k)},
+            "segment": {"backend": "clipseg", "clipseg": clipseg, "clipseg_threshold": 0.0, "prompt": "digit"},
+            "inpaint": {"model": sd_model, "resolution": 16, "num_inference_steps": 2, "batch_size": 2,
+                        "prompt": "a photo of a {token} digit", **(inpaint or {})},
+            "prune": {"n_steps": 4, "threshold": -1.0e9},
+            "retrain": {"epochs": 2, "lr": 1.0e-3, "batch_size": 32},
+        },
+    }
