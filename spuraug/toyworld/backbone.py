@@ -180,7 +180,6 @@ def build_backbone(out_dir: str | Path, recipe: BackboneRecipe = BackboneRecipe(
                   heldout_digit_accuracy=round(acc, 4))
     entry = {"recipe": recipe.to_json(), "recipe_key": recipe.key(), "train_s": train_s,
              "heldout_digit_accuracy": round(acc, 4), "files": file_hashes(out_dir, (BACKBONE_DIR,))}
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest["backbone"] = entry
     manifest.setdefault("models", {})["spuraug/toy-backbone"] = BACKBONE_DIR
     atomic.write_json(manifest_path, manifest)
