@@ -9,7 +9,10 @@ Inputs (see docs/harness.md):
   ``spuraug score --dataset <dataset> --predictions preds.csv --json``, optionally with
   the keys ``name``, ``description``, ``url`` and ``annotation`` added by hand;
 - ``spuraug/configs/published.yaml``: the published numbers of shared/spec/anchors.md;
-- the grid of DDB examples a version folder holds (``ddb_examples.png``, written by the sweep).
+- the grid of DDB examples a version folder holds (``ddb_examples.png``, written by the sweep);
+- the curve of DDB's worst-group accuracy against the quality of its edits,
+  ``results/studies/ddb_edit_quality/curve.json`` (written by ``bench.studies.ddb_edit_quality``),
+  drawn in the toy section when it exists.
 
 It never reads the runs folder. The Markdown and the page are rendered from the jinja2
 templates in bench/templates/. The page is self-contained: inline CSS, no scripts, images as PNG files beside it.
@@ -40,6 +43,11 @@ from spuraug.methods import get_method
 #: Folders directly under results/ that are not datasets.
 RESERVED = {"reference", "submissions", "leaderboard", "throughput", "studies", "gpu"}
 PUBLISHED_FILE = CONFIG_DIR / "published.yaml"
+#: The edit-quality study's output (bench.studies.ddb_edit_quality DEFAULT_OUT), relative to results/.
+EDIT_QUALITY_JSON = Path("studies", "ddb_edit_quality", "curve.json")
+EDIT_QUALITY_PNG = "ddb_edit_quality.png"
+#: Methods that are not baselines of the edit-quality figure: the start and DDB itself.
+NOT_BASELINES = {"erm", "ddb"}
 DATASET_ORDER = ("toy", "waterbirds", "celeba", "metashift")
 
 
@@ -178,6 +186,34 @@ def load_submissions(results_dir: str | Path) -> list[dict]:
     return out
 
 
+def load_edit_quality(results_dir: str | Path) -> dict | None:
+    """``<results>/studies/ddb_edit_quality/curve.json`` (bench.studies.ddb_edit_quality), or
+    ``None`` when it is absent; validated: the fields the leaderboard reads, named when missing."""
+    path = Path(results_dir) / EDIT_QUALITY_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LeaderboardError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise LeaderboardError(f"{path}: expected the JSON object bench.studies.ddb_edit_quality writes")
+    for key in ("command", "curve"):
+        if key not in data:
+            raise LeaderboardError(f"{path}: missing field {key!r}")
+    if not isinstance(data["curve"], list) or not data["curve"]:
+        raise LeaderboardError(f"{path}: field 'curve' must be a non-empty list of points")
+    for i, point in enumerate(data["curve"]):
+        if not isinstance(point, dict) or not isinstance(point.get("oracle_mix"), int | float):
+            raise LeaderboardError(f"{path}: curve[{i}].oracle_mix must be a number")
+        for key in ("composition_success_all", "composition_success_kept", "ddb_test_worst_group_acc",
+                    "ddb_test_avg_acc", "erm_test_worst_group_acc"):
+            stat = point.get(key)
+            if not isinstance(stat, dict) or not {"mean", "std", "n"} <= set(stat):
+                raise LeaderboardError(f"{path}: curve[{i}].{key} must be an object with 'mean', 'std' and 'n'")
+    return {**data, "path": path}
+
+
 def latest_rows(versions: list[Version]) -> dict[str, list[dict]]:
     """Per dataset, each method's row from the newest version folder that has it (ablations,
     versions run with config changes, are never ranked)."""
@@ -279,6 +315,67 @@ def plot_wga(reproduced: dict[str, list[dict]], published: list[dict], submissio
     return out_png
 
 
+def edit_quality_references(data: dict, toy_rows: list[dict]) -> list[dict]:
+    """The horizontal lines of the edit-quality figure: the ERM model DDB starts from (the
+    study's own ERM runs, mean over seeds) and the best baseline of the toy table (highest
+    worst-group mean of a method other than ERM and DDB), the latter only when the study ran
+    the toy's default config (no ``overrides``), so that both numbers measure the same data."""
+    refs = []
+    erm = [v for v in (_num(p["erm_test_worst_group_acc"]["mean"]) for p in data["curve"]) if v is not None]
+    if erm:
+        value = sum(erm) / len(erm)  # one ERM run per seed, shared by every mix: equal means
+        refs.append({"kind": "erm", "value": value, "label": f"ERM start (study's ERM runs): {value:.1f}"})
+    baselines = [r for r in toy_rows if str(r["method"]) not in NOT_BASELINES
+                 and _num(r["worst_group_acc_mean"]) is not None]
+    if baselines and not data.get("overrides"):
+        best = max(baselines, key=lambda r: _num(r["worst_group_acc_mean"]))
+        value = _num(best["worst_group_acc_mean"])
+        refs.append({"kind": "baseline", "value": value,
+                     "label": f"best baseline: {display_name(str(best['method']))} {value:.1f} "
+                              f"(toy table, {best['version'].name})"})
+    return refs
+
+
+def plot_edit_quality(data: dict, refs: list[dict], out_png: Path) -> Path | None:
+    """DDB's test worst-group accuracy (y) against the measured composition success of all the
+    edits of each mix (x), each point labelled with its oracle share, ± sample std over seeds on
+    both axes when there is more than one seed; ``refs`` as dashed horizontal lines."""
+    import matplotlib  # deferred: heavy, only plotting needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: heavy, only plotting needs it
+
+    points = sorted((p for p in data["curve"] if _num(p["composition_success_all"]["mean"]) is not None
+                     and _num(p["ddb_test_worst_group_acc"]["mean"]) is not None), key=lambda p: p["oracle_mix"])
+    if not points:
+        return None
+    xs = [100 * _num(p["composition_success_all"]["mean"]) for p in points]
+    ys = [_num(p["ddb_test_worst_group_acc"]["mean"]) for p in points]
+    xerr = [100 * (_num(p["composition_success_all"]["std"]) or 0) for p in points]
+    yerr = [_num(p["ddb_test_worst_group_acc"]["std"]) or 0 for p in points]
+    several = any(int(p["ddb_test_worst_group_acc"]["n"] or 0) > 1 for p in points)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.errorbar(xs, ys, xerr=xerr if several else None, yerr=yerr if several else None, fmt="o-",
+                color="#3b7dd8", capsize=3, label="DDB (mean ± std over seeds)" if several else "DDB (one seed)")
+    for p, x, y in zip(points, xs, ys):
+        ax.annotate(f"{100 * p['oracle_mix']:g}% oracle", (x, y), textcoords="offset points", xytext=(5, 6),
+                    fontsize=8)
+    for ref, color in zip(refs, ("#7a7a7a", "#d8743b")):
+        ax.axhline(ref["value"], ls="--", lw=1.2, color=color, label=ref["label"])
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("composition success of the mix's edits, all edits (%)")
+    ax.set_ylabel("DDB test worst-group accuracy (%)")
+    ax.set_title("DDB on the toy: worst-group accuracy against edit quality", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 # -- writing -------------------------------------------------------------------------------
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -372,6 +469,43 @@ def _published_table(pubs: list[dict]) -> Table:
     return Table(header, body)
 
 
+def _pm_stat(stat: dict, scale: float = 1.0) -> str:
+    """``mean ± std`` of a ``{"mean", "std", "n"}`` record of the studies, times ``scale``."""
+    m, sd = _num(stat.get("mean")), _num(stat.get("std"))
+    return _pm(None if m is None else scale * m, None if sd is None else scale * sd)
+
+
+def _edit_quality_table(data: dict) -> Table:
+    header = ["oracle share", "composition success, all edits (%)", "composition success, kept edits (%)",
+              "DDB worst-group acc", "DDB avg acc", "seeds"]
+    body = [[f"{100 * p['oracle_mix']:g}%", _pm_stat(p["composition_success_all"], 100),
+             _pm_stat(p["composition_success_kept"], 100), _pm_stat(p["ddb_test_worst_group_acc"]),
+             _pm_stat(p["ddb_test_avg_acc"]), str(p["ddb_test_worst_group_acc"]["n"])]
+            for p in sorted(data["curve"], key=lambda p: p["oracle_mix"])]
+    return Table(header, body)
+
+
+def edit_quality_command(results_dir: Path) -> str:
+    """The command that writes the curve the leaderboard reads from ``results_dir``."""
+    return ("python -m bench.studies.ddb_edit_quality --seeds 0 1 2 --out "
+            + (Path(results_dir) / EDIT_QUALITY_JSON).as_posix())
+
+
+def _edit_quality_section(eq: dict, base: Path) -> dict:
+    """What the toy section shows of the edit-quality curve, with links relative to ``base``."""
+    if eq.get("data") is None:
+        return {"measured": False, "command": eq["command"]}
+    data = eq["data"]
+    git = data.get("git") or {}
+    sha = str(git.get("short_sha") or "")
+    return {"measured": True, "command": data["command"], "table": eq["table"],
+            "png": _rel(eq["png"], base) if eq.get("png") else None,
+            "json": Link(EDIT_QUALITY_JSON.name, _rel(data["path"], base)),
+            "commit": sha + (" (dirty)" if git.get("dirty") else "") if sha else "",
+            "overrides": ", ".join(f"{k}={v}" for k, v in sorted(flatten_overrides(data.get("overrides") or {}).items())),
+            "refs": eq["refs"]}
+
+
 def examples_png(versions: list[Version], rows: list[dict]) -> Path | None:
     """The DDB examples grid of a dataset: that of the version folder the DDB row comes from,
     else of the newest version folder that holds one."""
@@ -383,8 +517,10 @@ def examples_png(versions: list[Version], rows: list[dict]) -> Path | None:
 
 
 def _sections(datasets: list[str], versions: list[Version], reproduced: dict[str, list[dict]],
-              submissions: list[dict], published: list[dict], images: dict[str, Path], base: Path) -> list[dict]:
-    """What the templates show per dataset, with links relative to ``base``."""
+              submissions: list[dict], published: list[dict], images: dict[str, Path], base: Path,
+              edit_quality: dict | None = None) -> list[dict]:
+    """What the templates show per dataset, with links relative to ``base``; ``edit_quality``
+    (the curve of :func:`load_edit_quality`, or the command that measures it) in the toy section."""
     out = []
     for ds in datasets:
         rows = reproduced.get(ds, [])
@@ -397,6 +533,7 @@ def _sections(datasets: list[str], versions: list[Version], reproduced: dict[str
             "published": _published_table(pubs) if pubs else None,
             "sources": list(dict.fromkeys((p["cite"], p["reference"]) for p in pubs)),
             "examples": _rel(images[f"ddb_{ds}"], base) if f"ddb_{ds}" in images else None,
+            "edit_quality": _edit_quality_section(edit_quality, base) if ds == "toy" and edit_quality else None,
             "versions": [{"name": v.name, "href": _rel(v.path / "summary.md", base), "created": v.created,
                           "methods": ", ".join(map(str, v.summary["method"])), "note": _ablation_note(v)}
                          for v in reversed([v for v in versions if v.dataset == ds])],
@@ -431,8 +568,19 @@ def build_leaderboard(results_dir: str | Path = "results", published_file: str |
     wga_png = plot_wga(reproduced, published, submissions, page_dir / "wga.png")
     if wga_png:
         images["wga"] = wga_png
+    curve = load_edit_quality(results_dir)
     datasets = ordered_datasets([*reproduced, *(p["dataset"] for p in published),
-                                 *(s["dataset"] for s in submissions)])
+                                 *(s["dataset"] for s in submissions), *(["toy"] if curve else [])])
+    edit_quality = {"data": curve, "command": edit_quality_command(results_dir)}
+    eq_png = page_dir / EDIT_QUALITY_PNG
+    if curve:
+        edit_quality["refs"] = edit_quality_references(curve, reproduced.get("toy", []))
+        edit_quality["table"] = _edit_quality_table(curve)
+        edit_quality["png"] = plot_edit_quality(curve, edit_quality["refs"], eq_png)
+        if edit_quality["png"]:
+            images["edit_quality"] = eq_png
+    if "edit_quality" not in images:
+        eq_png.unlink(missing_ok=True)  # no figure of an older curve beside the page
     for ds in datasets:
         grid = examples_png([v for v in versions if v.dataset == ds], reproduced.get(ds, []))
         if grid:  # copied beside the page: the page stays self-contained
@@ -444,11 +592,13 @@ def build_leaderboard(results_dir: str | Path = "results", published_file: str |
     md_path = results_dir / "leaderboard.md"
     md_path.write_text(env.get_template("leaderboard.md.j2").render(
         **common, wga=_rel(wga_png, results_dir) if wga_png else None,
-        datasets=_sections(datasets, versions, reproduced, submissions, published, images, results_dir)))
+        datasets=_sections(datasets, versions, reproduced, submissions, published, images, results_dir,
+                           edit_quality)))
     html_path = page_dir / "index.html"
     html_path.write_text(env.get_template("leaderboard.html.j2").render(
         **common, wga=_rel(wga_png, page_dir) if wga_png else None,
-        datasets=_sections(datasets, versions, reproduced, submissions, published, images, page_dir)))
+        datasets=_sections(datasets, versions, reproduced, submissions, published, images, page_dir,
+                           edit_quality)))
     return {"markdown": md_path, "html": html_path, "images": images, "datasets": datasets}
 
 

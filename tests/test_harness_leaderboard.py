@@ -235,3 +235,91 @@ def test_published_erm_rows_name_their_recipe_as_the_reproduced_rows_do():
     body = _published_table([e for e in erm if e["dataset"] == "waterbirds"]).rows
     assert {row[0] for row in body} == {"ERM (recipe ddb2025)", "ERM (recipe sagawa2020)"}
     assert erm_recipe("waterbirds") == "ddb2025" and erm_recipe("toy") == "custom"
+
+
+def _edit_quality_curve(path: Path, overrides: dict | None = None) -> dict:
+    """A curve.json with the real schema, written by the study's own functions
+    (bench.studies.ddb_edit_quality.curve and bench.provenance.emit_report) from constructed
+    per-seed rows: two seeds at 0% / 50% / 100% oracle edits, one seed at 25%."""
+    from bench.provenance import emit_report
+    from bench.studies.ddb_edit_quality import curve
+
+    def one(comp, kept, wga, avg):
+        return {"erm": {"val_worst_group_acc": 50.0, "val_avg_acc": 85.0, "test_worst_group_acc": 55.0,
+                        "test_avg_acc": 86.0},
+                "ddb": {"val_worst_group_acc": wga, "val_avg_acc": avg, "test_worst_group_acc": wga,
+                        "test_avg_acc": avg},
+                "composition_success": {"all": comp, "kept": kept, "n": 600, "n_kept": 400,
+                                        "target_digit_all": comp, "by_generator": {}},
+                "n_generated_kept": 400, "prune_table": "table.csv"}
+
+    per_mix = {"0": {"0": one(0.34, 0.40, 30.0, 80.0), "1": one(0.36, 0.42, 34.0, 82.0)},
+               "0.25": {"0": one(0.50, 0.55, 41.0, 84.0)},
+               "0.5": {"0": one(0.64, 0.70, 50.0, 86.0), "1": one(0.66, 0.72, 54.0, 88.0)},
+               "1": {"0": one(0.93, 0.94, 70.0, 90.0), "1": one(0.95, 0.96, 74.0, 92.0)}}
+    report = {"command": "python -m bench.studies.ddb_edit_quality --seeds 0 1 --mixes 0 0.25 0.5 1",
+              "git": {"sha": "a" * 40, "short_sha": "aaaaaaa", "dirty": False}, "seeds": [0, 1],
+              "overrides": overrides or {}, "curve": curve(per_mix), "per_mix": per_mix, "wall_s": 1.0}
+    return emit_report(report, path, quiet=True)
+
+
+def test_edit_quality_curve_on_the_toy_section(results):
+    """issue 18 item 4: the curve of DDB's worst-group accuracy against the composition success of
+    its edits, drawn and tabled in the toy section from results/studies/ddb_edit_quality/curve.json."""
+    res, _ = results
+    curve_json = res / "studies" / "ddb_edit_quality" / "curve.json"
+    # absent: the section says so and gives the command, no figure, no numbers
+    stale = res / "leaderboard" / "ddb_edit_quality.png"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"an older curve's figure")
+    built = build_leaderboard(res)
+    md, page = built["markdown"].read_text(), built["html"].read_text()
+    toy = md.split("## toy")[1].split("## waterbirds")[0]
+    assert "Not measured yet: run `python -m bench.studies.ddb_edit_quality --seeds 0 1 2 --out " \
+           f"{curve_json.as_posix()}`" in toy
+    assert "edit_quality" not in built["images"] and not stale.exists()
+    assert "composition success, all edits" not in md and "ddb_edit_quality.png" not in page
+    assert "worst-group accuracy against edit quality" not in md.split("## waterbirds")[1]
+
+    _edit_quality_curve(curve_json)
+    built = build_leaderboard(res)
+    md, page = built["markdown"].read_text(), built["html"].read_text()
+    toy = md.split("## toy")[1].split("## waterbirds")[0]
+    assert "Not measured yet" not in md
+    png = built["images"]["edit_quality"]
+    assert png == res / "leaderboard" / "ddb_edit_quality.png"
+    with Image.open(png) as im:
+        assert im.size[0] > 400
+    assert "](leaderboard/ddb_edit_quality.png)" in toy and 'src="ddb_edit_quality.png"' in page
+    # mix, composition success all / kept (%), DDB worst-group, avg, seeds; sample std over seeds
+    assert row("0%", "35.0 ± 1.4", "41.0 ± 1.4", "32.0 ± 2.8", "81.0 ± 1.4", "2").search(toy)
+    assert row("25%", "50.0", "55.0", "41.0", "84.0", "1").search(toy)
+    assert row("50%", "65.0 ± 1.4", "71.0 ± 1.4", "52.0 ± 2.8", "87.0 ± 1.4", "2").search(toy)
+    assert row("100%", "94.0 ± 1.4", "95.0 ± 1.4", "72.0 ± 2.8", "91.0 ± 1.4", "2").search(toy)
+    assert toy.index("| 0% ") < toy.index("| 25% ") < toy.index("| 50% ") < toy.index("| 100% ")
+    assert "Measured by `python -m bench.studies.ddb_edit_quality --seeds 0 1 --mixes 0 0.25 0.5 1` " \
+           "at commit aaaaaaa" in toy
+    # reference lines: the study's ERM start, the toy table's best baseline (DFR, 74.0, not ERM)
+    assert "Dashed: ERM start (study's ERM runs): 55.0." in toy
+    assert "Dashed: best baseline: DFR 74.0 (toy table," in toy
+    # the page has the same table and every link resolves (the JSON included)
+    assert "<td>35.0 ± 1.4</td>" in page.split('id="toy"')[1].split('id="waterbirds"')[0]
+    for href in re.findall(r"\]\(([^)]+)\)", md):
+        assert (built["markdown"].parent / href).is_file(), href
+    for href in re.findall(r'(?:href|src)="([^"]+)"', page):
+        assert (built["html"].parent / href).is_file(), href
+
+    # a study run with config changes: its numbers are not set beside the default toy table's
+    _edit_quality_curve(curve_json, overrides={"ddb": {"retrain": {"epochs": 2}}})
+    toy = build_leaderboard(res)["markdown"].read_text().split("## toy")[1].split("## waterbirds")[0]
+    assert "best baseline" not in toy and "ERM start" in toy
+    assert "The study ran with ddb.retrain.epochs=2" in toy
+
+
+def test_edit_quality_curve_bad_file_names_the_field(results):
+    res, _ = results
+    curve_json = res / "studies" / "ddb_edit_quality" / "curve.json"
+    curve_json.parent.mkdir(parents=True)
+    curve_json.write_text(json.dumps({"command": "x", "curve": [{"oracle_mix": 0.5}]}))
+    with pytest.raises(LeaderboardError, match=r"curve\.json: curve\[0\]\.composition_success_all must be"):
+        build_leaderboard(res)
