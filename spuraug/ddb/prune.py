@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from spuraug.engine import prepare_model, resolve_device, use_channels_last
+
 TABLE_COLUMNS = (
     "sample_id", "source_id", "source_class", "target_class", "label", "p", "psi", "p_target",
     "rho_raw", "attr_total", "rho_fraction", "logit_delta", "mask_area",
@@ -61,9 +63,12 @@ def score_samples(
     """``p``, ``p_target``, ``rho_raw``, ``attr_total``, ``rho_fraction``, ``logit_delta`` for one batch."""
     from captum.attr import IntegratedGradients  # deferred: heavy, only attribution needs it
 
-    model.eval().to(device)
-    x = torch.stack([transform(im.convert("RGB")) for im in edited]).to(device)
-    x0 = torch.stack([transform(im.convert("RGB")) for im in originals]).to(device)
+    device = resolve_device(device)
+    cl = use_channels_last(model, device)
+    prepare_model(model, device, cl).eval()
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.stack([transform(im.convert("RGB")) for im in edited]).to(device).contiguous(memory_format=fmt)
+    x0 = torch.stack([transform(im.convert("RGB")) for im in originals]).to(device).contiguous(memory_format=fmt)
     mk = torch.stack([mask_in_model_space(m, transform) for m in masks]).to(device)
     tgt = torch.as_tensor(list(ig_target), device=device)
     src = torch.as_tensor(list(source_class), device=device)
