@@ -72,6 +72,35 @@ def test_groupdro_generalisation_adjustment_favours_small_groups():
     assert obj.q.argmax().item() == 2
 
 
+def test_groupdro_not_robust_is_the_batch_mean_loss():
+    """kohpangwei/group_DRO loss.py without is_robust: per_sample_losses.mean(), q untouched."""
+    batch = _batch([0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1])  # 5 examples of group 0, 1 of group 3
+    values = [1.0, 1.0, 1.0, 1.0, 1.0, 4.0]
+    losses = torch.tensor(values, requires_grad=True)
+    plain = GroupDROObjective(4, 2, eta=0.1, robust=False)
+    loss = plain(losses, batch)
+    assert loss.item() == pytest.approx(sum(values) / len(values))  # 1.5
+    loss.backward()
+    assert torch.allclose(losses.grad, torch.full((6,), 1 / 6))
+    assert torch.equal(plain.q, torch.full((4,), 0.25))  # the weights never move
+    assert plain.log() == {"group_weights": [0.25] * 4}
+    # the robust loss weights the groups, not the examples: it differs on this imbalanced batch
+    q = np.exp(1.0 * np.array([1.0, 0.0, 0.0, 4.0]))  # group means 1 and 4, eta 1
+    robust = GroupDROObjective(4, 2, eta=1.0)(torch.tensor(values), batch)
+    assert robust.item() == pytest.approx(float(q @ [1.0, 0.0, 0.0, 4.0] / q.sum()), rel=1e-6)
+    assert robust.item() > 3.0  # the batch mean is 1.5
+
+
+@pytest.mark.parametrize("robust, sampling, train_labels",
+                         [(True, True, True), (False, True, True), (True, False, True), (False, False, False)])
+def test_groupdro_annotation_follows_robust_and_sampling(robust, sampling, train_labels):
+    from spuraug.methods import get_method
+
+    hp = {"robust": robust, "group_balanced_sampling": sampling, "selection": "val_worst_group_acc"}
+    assert get_method("groupdro")().annotation_for(hp) == {"train_group_labels": train_labels,
+                                                           "val_group_labels": True}
+
+
 def test_jtt_error_set_and_upsampling():
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.1], [0.0, 3.0]])
     y = np.array([0, 0, 1, 1, 1])
