@@ -30,6 +30,7 @@ balances the training split; it needs the training group labels), standardised w
 fit on the training embeddings; ``C`` is still chosen by worst-group accuracy on validation,
 now on the whole validation split (the reference scores each ``C`` on all of it, fit once on
 one balanced training subset); ``final_repeats`` subsets averaged (the reference: 10). The
+``scaler_fit: val`` then fits the scaler on the fitted training subsets. The
 reference's ``max_iter=20`` of its tuning fits is left out (the solver's default, as in every
 other fit here). With ``balance_val: false`` as well, the head is refit on the spurious,
 unbalanced training split: close to ERM's own last layer, what ``bench/mutation.py`` injects as DFR's
