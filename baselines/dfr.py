@@ -23,9 +23,23 @@ The protocol of the paper's ``dfr_evaluate_spurious.py`` (its defaults:
 Deviation, stated: groups absent from validation (MetaShift's 2-group validation) are
 ignored when balancing (the paper's code would cut every group to size 0).
 
+``fit_split: train`` is the paper's DFR on training data (DFR^Tr_Tr, Kirichenko et al. 2023;
+``dfr_train_subset_tune`` / ``dfr_train_subset_eval`` of the same script): the last
+layer is refit on group-balanced subsets of the TRAINING embeddings (``balance_val`` then
+balances the training split; it needs the training group labels), standardised with a scaler
+fit on the training embeddings; ``C`` is still chosen by worst-group accuracy on validation,
+now on the whole validation split (the reference scores each ``C`` on all of it, fit once on
+one balanced training subset); ``final_repeats`` subsets averaged (the reference: 10). The
+``scaler_fit: val`` then fits the scaler on the fitted training subsets. The
+reference's ``max_iter=20`` of its tuning fits is left out (the solver's default, as in every
+other fit here). With ``balance_val: false`` as well, the head is refit on the spurious,
+unbalanced training split: close to ERM's own last layer, what ``bench/mutation.py`` injects as DFR's
+regression (DFR without its reweighting data).
+
 The averaged head, with the standardisation folded in, replaces the ERM model's ``fc``;
 the result is saved as ``checkpoints/best.pt`` so :func:`spuraug.runs.load_model` works.
-Validation metrics are in-sample (validation trains the head). Annotation: no/yes.
+Validation metrics are in-sample with ``fit_split: val`` (validation trains the head).
+Annotation: no/yes (yes/yes with ``fit_split: train`` and ``balance_val``).
 """
 
 from __future__ import annotations
@@ -91,6 +105,29 @@ def tune_c(
     return best, scores
 
 
+def tune_c_on_fit_split(
+    x_fit: np.ndarray, y_fit: np.ndarray, g_fit: np.ndarray, x_score: np.ndarray, y_score: np.ndarray,
+    g_score: np.ndarray, n_groups: int, c_grid: Sequence[float], rng: np.random.Generator, balance: bool = True,
+    standardize: bool = True, seed: int = 0, scaler_x: np.ndarray | None = None,
+) -> tuple[float, dict[float, float]]:
+    """Choose ``C`` for a head fit on another split than validation (DFR^Tr_Tr, the reference's
+    ``dfr_train_subset_tune``): fit on one (group-balanced if ``balance``) subset of ``x_fit``,
+    standardised with a scaler fit on ``scaler_x`` (the reference: all training embeddings; None:
+    the fitted subset), and score worst-group accuracy on all of ``x_score`` (validation). Returns
+    the best ``C`` (first in grid order on ties) and the scores."""
+    ix = balanced_subset(g_fit, n_groups, rng) if balance else np.arange(len(x_fit))
+    xf, xs = x_fit[ix], x_score
+    if standardize:
+        scaler = StandardScaler().fit(xf if scaler_x is None else scaler_x)
+        xf, xs = scaler.transform(xf), scaler.transform(xs)
+    scores = {}
+    for c in c_grid:
+        clf = l1_logistic_regression(float(c), seed).fit(xf, y_fit[ix])
+        scores[float(c)] = worst_group_acc(clf.predict(xs), y_score, g_score)
+    best = max(scores, key=lambda c: (scores[c], -list(scores).index(c)))
+    return best, scores
+
+
 def fit_final_head(
     x: np.ndarray, y: np.ndarray, g: np.ndarray, n_groups: int, c: float, repeats: int,
     rng: np.random.Generator, balance: bool = True, standardize: bool = True, seed: int = 0,
@@ -147,11 +184,22 @@ class DFR(Method):
         "c_grid": param(list(PAPER_C_GRID), list),
         "tune_repeats": param(1, int, ge=1, help="random validation halves for tuning C"),
         "final_repeats": param(20, int, ge=1, help="balanced subsets averaged in the final head"),
-        "balance_val": param(True, bool),
+        "balance_val": param(True, bool, help="fit the head on group-balanced subsets of the fit split (the "
+                                              "reference's balance_dfr_val; with fit_split train: of training)"),
+        "fit_split": param("val", choices=("val", "train"),
+                           help="split the last layer is refit on: val = DFR (DFR^Tr_Val), train = DFR^Tr_Tr "
+                                "(dfr_evaluate_spurious.py dfr_train_subset_tune/eval); C is tuned on validation"),
         "standardize": param(True, bool),
         "scaler_fit": param("train", choices=("train", "val"),
                             help="embeddings the final head's standardisation is fit on (reference: train)"),
     }
+
+    def annotation_for(self, hparams: dict) -> dict[str, bool]:
+        """Refitting on group-balanced TRAINING subsets (``fit_split: train``) uses training group labels."""
+        ann = super().annotation_for(hparams)
+        if hparams.get("fit_split", "val") == "train" and hparams.get("balance_val", True):
+            ann["train_group_labels"] = True
+        return ann
 
     def embeddings(self, ctx, erm_dir) -> dict[str, np.ndarray]:
         path = ctx.dir / "embeddings.npz"
@@ -180,11 +228,18 @@ class DFR(Method):
         n_groups, n_attr, n_classes = val.n_groups, val.n_attributes, val.n_classes
         xv, yv, gv = emb["val_x"], emb["val_y"], emb["val_y"] * n_attr + emb["val_a"]
         rng = np.random.default_rng(ctx.seed)
-        best_c, scores = tune_c(xv, yv, gv, n_groups, hp["c_grid"], hp["tune_repeats"], rng,
-                                hp["balance_val"], hp["standardize"], ctx.seed)
+        scaler_x = emb["train_x"] if hp["scaler_fit"] == "train" else None
+        if hp["fit_split"] == "val":
+            best_c, scores = tune_c(xv, yv, gv, n_groups, hp["c_grid"], hp["tune_repeats"], rng,
+                                    hp["balance_val"], hp["standardize"], ctx.seed)
+            xf, yf, gf = xv, yv, gv
+        else:  # DFR^Tr_Tr: refit on the training embeddings, C chosen on validation
+            xf, yf, gf = emb["train_x"], emb["train_y"], emb["train_y"] * n_attr + emb["train_a"]
+            best_c, scores = tune_c_on_fit_split(xf, yf, gf, xv, yv, gv, n_groups, hp["c_grid"], rng,
+                                                 hp["balance_val"], hp["standardize"], ctx.seed, scaler_x=scaler_x)
         coef, intercept, mean, scale = fit_final_head(
-            xv, yv, gv, n_groups, best_c, hp["final_repeats"], rng, hp["balance_val"], hp["standardize"], ctx.seed,
-            scaler_x=emb["train_x"] if hp["scaler_fit"] == "train" else None)
+            xf, yf, gf, n_groups, best_c, hp["final_repeats"], rng, hp["balance_val"], hp["standardize"], ctx.seed,
+            scaler_x=scaler_x)
         w, b = fold_head(coef, intercept, mean, scale, n_classes)
         model = load_model(erm_dir, hp["erm_checkpoint"])
         with torch.no_grad():
@@ -203,4 +258,4 @@ class DFR(Method):
         log.append(line.to_dict())
         return {"selected_epoch": 1, "val": metrics["val"], "test": metrics["test"],
                 "dfr": {"C": best_c, "c_scores": {str(k): v for k, v in scores.items()}, "erm_run": str(erm_dir),
-                        "val_metrics_in_sample": True}}
+                        "fit_split": hp["fit_split"], "val_metrics_in_sample": hp["fit_split"] == "val"}}

@@ -10,6 +10,13 @@ the batch) and ``n_g`` the training group sizes::
 authors' ``loss.py``); batches are drawn group-balanced (weights ``1/n_g``, with
 replacement, one epoch = ``len(train)`` draws) unless ``group_balanced_sampling`` is off.
 Uses group labels in training and validation.
+
+``robust: false`` is the authors' run without ``--robust`` (kohpangwei/group_DRO
+``run_expt.py`` / ``train.py``: ``LossComputer(is_robust=args.robust)``; ``loss.py``
+``LossComputer.loss``: without ``is_robust`` the loss is ``per_sample_losses.mean()`` and
+the group weights are neither updated nor used). It is ERM on GroupDRO's sampler and recipe;
+with ``group_balanced_sampling: false`` too, plain ERM with GroupDRO's recipe (the
+regression ``bench/mutation.py`` injects).
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ class GroupDROObjective(Objective):
         eta: float,
         train_group_counts: Sequence[int] | None = None,
         adjustment: float = 0.0,
+        robust: bool = True,
     ) -> None:
+        self.robust = bool(robust)
         self.n_groups = n_groups
         self.n_attributes = n_attributes
         self.eta = float(eta)
@@ -55,6 +64,8 @@ class GroupDROObjective(Objective):
         return (one_hot.t() @ losses[keep]) / count.clamp_min(1), count
 
     def __call__(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if not self.robust:  # loss.py without is_robust: the mean per-example loss, q untouched
+            return losses.mean()
         group_loss, _ = self.group_losses(losses, batch)
         q = self.q.to(losses.device)
         adjusted = group_loss.detach() + self.adjust.to(losses.device)
@@ -89,7 +100,16 @@ class GroupDRO(Method):
         "eta": param(0.01, float, ge=0, help="robust step size of the group weights"),
         "generalization_adjustment": param(0.0, float, ge=0, help="C of the C/sqrt(n_g) group-size prior"),
         "group_balanced_sampling": param(True, bool),
+        "robust": param(True, bool, help="the robust (online group-weighted) loss; false: the mean per-example "
+                                         "loss, the authors' run without --robust (kohpangwei/group_DRO loss.py)"),
     }
+
+    def annotation_for(self, hparams: dict) -> dict[str, bool]:
+        """Training group labels are used by the robust loss or the group-balanced sampler only."""
+        ann = super().annotation_for(hparams)
+        if not hparams.get("robust", True) and not hparams.get("group_balanced_sampling", True):
+            ann["train_group_labels"] = False
+        return ann
 
     def run(self, ctx) -> dict:
         hp = ctx.hparams
@@ -98,7 +118,7 @@ class GroupDRO(Method):
         weights = group_balanced_weights(train.g, train.n_groups) if hp["group_balanced_sampling"] else None
         source = TrainSource(train, hp["batch_size"], weights=weights, num_samples=len(train))
         objective = GroupDROObjective(
-            train.n_groups, train.n_attributes, hp["eta"], counts, hp["generalization_adjustment"]
+            train.n_groups, train.n_attributes, hp["eta"], counts, hp["generalization_adjustment"], hp["robust"]
         )
         fit = ctx.fit(ctx.build_model(), {"train": source}, objective=objective)
         return ctx.result_from_fit(fit)

@@ -4,8 +4,9 @@ regression of every method, and passes when nothing is broken.
 For each method of the reference (``results/reference/toy.json``) a mutation of
 :data:`MUTATIONS` removes what makes the method work, through config overrides (the
 ``--set KEY=VALUE`` items of ``make bench``), applied to that method only: JTT without
-upweighting, DFR without group balancing, DDB without pruning or with zero gammas, GroupDRO
-without its group-balanced sampler and robust step, ERM stopped after one epoch. The gate is
+upweighting, DFR refit on the unbalanced training split instead of balanced validation subsets,
+DDB without pruning or with zero gammas, GroupDRO without its robust loss and its group-balanced
+sampler, ERM stopped after one epoch. The gate is
 then run with it, through the gate's own functions (:func:`bench.check.measure` on the CI
 sweep :data:`bench.check.CI_OVERRIDES` plus the mutation, :func:`bench.check.compare` against
 the reference's entry of that method), and must FAIL. ``--clean N`` runs the unmutated gate N
@@ -78,14 +79,18 @@ class Mutation:
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation("erm", "one_epoch", ("erm.epochs=1",),
              "ERM stopped after its first epoch (the toy config trains erm.epochs)"),
-    Mutation("groupdro", "no_sampler_no_step", ("groupdro.group_balanced_sampling=false", "groupdro.eta=0"),
-             "GroupDRO's group-balanced sampler and its robust step (eta 0: the group weights never move), "
-             "Sagawa et al. 2020; what is left is ERM with GroupDRO's recipe"),
+    Mutation("groupdro", "not_robust_no_sampler", ("groupdro.robust=false", "groupdro.group_balanced_sampling=false"),
+             "GroupDRO's robust loss (the authors' run without --robust: the mean per-example loss, "
+             "kohpangwei/group_DRO loss.py) and its group-balanced sampler, Sagawa et al. 2020; what is left "
+             "is ERM with GroupDRO's recipe (eta 0 would not do: uniform group weights still give a "
+             "group-balanced loss)"),
     Mutation("jtt", "no_upweighting", ("jtt.lambda_up=1",),
              "JTT's upweighting of the error set (lambda_up 1: every example counts once), Liu et al. 2021"),
-    Mutation("dfr", "no_group_balancing", ("dfr.balance_val=false",),
-             "DFR's group-balanced subsets of the validation set (the last layer is fit on the validation "
-             "set as it is), Kirichenko et al. 2023"),
+    Mutation("dfr", "train_fit_unbalanced", ("dfr.fit_split=train", "dfr.balance_val=false"),
+             "DFR's reweighting data: the last layer is refit on the spurious training split as it is "
+             "(DFR^Tr_Tr without its group-balanced subsets, Kirichenko et al. 2023), close to ERM's own last "
+             "layer; C still chosen on validation (balance_val=false alone would not do on the toy: its "
+             "validation split is already group-balanced within each class)"),
     Mutation("ddb", "no_pruning", ("ddb.prune.use_condition1=false", "ddb.prune.use_condition2=false"),
              "DDB's bicephalous pruning (both conditions off: every generated image is kept), method.md Stage 3"),
     Mutation("ddb", "zero_gammas", ("ddb.retrain.gamma=[0,0]",),

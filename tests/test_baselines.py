@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.preprocessing import StandardScaler
 
 from baselines.dfr import (
     PAPER_C_GRID,
@@ -14,6 +15,7 @@ from baselines.dfr import (
     fold_head,
     l1_logistic_regression,
     tune_c,
+    tune_c_on_fit_split,
 )
 from baselines.groupdro import GroupDROObjective
 from baselines.jtt import error_set, upsampled_indices
@@ -70,6 +72,35 @@ def test_groupdro_generalisation_adjustment_favours_small_groups():
     expected = np.exp(1.0 * (1 + 2.0 / np.sqrt(counts)))
     assert np.allclose(obj.q.numpy(), expected / expected.sum(), atol=1e-6)
     assert obj.q.argmax().item() == 2
+
+
+def test_groupdro_not_robust_is_the_batch_mean_loss():
+    """kohpangwei/group_DRO loss.py without is_robust: per_sample_losses.mean(), q untouched."""
+    batch = _batch([0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1])  # 5 examples of group 0, 1 of group 3
+    values = [1.0, 1.0, 1.0, 1.0, 1.0, 4.0]
+    losses = torch.tensor(values, requires_grad=True)
+    plain = GroupDROObjective(4, 2, eta=0.1, robust=False)
+    loss = plain(losses, batch)
+    assert loss.item() == pytest.approx(sum(values) / len(values))  # 1.5
+    loss.backward()
+    assert torch.allclose(losses.grad, torch.full((6,), 1 / 6))
+    assert torch.equal(plain.q, torch.full((4,), 0.25))  # the weights never move
+    assert plain.log() == {"group_weights": [0.25] * 4}
+    # the robust loss weights the groups, not the examples: it differs on this imbalanced batch
+    q = np.exp(1.0 * np.array([1.0, 0.0, 0.0, 4.0]))  # group means 1 and 4, eta 1
+    robust = GroupDROObjective(4, 2, eta=1.0)(torch.tensor(values), batch)
+    assert robust.item() == pytest.approx(float(q @ [1.0, 0.0, 0.0, 4.0] / q.sum()), rel=1e-6)
+    assert robust.item() > 3.0  # the batch mean is 1.5
+
+
+@pytest.mark.parametrize("robust, sampling, train_labels",
+                         [(True, True, True), (False, True, True), (True, False, True), (False, False, False)])
+def test_groupdro_annotation_follows_robust_and_sampling(robust, sampling, train_labels):
+    from spuraug.methods import get_method
+
+    hp = {"robust": robust, "group_balanced_sampling": sampling, "selection": "val_worst_group_acc"}
+    assert get_method("groupdro")().annotation_for(hp) == {"train_group_labels": train_labels,
+                                                           "val_group_labels": True}
 
 
 def test_jtt_error_set_and_upsampling():
@@ -206,6 +237,51 @@ def test_dfr_final_scaler_is_fit_on_the_given_training_embeddings():
     assert np.allclose(mean_v, x.mean(0)) and not np.allclose(mean_v, mean)
 
 
+def test_dfr_tune_c_on_the_training_split_scores_on_validation():
+    """dfr_train_subset_tune: fit on one (balanced) training subset, score each C on all of validation."""
+    x_val, y_val, g_val = _synthetic(signal=1.5, seed=1)
+    x_tr, y_tr, g_tr = _synthetic(n_per_group=200, signal=1.5, seed=2)
+    keep = np.flatnonzero((g_tr == 0) | (g_tr == 3) | (np.arange(len(g_tr)) % 20 == 0))  # 95% spurious
+    x_tr, y_tr, g_tr = x_tr[keep], y_tr[keep], g_tr[keep]
+    best, scores = tune_c_on_fit_split(x_tr, y_tr, g_tr, x_val, y_val, g_val, 4, PAPER_C_GRID,
+                                       np.random.default_rng(0), balance=True)
+    assert list(scores) == list(PAPER_C_GRID) and best == max(scores, key=scores.get)
+    # the score is the worst-group accuracy on validation of the head fit on the balanced training subset
+    ix = balanced_subset(g_tr, 4, np.random.default_rng(0))
+    scaler = StandardScaler().fit(x_tr[ix])
+    clf = l1_logistic_regression(best).fit(scaler.transform(x_tr[ix]), y_tr[ix])
+    pred = clf.predict(scaler.transform(x_val))
+    assert scores[best] == pytest.approx(min(100 * np.mean(pred[g_val == k] == y_val[g_val == k]) for k in range(4)))
+    # without balancing, the spurious training split teaches the background: a minority group fails
+    _, unbalanced = tune_c_on_fit_split(x_tr, y_tr, g_tr, x_val, y_val, g_val, 4, PAPER_C_GRID,
+                                        np.random.default_rng(0), balance=False, scaler_x=x_tr)
+    assert max(unbalanced.values()) < scores[best] - 10
+
+
+@pytest.mark.parametrize("fit_split, balance, train_labels",
+                         [("val", True, False), ("val", False, False), ("train", True, True), ("train", False, False)])
+def test_dfr_annotation_follows_the_fit_split(fit_split, balance, train_labels):
+    from spuraug.methods import get_method
+
+    ann = get_method("dfr")().annotation_for({"fit_split": fit_split, "balance_val": balance})
+    assert ann == {"train_group_labels": train_labels, "val_group_labels": True}
+
+
+def test_new_method_keys_go_through_the_override_parser_and_bad_values_name_the_key():
+    from spuraug.config import ConfigError, load_config, parse_overrides
+
+    cfg = load_config("toy", "dfr", None, parse_overrides(["dfr.fit_split=train", "dfr.balance_val=false"]))
+    assert cfg["hparams"]["fit_split"] == "train" and cfg["hparams"]["balance_val"] is False
+    assert cfg["config_hash"] != load_config("toy", "dfr")["config_hash"]
+    assert load_config("toy", "dfr")["hparams"]["fit_split"] == "val"
+    cfg = load_config("toy", "groupdro", None, parse_overrides(["groupdro.robust=false"]))
+    assert cfg["hparams"]["robust"] is False and load_config("toy", "groupdro")["hparams"]["robust"] is True
+    with pytest.raises(ConfigError, match=r"dfr.fit_split: expected one of val, train, got 'test'"):
+        load_config("toy", "dfr", None, parse_overrides(["dfr.fit_split=test"]))
+    with pytest.raises(ConfigError, match=r"groupdro.robust: expected bool, got str 'maybe'"):
+        load_config("toy", "groupdro", None, parse_overrides(["groupdro.robust=maybe"]))
+
+
 def test_dfr_and_groupdro_runs(tmp_path, tiny):
     over = {**tiny, "dfr.final_repeats": 3, "groupdro.epochs": 1, "groupdro.batch_size": 32}
     dfr = run_method("toy", "dfr", 0, runs_dir=tmp_path, overrides=over, progress=False)
@@ -223,6 +299,29 @@ def test_dfr_and_groupdro_runs(tmp_path, tiny):
     m = evaluate(load_model(d), test, "cpu")
     assert m["worst_group_acc"] == pytest.approx(dfr["test"]["worst_group_acc"])
     assert m["avg_acc"] == pytest.approx(dfr["test"]["avg_acc"])
+
+    # fit_split train (DFR^Tr_Tr) without balancing: the head is fit on the training embeddings
+    import shutil
+
+    import baselines.dfr as dfr_module
+
+    seen = {}
+
+    def spy(x, y, g, *args, **kwargs):
+        seen.update(x=x, balance=args[4])
+        return fit_final_head(x, y, g, *args, **kwargs)
+
+    other = tmp_path / "train_fit"
+    shutil.copytree(run_dir(tmp_path, "toy", "erm", 0), run_dir(other, "toy", "erm", 0))  # the same ERM run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dfr_module, "fit_final_head", spy)
+        tr = run_method("toy", "dfr", 0, runs_dir=other, overrides={**over, "dfr.fit_split": "train",
+                        "dfr.balance_val": False}, progress=False)
+    assert np.array_equal(seen["x"], emb["train_x"]) and seen["balance"] is False
+    assert tr["dfr"]["fit_split"] == "train" and tr["dfr"]["val_metrics_in_sample"] is False
+    assert tr["dfr"]["erm_run"] == str(run_dir(other, "toy", "erm", 0)) and tr["dfr"]["C"] in PAPER_C_GRID
+    assert tr["annotation"] == {"train_group_labels": False, "val_group_labels": True}
+    assert dfr["dfr"]["fit_split"] == "val" and dfr["dfr"]["val_metrics_in_sample"] is True
 
     dro = run_method("toy", "groupdro", 0, runs_dir=tmp_path, overrides=over, progress=False)
     assert dro["annotation"] == {"train_group_labels": True, "val_group_labels": True}

@@ -14,6 +14,7 @@ from bench import check, mutation
 from bench.mutation import MUTATIONS, Mutation, mutated_overrides
 from spuraug.config import ConfigError, load_config
 from spuraug.ddb.method import config_from_hparams
+from spuraug.methods import get_method
 
 GATED = ("erm", "groupdro", "jtt", "dfr", "ddb")
 
@@ -43,6 +44,28 @@ def test_each_mutation_is_accepted_by_the_validator_and_changes_only_its_method(
         assert json.dumps(got) == json.dumps(yaml.safe_load(value)) or str(got).lower() == value.lower()
     if mutation.starts_from_erm(mut.method):  # the ERM run it starts from is the clean one
         assert mutation.config_hash("erm", mutated_overrides(mut)) == mutation.config_hash("erm", check.CI_OVERRIDES)
+
+
+@pytest.mark.parametrize("mut", MUTATIONS, ids=lambda m: m.label)
+def test_each_mutation_sets_keys_of_its_own_method_only(mut):
+    """A mutation is applied to its method alone (``bench.mutation`` runs only that method)."""
+    for item in mut.overrides:
+        section, key = item.split("=", 1)[0].split(".", 1)
+        assert section == mut.method, f"{item}: not a key of {mut.method}"
+        assert key.split(".")[0] in get_method(mut.method).params
+
+
+def test_groupdro_and_dfr_mutations_remove_their_use_of_group_labels_in_training():
+    """GroupDRO without its robust loss and sampler, DFR refit on the unbalanced training split: what
+    is left uses group labels in training no more than ERM does, the method's core removed (eta 0 or
+    balance_val=false alone left a group-balanced loss / a class-balanced validation fit on the toy)."""
+    for method, want in (("groupdro", {"robust": False, "group_balanced_sampling": False}),
+                         ("dfr", {"fit_split": "train", "balance_val": False})):
+        mut = next(m for m in MUTATIONS if m.method == method)
+        hp = load_config("toy", method, None, mutated_overrides(mut))["hparams"]
+        assert {k: hp[k] for k in want} == want
+        assert get_method(method)().annotation_for(hp)["train_group_labels"] is False
+    assert not any("groupdro.eta" in o for m in MUTATIONS for o in m.overrides)
 
 
 def test_every_gated_method_has_a_mutation():
