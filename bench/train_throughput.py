@@ -11,8 +11,9 @@
 2. **bare**: the same model, batch and optimiser on one synthetic in-memory batch: forward,
    cross-entropy, backward, step; nothing else.
 
-The rate of each is images / wall time over ``--steps`` steps after ``--warmup`` steps (the
-real path's wall time includes waiting for the loader). The peak RSS is the largest sum of
+The rate of each is images / wall time over ``--steps`` steps after ``--warmup`` steps (default
+3: the real path's first steps also start its loader worker and grow the allocator; its wall time
+includes waiting for the loader). The peak RSS is the largest sum of
 the resident sets of this process and all its children (the loader workers), sampled every
 0.1 s with psutil, per phase. One JSON line goes to stdout and the record to
 ``results/throughput/<machine-id>/train_loop/<time>.json`` (``--out`` overrides); ``ratio`` =
@@ -320,7 +321,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None, help="folder holding the dataset (default $SPURAUG_DATA_DIR or ./data)")
     p.add_argument("--batch-size", type=int, default=108)
     p.add_argument("--steps", type=int, default=6, help="measured steps (after --warmup)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps before each loop (default 3): the real path's first steps also start "
+                        "its loader worker and grow the allocator (on 2 cores: 36.5, 35.0, 29.7 s, then 27-28 s; "
+                        "docs/measurements.md 2026-12-03)")
     p.add_argument("--workers", nargs="+", metavar="N|auto",
                    help="loader workers; several values: one real-path run each (default: the config's loader.num_workers)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
