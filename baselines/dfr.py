@@ -81,6 +81,24 @@ def worst_group_acc(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
     return min(100.0 * float(np.mean(pred[g == k] == y[g == k])) for k in np.unique(g))
 
 
+def score_c_grid(
+    xf: np.ndarray, yf: np.ndarray, xs: np.ndarray, ys: np.ndarray, gs: np.ndarray, c_grid: Sequence[float],
+    standardize: bool = True, seed: int = 0, scaler_x: np.ndarray | None = None,
+) -> dict[float, float]:
+    """Worst-group accuracy on ``(xs, ys, gs)`` of a head fit on ``(xf, yf)`` for each ``C`` of
+    the grid, standardised with a scaler fit on ``scaler_x`` (None: on ``xf``)."""
+    if standardize:
+        scaler = StandardScaler().fit(xf if scaler_x is None else scaler_x)
+        xf, xs = scaler.transform(xf), scaler.transform(xs)
+    return {float(c): worst_group_acc(l1_logistic_regression(float(c), seed).fit(xf, yf).predict(xs), ys, gs)
+            for c in c_grid}
+
+
+def pick_c(scores: dict[float, float]) -> float:
+    """The ``C`` with the highest score, the first in grid order on ties."""
+    return max(scores, key=lambda c: (scores[c], -list(scores).index(c)))
+
+
 def tune_c(
     x: np.ndarray, y: np.ndarray, g: np.ndarray, n_groups: int, c_grid: Sequence[float],
     repeats: int, rng: np.random.Generator, balance: bool = True, standardize: bool = True, seed: int = 0,
@@ -94,15 +112,9 @@ def tune_c(
         held, fit_ix = idx[:half], idx[half:]
         if balance:
             fit_ix = fit_ix[balanced_subset(g[fit_ix], n_groups, rng)]
-        xf, xh = x[fit_ix], x[held]
-        if standardize:
-            scaler = StandardScaler().fit(xf)
-            xf, xh = scaler.transform(xf), scaler.transform(xh)
-        for c in c_grid:
-            clf = l1_logistic_regression(float(c), seed).fit(xf, y[fit_ix])
-            scores[float(c)] += worst_group_acc(clf.predict(xh), y[held], g[held])
-    best = max(scores, key=lambda c: (scores[c], -list(scores).index(c)))
-    return best, scores
+        for c, v in score_c_grid(x[fit_ix], y[fit_ix], x[held], y[held], g[held], c_grid, standardize, seed).items():
+            scores[c] += v
+    return pick_c(scores), scores
 
 
 def tune_c_on_fit_split(
@@ -116,16 +128,8 @@ def tune_c_on_fit_split(
     the fitted subset), and score worst-group accuracy on all of ``x_score`` (validation). Returns
     the best ``C`` (first in grid order on ties) and the scores."""
     ix = balanced_subset(g_fit, n_groups, rng) if balance else np.arange(len(x_fit))
-    xf, xs = x_fit[ix], x_score
-    if standardize:
-        scaler = StandardScaler().fit(xf if scaler_x is None else scaler_x)
-        xf, xs = scaler.transform(xf), scaler.transform(xs)
-    scores = {}
-    for c in c_grid:
-        clf = l1_logistic_regression(float(c), seed).fit(xf, y_fit[ix])
-        scores[float(c)] = worst_group_acc(clf.predict(xs), y_score, g_score)
-    best = max(scores, key=lambda c: (scores[c], -list(scores).index(c)))
-    return best, scores
+    scores = score_c_grid(x_fit[ix], y_fit[ix], x_score, y_score, g_score, c_grid, standardize, seed, scaler_x)
+    return pick_c(scores), scores
 
 
 def fit_final_head(
