@@ -292,7 +292,9 @@ def use_channels_last(model: nn.Module, device: torch.device, channels_last: boo
     return device.type == "cuda" or bool(getattr(model, "cpu_channels_last", False))
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
+    """``x`` on ``device``; a batch of images (4-d) in channels-last memory when ``channels_last``
+    (None: on CUDA)."""
     if channels_last is None:
         channels_last = device.type == "cuda"
     if channels_last and x.dim() == 4:
@@ -330,7 +332,7 @@ def predict(
     out = []
     for x, *_ in tqdm(loader, desc="predict", leave=False, disable=None if progress else True, file=sys.stderr):
         with _autocast(device):
-            z = model.features(_to_device(x, device, cl)) if features else model(_to_device(x, device, cl))
+            z = model.features(to_device(x, device, cl)) if features else model(to_device(x, device, cl))
         out.append(z.float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
@@ -661,7 +663,7 @@ def epoch_loaders(
 def _batch_of(parts: list, source_names: tuple[str, ...], device: torch.device,
               channels_last: bool | None = None) -> Batch:
     return Batch(
-        x=_to_device(torch.cat([p[0] for p in parts]), device, channels_last),
+        x=to_device(torch.cat([p[0] for p in parts]), device, channels_last),
         y=torch.cat([torch.as_tensor(p[1]) for p in parts]).long().to(device),
         a=torch.cat([torch.as_tensor(p[2]) for p in parts]).long().to(device),
         index=torch.cat([torch.as_tensor(p[3]) for p in parts]).long().to(device),

@@ -369,7 +369,7 @@ def part_train(args, device: torch.device, budget: Budget) -> dict:
     cpu_loader = engine.make_loader(train, batch, device, num_workers=workers, drop_last=True,
                                     sampler=torch.utils.data.RandomSampler(train, generator=torch.Generator().manual_seed(0)))
     out["loader_cpu_decode"] = {"workers": workers, **loader_rate(
-        cpu_loader, batches, lambda b: engine._to_device(b[0], device, True), device)}
+        cpu_loader, batches, lambda b: engine.to_device(b[0], device, True), device)}
     log(f"train: loader alone, GPU decode (torchvision.io.decode_jpeg on {device}) ...")
     raw = JpegBytes(train)
     gpu_loader = torch.utils.data.DataLoader(raw, batch_size=batch, shuffle=True, num_workers=min(workers, 4),

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from spuraug.engine import prepare_model, resolve_device, use_channels_last
+from spuraug.engine import prepare_model, resolve_device, to_device, use_channels_last
 
 TABLE_COLUMNS = (
     "sample_id", "source_id", "source_class", "target_class", "label", "p", "psi", "p_target",
@@ -66,9 +66,8 @@ def score_samples(
     device = resolve_device(device)
     cl = use_channels_last(model, device)
     prepare_model(model, device, cl).eval()
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    x = torch.stack([transform(im.convert("RGB")) for im in edited]).to(device).contiguous(memory_format=fmt)
-    x0 = torch.stack([transform(im.convert("RGB")) for im in originals]).to(device).contiguous(memory_format=fmt)
+    x = to_device(torch.stack([transform(im.convert("RGB")) for im in edited]), device, cl)
+    x0 = to_device(torch.stack([transform(im.convert("RGB")) for im in originals]), device, cl)
     mk = torch.stack([mask_in_model_space(m, transform) for m in masks]).to(device)
     tgt = torch.as_tensor(list(ig_target), device=device)
     src = torch.as_tensor(list(source_class), device=device)
