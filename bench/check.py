@@ -42,9 +42,9 @@ DEFAULT_REFERENCE = Path("results/reference/toy.json")
 CHECK_METRICS: tuple[str, ...] = ("worst_group_acc", "avg_acc")
 CI_DATASET = "toy"
 #: The mean over three seeds: a CPU type other than the reference's moves one seed's worst group
-#: by up to a seed's std (ERM 3.5, DDB 4.8 points on the toy), more than a 5-point gate can take;
-#: the mean of three moves about half as much. It costs a whole `make bench` (issue 18 item 6
-#: asks <= 10 minutes; docs/harness.md).
+#: by up to a seed's std (ERM 3.5, DDB 14.2 points on the toy at d215a31), more than a 5-point gate
+#: can take; the mean of three moves about half as much, and :func:`other_cpu_tolerances` widens the
+#: gate there. It costs a whole `make bench` (11 min 37 s idle; docs/harness.md).
 CI_SEEDS: tuple[int, ...] = (0, 1, 2)
 #: Overrides merged into spuraug/configs/toy.yaml for the gate's sweep. None: the gate runs
 #: seed 0 of exactly what `make bench` runs (the pretrained start made the full toy cheap enough;
@@ -85,16 +85,9 @@ def other_cpu_tolerances(reference: dict, machine: str) -> dict[str, float]:
     per_seed = meta.get("per_seed") or {}
     if not per_seed or str(meta.get("machine")) == str(machine):
         return {}
-    out = {}
-    for m, entry in reference.items():
-        if m.startswith("_") or m not in per_seed:
-            continue
-        tol = float(entry.get("tolerance", DEFAULT_TOLERANCE))
-        for values in per_seed[m].values():
-            if len(values) > 1:
-                tol = max(tol, round(2 * statistics.stdev(values) * math.sqrt(2 / len(values)) + 0.05, 1))
-        out[m] = tol
-    return out
+    return {m: spread_tolerance(per_seed[m].values(), float(entry.get("tolerance", DEFAULT_TOLERANCE)),
+                                means_of=len(next(iter(per_seed[m].values()))))
+            for m, entry in reference.items() if not m.startswith("_") and m in per_seed}
 
 
 def compare(reference: dict, got: dict[str, dict], strict: bool = False,
@@ -164,9 +157,13 @@ def per_machine_runs(reference: dict) -> dict[str, dict[str, dict[str, list[floa
     return {}
 
 
-def spread_tolerance(value_lists, minimum: float) -> float:
-    """max(``minimum``, 2 x the sample std (+0.05, to one decimal) of each list of values)."""
-    return max([minimum, *(round(2 * statistics.stdev(v) + 0.05, 1) for v in value_lists if len(v) > 1)])
+def spread_tolerance(value_lists, minimum: float, means_of: int | None = None) -> float:
+    """max(``minimum``, 2 x the sample std (+0.05, to one decimal) of each list of values); with
+    ``means_of = n``, of the difference of two independent means of ``n`` such values (std x sqrt(2/n))."""
+    def width(v) -> float:
+        return 2 * statistics.stdev(v) * (math.sqrt(2 / means_of) if means_of else 1.0)
+
+    return max([minimum, *(round(width(v) + 0.05, 1) for v in value_lists if len(v) > 1)])
 
 
 def pooled_entries(per_machine: dict[str, dict[str, dict[str, list[float]]]], methods: Sequence[str],
