@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 TARGETS = ("erm", "invert", "sources", "segment", "inpaint", "prune", "retrain")
 #: JSON fields that measure time or speed: differ between any two runs.
@@ -64,24 +65,19 @@ def tiny_config(models: Path) -> dict:
         tiny.save_stable_diffusion(sd, in_channels=9, image_size=16)
     if not (cs / "config.json").is_file():
         tiny.save_clipseg(cs)
-    return {
+    # the tests' tiny DDB toy config, with more images, epochs and steps and checkpoints inside each
+    # stage, so that kills land between and inside them
+    return OmegaConf.to_container(OmegaConf.merge(tiny.tiny_ddb_toy_config(str(sd), str(cs), [6, 6]), {
         "dataset_options": {"n_train": 400, "n_val": 120, "n_test": 120},
-        "model": {"name": "toy_cnn", "width": 8, "pretrained": False},
-        "eval": {"batch_size": 256, "every": 1},
-        "loader": {"num_workers": 0},
-        "erm": {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "epochs": 4},
+        "erm": {"batch_size": 32, "epochs": 4},
         "ddb": {
-            "invert": {"model": str(sd), "resolution": 16, "max_train_steps": 40, "checkpoint_every": 10,
-                       "n_images": 3, "initializer_token": "digit", "noun": "digit"},
-            "sources": {"k": [6, 6]},
-            "segment": {"backend": "clipseg", "clipseg": str(cs), "clipseg_threshold": 0.0, "prompt": "digit",
-                        "batch_size": 2},
-            "inpaint": {"model": str(sd), "resolution": 16, "num_inference_steps": 12, "batch_size": 2,
-                        "prompt": "a photo of a {token} digit"},
-            "prune": {"n_steps": 16, "batch_size": 2, "threshold": -1.0e9},
-            "retrain": {"epochs": 3, "lr": 1.0e-3, "batch_size": 32},
+            "invert": {"max_train_steps": 40, "checkpoint_every": 10},
+            "segment": {"batch_size": 2},
+            "inpaint": {"num_inference_steps": 12},
+            "prune": {"n_steps": 16, "batch_size": 2},
+            "retrain": {"epochs": 3},
         },
-    }
+    }))
 
 
 def command(target: str, runs: Path, config: Path, seed: int = 0) -> list[str]:
