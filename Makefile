@@ -87,9 +87,9 @@ test: setup ## run the test suite (offline: HF_HUB_OFFLINE=1; jemalloc preloaded
 lint: setup ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [SET="erm.lr=0.01 .." [RUNS_DIR=runs-x]] [DATA_DIR=..] [LAUNCHER=ray] [DOCKER=1 [GPU=1]]
+bench: $(if $(DOCKER_ON),docker-volumes,setup) ## run the benchmark sweep: make bench DATASET=toy|waterbirds|celeba|metashift [METHODS=..] [SEEDS=..] [SET="erm.lr=0.01 .." [RUNS_DIR=runs-x]] [DATA_DIR=..] [LAUNCHER=ray] [JOBS=auto|N] [DOCKER=1 [GPU=1]]
 	$(if $(and $(DOCKER_ON),$(RUNS_DIR)),$(error RUNS_DIR is for runs on the host; with DOCKER=1 ./runs is the mounted runs folder))
-	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(foreach kv,$(SET),--set $(kv)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR))) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+	$(RUN_PY) -m bench.sweep --dataset $(DATASET) $(if $(METHODS),--methods $(METHODS)) $(if $(SEEDS),--seeds $(SEEDS)) $(foreach kv,$(SET),--set $(kv)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR)) $(if $(DATA_DIR),--data-dir $(if $(DOCKER_ON),/data,$(DATA_DIR))) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(JOBS),--workers $(JOBS))
 
 # ---- the harness (docs/harness.md)
 .PHONY: check mutation leaderboard throughput

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.launch import RunSpec, make_launcher
+from bench.launch import RunSpec, local_parallelism, make_launcher
 from bench.provenance import git_state, hardware, software, write_json
 from bench.summary import find_runs, summarize
 from spuraug.methods import method_names
@@ -212,15 +212,20 @@ def load_reference(path: str | Path) -> dict:
 
 
 def measure(runs_dir: str | Path, methods: Sequence[str] | None = None, seeds: Sequence[int] = CI_SEEDS,
-            overrides: dict | None = None, dataset: str = CI_DATASET, log=print) -> tuple[dict[str, dict], dict]:
+            overrides: dict | None = None, dataset: str = CI_DATASET, log=print,
+            workers: int | str | None = "auto") -> tuple[dict[str, dict], dict]:
     """Run the CI sweep into ``runs_dir``; return ``({method: {metric: mean}}, info)``.
 
-    ``info`` holds per-run wall times, config hashes and failures.
+    The runs go to the local launcher as ``make bench`` sends them (``workers="auto"``: one
+    per core, one torch thread each on a CPU-only machine; bench/launch.py
+    local_parallelism), so the gate measures the numbers the benchmark reports.
+    ``info`` holds per-run wall times, config hashes, torch threads and failures.
     """
 
     methods = list(methods) if methods else list(method_names())
     overrides = CI_OVERRIDES if overrides is None else overrides
-    launcher = make_launcher("local", log=log)
+    n_workers, threads = local_parallelism(workers)
+    launcher = make_launcher("local", log=log, workers=n_workers, threads=threads)
     for m in methods:
         for s in seeds:
             launcher.submit(RunSpec(dataset, m, int(s), str(runs_dir), overrides=overrides))
@@ -239,6 +244,7 @@ def measure(runs_dir: str | Path, methods: Sequence[str] | None = None, seeds: S
         "wall_time_s": {f"{r.method}/seed{r.seed}": round(float(r.result.get("wall_time_s") or 0.0), 1)
                         for r in records},
         "config_hashes": {f"{r.method}/seed{r.seed}": r.result.get("config_hash") for r in records},
+        "torch_threads": sorted({r.result.get("torch_threads") for r in records}, key=str),
         "failed": [f"{o.spec.label}: {o.error}" for o in outcomes if o.status == "failed"],
         "problems": problems,
     }
@@ -314,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "ci_sweep_wall_time_s": round(sum(info["wall_time_s"].values()), 1),
             "run_wall_time_s": info["wall_time_s"],
             "config_hashes": info["config_hashes"],
+            "torch_threads_per_run": info["torch_threads"],
             "per_seed": info["per_seed"],
         }}
         seeds_run = sorted(set(args.seeds) | set(args.calibration_seeds))
@@ -358,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the config of {', '.join(changed)} changed since the reference was measured "
               "(spuraug/configs/toy.yaml or a method's defaults); if that change is intended, re-measure the "
               "reference (docs/harness.md)")
+    ref_threads = reference.get("_meta", {}).get("torch_threads_per_run")
+    if ref_threads is not None and ref_threads != info["torch_threads"]:
+        print(f"note: the reference's runs used {ref_threads} torch thread(s) each, these {info['torch_threads']}: "
+              "CPU kernels split reductions by thread count, so expect differences beyond rounding "
+              "(bench/launch.py local_parallelism)")
     machine = hardware()["cpu_model"]
     widened = other_cpu_tolerances(reference, machine)
     if widened:

@@ -11,12 +11,15 @@ executes. :class:`LocalLauncher` runs them one after another on this machine;
 from __future__ import annotations
 
 import abc
+import multiprocessing
 import os
 import shlex
 import subprocess
 import sys
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as cf_wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -95,42 +98,126 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def local_parallelism(workers: int | str | None = "auto", threads: int | None = None) -> tuple[int, int | None]:
+    """``(workers, threads)`` of a local sweep.
+
+    On a CPU-only machine ``"auto"`` runs one run per core, each on one torch thread. One
+    thread per run is what makes a run's numbers independent of the machine's size: torch's
+    CPU kernels split their reductions by thread count, so the same run on 1 and on 2 threads
+    differs in the last bits, and a 5-epoch training grows that into other accuracies. On 2
+    cores, two runs on one thread each also finish sooner than one after the other on two
+    threads (one ERM run: 36.4 s on one thread, 25.7 s on two; docs/measurements.md). With a
+    GPU, ``"auto"`` is one worker at torch's thread count (runs share the one device).
+    ``threads`` set explicitly wins; ``workers`` then defaults to ``cores // threads``.
+    """
+    if workers in (None, "auto"):
+        if torch.cuda.is_available():
+            return 1, threads
+        threads = threads or 1
+        return max(1, usable_cpus() // threads), threads
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 or 'auto', not {workers}")
+    if workers > 1 and threads is None:
+        threads = max(1, usable_cpus() // workers)
+    return workers, threads
+
+
+def parallel_order(specs: list[RunSpec]) -> list[int]:
+    """Indices of ``specs`` in the order a parallel launcher starts them: ERM runs first (DFR,
+    DDB and a reusing JTT read them, and wait on their lock meanwhile), then DDB runs (by far
+    the longest, so they do not end the sweep alone), then the rest in the given order."""
+
+    def rank(i: int) -> int:
+        return {"erm": 0, "ddb": 1}.get(specs[i].method, 2)
+
+    return sorted(range(len(specs)), key=rank)
+
+
+def _init_worker(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _worker_run(spec: RunSpec) -> float:
+    """Body of one run in a worker process: :func:`spuraug.runs.run_method` without progress
+    bars (two processes' bars would overwrite each other); returns its wall time."""
+    t0 = time.monotonic()
+    run_method(spec.dataset, spec.method, spec.seed, runs_dir=spec.runs_dir, data_dir=spec.data_dir,
+               config_file=spec.config_file, overrides=spec.overrides, force=spec.force, progress=False)
+    return time.monotonic() - t0
+
+
 class LocalLauncher(Launcher):
-    """Runs the specs one after another on this machine, when :meth:`wait` is called.
+    """Runs the specs on this machine when :meth:`wait` is called.
 
     ``mode="inprocess"`` calls :func:`spuraug.runs.run_method` directly (fast: imports
     and cached toy data are shared); ``mode="subprocess"`` runs ``spuraug train`` per run,
-    so a crash (out of memory, a segfault) cannot take the sweep down. A failed run is
-    reported and the sweep goes on; what it had written stays for the next resume.
+    so a crash (out of memory, a segfault) cannot take the sweep down. With ``workers`` > 1
+    (in-process mode) the runs go to that many worker processes at once, each on
+    ``threads`` torch threads (:func:`local_parallelism`), started in :func:`parallel_order`;
+    a line every ``heartbeat_s`` says which runs are in flight. A failed run is reported and
+    the sweep goes on; what it had written stays for the next resume.
     """
 
-    def __init__(self, mode: str = "inprocess", log=_print) -> None:
+    def __init__(self, mode: str = "inprocess", log=_print, workers: int = 1, threads: int | None = None,
+                 heartbeat_s: float = 60.0) -> None:
         if mode not in ("inprocess", "subprocess"):
             raise ValueError(f"LocalLauncher mode must be 'inprocess' or 'subprocess', not {mode!r}")
+        if workers < 1:
+            raise ValueError(f"LocalLauncher workers must be >= 1, not {workers}")
+        if workers > 1 and mode != "inprocess":
+            raise ValueError("LocalLauncher runs several workers only in mode 'inprocess'")
         self.mode = mode
         self.log = log
+        self.workers = workers
+        self.threads = threads
+        self.heartbeat_s = heartbeat_s
         self._queue: list[RunSpec] = []
 
     def submit(self, spec: RunSpec) -> None:
         self._queue.append(spec)
 
+    def _announce(self, prefix: str, spec: RunSpec, start: float) -> bool:
+        """Log what becomes of ``spec``; False when it is finished and skipped."""
+        if spec.is_finished() and not spec.force:
+            self.log(f"{prefix}: already finished, skipped (elapsed {_hms(time.monotonic() - start)})")
+            return False
+        state = "running"
+        if (spec.run_dir() / "done").exists() and not spec.force:
+            state = "finished with other settings or inputs, not skipped"
+        elif (spec.run_dir() / "checkpoints" / "last.pt").exists() and not spec.force:
+            state = "resuming"
+        self.log(f"{prefix}: {state} (elapsed {_hms(time.monotonic() - start)})")
+        return True
+
     def wait(self) -> list[RunOutcome]:
+        try:
+            if self.workers > 1:
+                return self._wait_parallel()
+            return self._wait_sequential()
+        finally:
+            self._queue = []
+
+    def _wait_sequential(self) -> list[RunOutcome]:
         outcomes = []
         start = time.monotonic()
         n = len(self._queue)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         for i, spec in enumerate(self._queue, 1):
             prefix = f"[{i}/{n}] {spec.label}"
-            if spec.is_finished() and not spec.force:
-                self.log(f"{prefix}: already finished, skipped (elapsed {_hms(time.monotonic() - start)})")
+            if not self._announce(prefix, spec, start):
                 outcomes.append(RunOutcome(spec, "skipped", 0.0))
                 continue
-            resuming = (spec.run_dir() / "checkpoints" / "last.pt").exists() and not spec.force
-            state = "running"
-            if (spec.run_dir() / "done").exists() and not spec.force:
-                state = "finished with other settings or inputs, not skipped"
-            elif resuming:
-                state = "resuming"
-            self.log(f"{prefix}: {state} (elapsed {_hms(time.monotonic() - start)})")
             t0 = time.monotonic()
             try:
                 if self.mode == "inprocess":
@@ -149,8 +236,54 @@ class LocalLauncher(Launcher):
             dt = time.monotonic() - t0
             self.log(f"{prefix}: done in {dt:.1f} s (elapsed {_hms(time.monotonic() - start)})")
             outcomes.append(RunOutcome(spec, "done", dt))
-        self._queue = []
         return outcomes
+
+    def _wait_parallel(self) -> list[RunOutcome]:
+        start = time.monotonic()
+        specs = self._queue
+        n = len(specs)
+        outcomes: list[RunOutcome | None] = [None] * n
+        todo = []
+        for i in parallel_order(specs):
+            if self._announce(f"[{i + 1}/{n}] {specs[i].label}", specs[i], start):
+                todo.append(i)
+            else:
+                outcomes[i] = RunOutcome(specs[i], "skipped", 0.0)
+        if todo:
+            self.log(f"{len(todo)} run(s) on {min(self.workers, len(todo))} worker processes, "
+                     f"{self.threads or torch.get_num_threads()} torch thread(s) each")
+        # spawn, not fork: a forked child inherits the parent's OpenMP thread pool in an unusable state
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(todo))),
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.threads,))
+        futures: dict = {}
+        try:
+            futures = {pool.submit(_worker_run, specs[i]): i for i in todo}
+            pending = set(futures)
+            while pending:
+                done, pending = cf_wait(pending, timeout=self.heartbeat_s, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = futures[fut]
+                    prefix = f"[{i + 1}/{n}] {specs[i].label}"
+                    try:
+                        dt = float(fut.result())
+                    except Exception as e:  # one failing run (or dead worker) must not lose the others
+                        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+                        self.log(f"{prefix}: FAILED: {detail}")
+                        outcomes[i] = RunOutcome(specs[i], "failed", time.monotonic() - start, detail)
+                        continue
+                    self.log(f"{prefix}: done in {dt:.1f} s (elapsed {_hms(time.monotonic() - start)})")
+                    outcomes[i] = RunOutcome(specs[i], "done", dt)
+                if not done:
+                    running = [futures[f] for f in pending if f.running()]
+                    self.log(f"elapsed {_hms(time.monotonic() - start)}: {n - len(pending)}/{n} finished; running "
+                             + ", ".join(specs[i].label for i in sorted(running)))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self.log("interrupted; finished runs are kept, re-run the sweep to resume")
+            raise
+        pool.shutdown(wait=True)
+        return [o for o in outcomes if o is not None]
 
     @staticmethod
     def _run_inprocess(spec: RunSpec) -> None:

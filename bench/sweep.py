@@ -32,7 +32,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from bench.ddb_examples import EXAMPLES_PNG, ddb_artifact_dirs, ddb_grid
-from bench.launch import RunOutcome, RunSpec, make_launcher
+from bench.launch import RunOutcome, RunSpec, local_parallelism, make_launcher
 from bench.provenance import git_state, hardware, new_version_dir, software, write_json
 from bench.summary import RunRecord, find_runs, format_console, summarize, write_runs_jsonl, write_summary
 from spuraug.config import ConfigError, check_seed, load_config, parse_overrides
@@ -131,7 +131,8 @@ def throughput_markdown(rows: list[dict]) -> str:
 def build_provenance(command: str, dataset: str, methods: Sequence[str], seeds: Sequence[int],
                      records: list[RunRecord], outcomes: list[RunOutcome], problems: list[str],
                      git: dict, sweep_wall_time_s: float, ddb_throughput: list[dict],
-                     overrides: dict | None = None, config_file: str | None = None) -> dict:
+                     overrides: dict | None = None, config_file: str | None = None,
+                     parallelism: dict | None = None) -> dict:
     """The provenance record of a version folder (keys listed in docs/harness.md)."""
     annotation: dict = {}
     selection: dict = {}
@@ -158,8 +159,12 @@ def build_provenance(command: str, dataset: str, methods: Sequence[str], seeds: 
         "selection": selection,
         "config_hashes": config_hashes,
         "wall_time_s": wall,
+        # torch threads of each run as its result.json records them (None: written before the field)
+        "torch_threads": {f"{r.method}/seed{r.seed}": r.result.get("torch_threads") for r in records},
         "sweep": {
             "wall_time_s": sweep_wall_time_s,
+            # the local launcher's worker processes and threads per run (None: another launcher or --no-run)
+            "parallelism": parallelism,
             "outcomes": [o.to_json() for o in outcomes],
             "missing_or_unfinished": problems,
         },
@@ -181,13 +186,16 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
               runs_dir: str = "runs", results_dir: str = "results", data_dir: str | None = None,
               config_file: str | None = None, overrides: dict | None = None, launcher: str = "local",
               force: bool = False, run: bool = True, command: str | None = None,
-              log=print) -> tuple[Path | None, pd.DataFrame, list[RunOutcome]]:
+              log=print, workers: int | str | None = 1,
+              threads: int | None = None) -> tuple[Path | None, pd.DataFrame, list[RunOutcome]]:
     """Run ``methods x seeds`` on ``dataset`` and write a new version folder.
 
     Returns ``(version_dir, summary, outcomes)``; ``version_dir`` is ``None`` when no run
     finished (nothing to summarise). Runs are skipped/resumed as ``run_method`` does;
     ``run=False`` only collects what ``runs_dir`` already holds. With ``run``, every config
     and seed is checked first (:func:`check_sweep`): a bad one raises before anything runs.
+    ``workers`` and ``threads`` apply to the local launcher (:func:`bench.launch.local_parallelism`;
+    ``"auto"``: one run per core on one thread each on a CPU-only machine).
     """
     methods = list(methods) if methods else default_methods()
     seeds = [int(s) for s in seeds]
@@ -209,16 +217,22 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
                             "this one skips: that sweep's version folder will hold the results") from None
     try:
         return _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, config_file, overrides,
-                             launcher, force, run, command, log, git, t0, outcomes)
+                             launcher, force, run, command, log, git, t0, outcomes, workers, threads)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, config_file, overrides, launcher,
-                  force, run, command, log, git, t0, outcomes):
+                  force, run, command, log, git, t0, outcomes, workers, threads):
+    parallelism = None
     if run:
-        la = make_launcher(launcher)
+        if launcher == "local":
+            n_workers, threads = local_parallelism(workers, threads)
+            parallelism = {"workers": n_workers, "torch_threads_per_run": threads or torch.get_num_threads()}
+            la = make_launcher(launcher, log=log, workers=n_workers, threads=threads)
+        else:
+            la = make_launcher(launcher, log=log)
         for m in methods:
             for s in seeds:
                 la.submit(RunSpec(dataset, m, s, runs_dir, data_dir, config_file, overrides, force))
@@ -238,7 +252,7 @@ def _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, conf
     ddb_grid(runs_dir, dataset, out / EXAMPLES_PNG)
     provenance = build_provenance(command, dataset, methods, seeds, records, outcomes, problems, git,
                                   sweep_time, ddb, overrides=overrides,
-                                  config_file=str(config_file) if config_file else None)
+                                  config_file=str(config_file) if config_file else None, parallelism=parallelism)
     write_json(out / "provenance.json", provenance)
     log("")
     log(f"{dataset}: test accuracy (%) at the selected checkpoint, mean ± sample std over seeds")
@@ -267,19 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", default="local", help="local (in-process) | local-subprocess | ray (RAY_ADDRESS, else a local Ray; docs/scaleout.md)")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
     p.add_argument("--no-run", action="store_true", help="only collect what --runs-dir already holds")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--workers", default="auto",
+                   help="local launcher: runs at once, each in its own process (default auto: one per CPU core "
+                        "on one torch thread each without a GPU, else 1; bench/launch.py local_parallelism)")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads per run (default: 1 without a GPU, so a run's numbers do not "
+                        "depend on the machine's core count; with a GPU torch's choice)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-
+    if args.threads is not None and args.threads < 1:
+        print(f"bench.sweep: error: --threads {args.threads}: expected an integer >= 1", file=sys.stderr)
+        return 2
+    if args.workers != "auto" and not (args.workers.isdigit() and int(args.workers) >= 1):
+        print(f"bench.sweep: error: --workers {args.workers!r}: expected 'auto' or an integer >= 1", file=sys.stderr)
+        return 2
+    if args.threads and args.launcher != "local":
         torch.set_num_threads(args.threads)
     try:
         out, df, outcomes = run_sweep(
             args.dataset, args.methods, args.seeds, args.runs_dir, args.results_dir, args.data_dir,
             args.config_file, parse_overrides(args.overrides) or None, args.launcher, args.force, run=not args.no_run,
+            workers=args.workers, threads=args.threads,
         )
     except ConfigError as e:  # a bad --set, --seeds or --config: nothing ran
         print(f"bench.sweep: error: {e}", file=sys.stderr)

@@ -156,12 +156,17 @@ class RunResult(_Record):
     #: ``backgrounds=[sky,brick]``), so that tables never guess them from the dataset's
     #: defaults. ``None`` in results written before the field existed (and then not written back).
     group_names: list[str] | None = None
+    #: torch's intra-op CPU threads during the run: CPU kernels split reductions by thread
+    #: count, so the same run on 1 and 2 threads differs in the last bits and, after training,
+    #: in its accuracies (bench/launch.py local_parallelism). ``None`` in older results.
+    torch_threads: int | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = super().to_dict()
-        if out.get("group_names") is None:
-            out.pop("group_names", None)  # a result written before the field round-trips unchanged
+        for key in ("group_names", "torch_threads"):
+            if out.get(key) is None:
+                out.pop(key, None)  # a result written before the field round-trips unchanged
         return out
 
     @classmethod

@@ -425,6 +425,7 @@ def _run_locked(ctx: RunContext, method_obj, force: bool, label: str) -> dict:
         wall_time_s=clock.total_seconds,
         config=config,
         group_names=list(ctx.load_split("train", "eval").info.group_names),
+        torch_threads=torch.get_num_threads(),
     )
     record.extra = {k: _jsonable(v) for k, v in out.items() if k not in record.to_dict()}
     record.write(d / "result.json")
