@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.launch import RunSpec, local_parallelism, make_launcher
+from bench.launch import RunSpec, local_parallelism, log_line, make_launcher
 from bench.provenance import git_state, hardware, software, write_json
 from bench.summary import find_runs, summarize
 from spuraug.methods import method_names
@@ -212,7 +212,7 @@ def load_reference(path: str | Path) -> dict:
 
 
 def measure(runs_dir: str | Path, methods: Sequence[str] | None = None, seeds: Sequence[int] = CI_SEEDS,
-            overrides: dict | None = None, dataset: str = CI_DATASET, log=print,
+            overrides: dict | None = None, dataset: str = CI_DATASET, log=log_line,
             workers: int | str | None = "auto") -> tuple[dict[str, dict], dict]:
     """Run the CI sweep into ``runs_dir``; return ``({method: {metric: mean}}, info)``.
 

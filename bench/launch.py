@@ -89,7 +89,8 @@ class Launcher(abc.ABC):
         """Block until every submitted run has finished or failed; one outcome per spec, in submit order."""
 
 
-def _print(msg: str) -> None:
+def log_line(msg: str) -> None:
+    """The launchers' and sweeps' default log: one line to stdout, flushed (a log file sees it at once)."""
     print(msg, flush=True)
 
 
@@ -142,14 +143,21 @@ def parallel_order(specs: list[RunSpec]) -> list[int]:
     return sorted(range(len(specs)), key=rank)
 
 
-def _init_worker(threads: int | None) -> None:
+_STARTED = None  # in a worker process: the queue on which it says which run it starts
+
+
+def _init_worker(threads: int | None, started) -> None:
+    global _STARTED
+    _STARTED = started
     if threads:
         torch.set_num_threads(threads)
 
 
-def _worker_run(spec: RunSpec) -> float:
+def _worker_run(spec: RunSpec, index: int) -> float:
     """Body of one run in a worker process: :func:`spuraug.runs.run_method` without progress
     bars (two processes' bars would overwrite each other); returns its wall time."""
+    if _STARTED is not None:
+        _STARTED.put(index)
     t0 = time.monotonic()
     run_method(spec.dataset, spec.method, spec.seed, runs_dir=spec.runs_dir, data_dir=spec.data_dir,
                config_file=spec.config_file, overrides=spec.overrides, force=spec.force, progress=False)
@@ -168,7 +176,7 @@ class LocalLauncher(Launcher):
     the sweep goes on; what it had written stays for the next resume.
     """
 
-    def __init__(self, mode: str = "inprocess", log=_print, workers: int = 1, threads: int | None = None,
+    def __init__(self, mode: str = "inprocess", log=log_line, workers: int = 1, threads: int | None = None,
                  heartbeat_s: float = 60.0) -> None:
         if mode not in ("inprocess", "subprocess"):
             raise ValueError(f"LocalLauncher mode must be 'inprocess' or 'subprocess', not {mode!r}")
@@ -186,12 +194,13 @@ class LocalLauncher(Launcher):
     def submit(self, spec: RunSpec) -> None:
         self._queue.append(spec)
 
-    def _announce(self, prefix: str, spec: RunSpec, start: float) -> bool:
-        """Log what becomes of ``spec``; False when it is finished and skipped."""
+    def _announce(self, prefix: str, spec: RunSpec, start: float, now: str = "running") -> bool:
+        """Log what becomes of ``spec`` (``now``: running, or queued for a worker); False when it
+        is finished and skipped."""
         if spec.is_finished() and not spec.force:
             self.log(f"{prefix}: already finished, skipped (elapsed {_hms(time.monotonic() - start)})")
             return False
-        state = "running"
+        state = now
         if (spec.run_dir() / "done").exists() and not spec.force:
             state = "finished with other settings or inputs, not skipped"
         elif (spec.run_dir() / "checkpoints" / "last.pt").exists() and not spec.force:
@@ -245,7 +254,7 @@ class LocalLauncher(Launcher):
         outcomes: list[RunOutcome | None] = [None] * n
         todo = []
         for i in parallel_order(specs):
-            if self._announce(f"[{i + 1}/{n}] {specs[i].label}", specs[i], start):
+            if self._announce(f"[{i + 1}/{n}] {specs[i].label}", specs[i], start, now="queued"):
                 todo.append(i)
             else:
                 outcomes[i] = RunOutcome(specs[i], "skipped", 0.0)
@@ -253,12 +262,24 @@ class LocalLauncher(Launcher):
             self.log(f"{len(todo)} run(s) on {min(self.workers, len(todo))} worker processes, "
                      f"{self.threads or torch.get_num_threads()} torch thread(s) each")
         # spawn, not fork: a forked child inherits the parent's OpenMP thread pool in an unusable state
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(todo))),
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads,))
+        ctx = multiprocessing.get_context("spawn")
+        started_q = ctx.SimpleQueue()  # which runs a worker has begun (a queued future also reads as running)
+        started: set[int] = set()
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(todo))), mp_context=ctx,
+                                   initializer=_init_worker, initargs=(self.threads, started_q))
         futures: dict = {}
         try:
-            futures = {pool.submit(_worker_run, specs[i]): i for i in todo}
+            # the workers start at the first submit and copy this environment: no progress bars in
+            # them (tqdm reads TQDM_DISABLE at import), two processes' bars would overwrite each other
+            before = os.environ.get("TQDM_DISABLE")
+            os.environ["TQDM_DISABLE"] = "1"
+            try:
+                futures = {pool.submit(_worker_run, specs[i], i): i for i in todo}
+            finally:
+                if before is None:
+                    os.environ.pop("TQDM_DISABLE", None)
+                else:
+                    os.environ["TQDM_DISABLE"] = before
             pending = set(futures)
             while pending:
                 done, pending = cf_wait(pending, timeout=self.heartbeat_s, return_when=FIRST_COMPLETED)
@@ -275,7 +296,9 @@ class LocalLauncher(Launcher):
                     self.log(f"{prefix}: done in {dt:.1f} s (elapsed {_hms(time.monotonic() - start)})")
                     outcomes[i] = RunOutcome(specs[i], "done", dt)
                 if not done:
-                    running = [futures[f] for f in pending if f.running()]
+                    while not started_q.empty():
+                        started.add(started_q.get())
+                    running = [futures[f] for f in pending if futures[f] in started]
                     self.log(f"elapsed {_hms(time.monotonic() - start)}: {n - len(pending)}/{n} finished; running "
                              + ", ".join(specs[i].label for i in sorted(running)))
         except KeyboardInterrupt:
@@ -335,7 +358,7 @@ class RayLauncher(Launcher):
     """
 
     def __init__(self, num_cpus: float | None = None, num_gpus: float | None = None, max_retries: int = 1,
-                 run_fn=None, log=_print) -> None:
+                 run_fn=None, log=log_line) -> None:
 
         env_cpus, env_gpus = os.environ.get("SPURAUG_RAY_CPUS_PER_RUN"), os.environ.get("SPURAUG_RAY_GPUS_PER_RUN")
         self.num_cpus = num_cpus if num_cpus is not None else (float(env_cpus) if env_cpus else None)

@@ -32,7 +32,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from bench.ddb_examples import EXAMPLES_PNG, ddb_artifact_dirs, ddb_grid
-from bench.launch import RunOutcome, RunSpec, local_parallelism, make_launcher
+from bench.launch import RunOutcome, RunSpec, local_parallelism, log_line, make_launcher
 from bench.provenance import git_state, hardware, new_version_dir, software, write_json
 from bench.summary import RunRecord, find_runs, format_console, summarize, write_runs_jsonl, write_summary
 from spuraug.config import ConfigError, check_seed, load_config, parse_overrides
@@ -186,7 +186,7 @@ def run_sweep(dataset: str, methods: Sequence[str] | None = None, seeds: Sequenc
               runs_dir: str = "runs", results_dir: str = "results", data_dir: str | None = None,
               config_file: str | None = None, overrides: dict | None = None, launcher: str = "local",
               force: bool = False, run: bool = True, command: str | None = None,
-              log=print, workers: int | str | None = 1,
+              log=log_line, workers: int | str | None = 1,
               threads: int | None = None) -> tuple[Path | None, pd.DataFrame, list[RunOutcome]]:
     """Run ``methods x seeds`` on ``dataset`` and write a new version folder.
 

@@ -33,6 +33,7 @@ import random
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -429,12 +430,6 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise KeyError(f"unknown optimizer {name!r}; known: sgd, adam, adamw")
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
-    for g in optimizer.param_groups:
-        g["lr"] = lr
 
 
 def optimizer_step(
@@ -849,7 +844,7 @@ def train_steps(
     optimizer: torch.optim.Optimizer,
     steps: int,
     *,
-    lr_at: Callable[[int], float] | None = None,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     clip_params: Any = None,
     max_norm: float = 1.0,
     after_step: Callable[[int], None] | None = None,
@@ -863,27 +858,37 @@ def train_steps(
 ) -> int:
     """A step-counted training loop (the toy zoo's stages, its oracle and backbone): for each
     step, ``step_loss(step)`` draws the step's batch from its own generator and returns the
-    loss; the learning rate is set to ``lr_at(step)``; :func:`optimizer_step` (with optional
-    gradient clipping); then ``after_step(step)`` (an EMA update).
+    loss; :func:`optimizer_step` (with optional gradient clipping); ``lr_scheduler.step()``
+    (a torch or diffusers schedule, built on ``optimizer`` before the loop: step ``s`` trains
+    at its ``s``-th rate); then ``after_step(step)`` (an EMA update).
 
     With ``resume``, the loop starts from its newest readable state (``restore(state)``
-    loads it; the state's ``step`` is where to go on) and saves ``state(next_step)`` every
-    ``save_every_steps`` steps and at the end, or every ``save_every_s`` seconds. Each step
-    draws from generators seeded by the step, so a resumed loop ends with the same weights
-    as an uninterrupted one. Returns the step it started from."""
+    loads it; the state's ``step`` is where to go on; the schedule's state travels with it)
+    and saves ``state(next_step)`` every ``save_every_steps`` steps and at the end, or every
+    ``save_every_s`` seconds. Each step draws from generators seeded by the step, so a
+    resumed loop ends with the same weights as an uninterrupted one. Returns the step it
+    started from."""
     start = 0
     if resume is not None:
         ck = resume.load()
         if ck is not None:
             restore(ck)
             start = int(ck["step"])
+            if lr_scheduler is not None and start:
+                if "lr_scheduler" in ck:
+                    lr_scheduler.load_state_dict(ck["lr_scheduler"])
+                else:  # a state saved without its schedule: replay the schedule to ``start``
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()"
+                        for _ in range(start):
+                            lr_scheduler.step()
     last_save = time.time()
     bar = progress_bar(range(start, steps), desc=desc, enabled=progress, initial=start, total=steps)
     for step in bar:
         loss = step_loss(step)
-        if lr_at is not None:
-            set_lr(optimizer, lr_at(step))
         optimizer_step(optimizer, loss, clip_params, max_norm)
+        if lr_scheduler is not None:
+            lr_scheduler.step()
         if after_step is not None:
             after_step(step)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -892,7 +897,10 @@ def train_steps(
             due = (save_every_steps is not None and (done % save_every_steps == 0 or done == steps)) or (
                 save_every_s is not None and time.time() - last_save > save_every_s)
             if due:
-                resume.save(state(done))
+                saved = state(done)
+                if lr_scheduler is not None:
+                    saved = {**saved, "lr_scheduler": lr_scheduler.state_dict()}
+                resume.save(saved)
                 last_save = time.time()
     return start
 

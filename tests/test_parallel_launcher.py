@@ -72,8 +72,9 @@ def test_two_workers_give_the_numbers_of_one_after_another(tmp_path):
 
 def test_a_failing_run_in_a_worker_is_reported_and_the_others_finish(tmp_path):
     logs: list[str] = []
-    la = LocalLauncher(log=logs.append, workers=2, threads=1)
-    la.submit(RunSpec("toy", "erm", 0, str(tmp_path), overrides=TINY))
+    la = LocalLauncher(log=logs.append, workers=2, threads=1, heartbeat_s=0.2)
+    longer = {**TINY, "erm": {"epochs": 3, "keep_epochs": []}}  # a few seconds: several heartbeats while it runs
+    la.submit(RunSpec("toy", "erm", 0, str(tmp_path), overrides=longer))
     # a real dataset whose folder is missing: the run raises in its worker
     la.submit(RunSpec("waterbirds", "erm", 0, str(tmp_path), data_dir=str(tmp_path / "no-data")))
     outcomes = la.wait()
@@ -81,6 +82,10 @@ def test_a_failing_run_in_a_worker_is_reported_and_the_others_finish(tmp_path):
     assert "waterbirds" in outcomes[1].error.lower()
     assert any(line.startswith("[2/2] waterbirds/erm/seed0: FAILED") for line in logs)
     assert (tmp_path / "toy" / "erm" / "seed0" / "done").is_file()
+    # while no run ends, a line every heartbeat says which runs a worker has begun (none before)
+    beats = [line for line in logs if "finished; running" in line]
+    assert beats and beats[0].endswith("running "), logs  # the workers are still starting
+    assert any("running toy/erm/seed0" in line for line in beats), logs
 
 
 def test_launcher_rejects_bad_worker_settings():

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from bench.provenance import write_json
+from spuraug.engine import train_steps
 from spuraug.toyworld import recipe as R
 from spuraug.toyworld.check import box_inpainting_latents, load_inpainter, object_x0_gap
 from spuraug.toyworld.render import DIGIT_WORDS
@@ -71,7 +72,8 @@ def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_
         return {t: {"x0_error": r["true"], "gap": r["gap"]} for t, r in rep.items()}
 
     log, t0 = [], time.time()
-    for step in range(steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         idx = rng.integers(0, len(world), rec.unet_batch)
         ti = torch.from_numpy(idx)
         if recipe_captions:
@@ -87,16 +89,19 @@ def run(steps: int, tilt: float, recipe_captions: bool, full_share: float, full_
         noise = torch.randn(z.shape, generator=gen)
         pred = unet(R.unet_input(z, noise, a, m, zmi), t, te(R.tokenize(tok, caps))[0]).sample
         loss = R.unet_loss(pred, z, a, obj[ti], full, rec)
-        for g in opt.param_groups:
-            g["lr"] = R._lr_at(step, steps, rec.unet_lr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        last_loss[0] = loss.detach()
+        return loss
+
+    def report(step: int) -> None:
         if (step + 1) % every == 0 or step + 1 == steps:
-            log.append({"step": step + 1, "elapsed_s": round(time.time() - t0, 1), "loss": round(loss.item(), 4),
-                        "text_gap": gap()})
+            log.append({"step": step + 1, "elapsed_s": round(time.time() - t0, 1),
+                        "loss": round(last_loss[0].item(), 4), "text_gap": gap()})
             print(json.dumps(log[-1]), flush=True)
+
+    last_loss: list[torch.Tensor] = [torch.zeros(())]
+    # the zoo's own loop and schedule (engine.train_steps, recipe.warmup_cosine_schedule)
+    train_steps(step_loss, opt, steps, lr_scheduler=R.warmup_cosine_schedule(opt, steps), clip_params=params,
+                after_step=report, desc="unet+text (ablation)", progress=False)
     return {"steps": steps, "tilt": tilt, "recipe_captions": recipe_captions, "full_share": full_share,
             "full_weight": full_weight, "mask": "object box grown by 2 px", "log": log}
 

@@ -109,8 +109,12 @@ def pretrain_backbone(recipe: BackboneRecipe = BackboneRecipe(), work: str | Pat
         else:  # another recipe's checkpoint: start over
             state["step"] = 0
 
+    from diffusers.optimization import (
+        get_cosine_schedule_with_warmup,  # deferred: heavy optional model library
+    )
+
     model.train()
-    train_steps(step_loss, opt, recipe.steps, lr_at=lambda step: recipe.lr * 0.5 * (1 + np.cos(np.pi * step / recipe.steps)),
+    train_steps(step_loss, opt, recipe.steps, lr_scheduler=get_cosine_schedule_with_warmup(opt, 0, recipe.steps),
                 resume=ResumePoint(Path(work) / "checkpoint.pt") if work is not None else None, restore=restore,
                 state=lambda done: {"recipe": recipe.to_json(), "step": done, "model": model.state_dict(),
                                     "opt": opt.state_dict()},

@@ -158,9 +158,13 @@ def train_oracle(world, recipe, work: Path | None = None, vae=None, progress: bo
             b, torch.from_numpy(world.backgrounds[idx])
         )
 
+    from diffusers.optimization import (
+        get_cosine_schedule_with_warmup,  # deferred: heavy optional model library
+    )
+
     model.train()
     train_steps(step_loss, opt, recipe.oracle_steps, desc="oracle", progress=progress,
-                lr_at=lambda step: recipe.oracle_lr * 0.5 * (1 + np.cos(np.pi * step / recipe.oracle_steps)))
+                lr_scheduler=get_cosine_schedule_with_warmup(opt, 0, recipe.oracle_steps))
     return model.eval()
 
 

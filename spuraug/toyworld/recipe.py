@@ -376,16 +376,24 @@ def _torch_gen(recipe: ZooRecipe, stage: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(_batch_rng(recipe, stage, step).integers(2**62)))
 
 
-# The schedule stays hand-written: a linear warm-up into a cosine decay to 10% of ``lr``.
-# diffusers' get_scheduler has no 10% floor, and a torch LambdaLR with factor
-# ``_lr_at(step) / lr`` multiplies in another order: measured, 1 of 2000 (VAE), 8 of 2400
-# (UNet) and 1 of 300 (CLIPSeg) learning rates differ in the last bit, and the committed
-# zoo's weights (its manifest's file hashes) depend on every one of them. Likewise the
-# oracle's and backbone's plain cosine differs from get_scheduler("cosine") at 351 of 1500
-# and 683 of 3000 steps (``pi * step / total`` vs ``pi * 2 * 0.5 * (step / total)``).
-def _lr_at(step: int, total: int, lr: float, warmup: int = 50) -> float:
+def warmup_cosine_factor(step: int, total: int, warmup: int = 50) -> float:
+    """The zoo stages' learning-rate factor at ``step`` of ``total``: a linear warm-up over
+    ``min(warmup, total // 5 + 1)`` steps times a cosine decay to 10% (diffusers'
+    get_scheduler("cosine") has no floor)."""
     warm = min(1.0, (step + 1) / max(1, min(warmup, total // 5 + 1)))
-    return lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, total))))
+    return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, total))))
+
+
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """torch's LambdaLR over :func:`warmup_cosine_factor`, stepped by ``engine.train_steps``.
+
+    The committed zoo (recipe 0df563359312) was trained before the schedule and the UNet's
+    EMA came from torch and diffusers: its code set ``lr * factor`` itself (LambdaLR multiplies
+    in another order: 1 of 2000 VAE, 8 of 2400 UNet and 1 of 300 CLIPSeg rates differ in the
+    last bit) and kept the EMA by ``lerp`` (diffusers' EMAModel rounds otherwise and skips the
+    first step's 0.1 blend). This code trains the same recipe to weights that differ at
+    rounding level, as a retrain on another CPU type does (docs/toyworld.md "Training time")."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, total))
 
 
 # ---------------------------------------------------------------- stage 1: VAE
@@ -419,7 +427,7 @@ def train_vae(world: World, recipe: ZooRecipe, work: Path, progress: bool = True
         opt.load_state_dict(ck["opt"])
 
     vae.train()
-    train_steps(step_loss, opt, recipe.vae_steps, lr_at=lambda step: _lr_at(step, recipe.vae_steps, recipe.vae_lr),
+    train_steps(step_loss, opt, recipe.vae_steps, lr_scheduler=warmup_cosine_schedule(opt, recipe.vae_steps),
                 resume=_resume_point(work, "vae"), restore=restore, save_every_s=60.0,
                 state=lambda done: {"model": vae.state_dict(), "opt": opt.state_dict(), "step": done},
                 desc="vae", progress=progress)
@@ -525,11 +533,12 @@ def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, prog
     sched = build_training_scheduler(recipe.prediction_type)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
-    # The EMA stays hand-written: diffusers' EMAModel.step (same decay warm-up,
-    # ``(1 + step) / (10 + step)``) computes ``s - (1 - d) * (s - p)`` where this computes
-    # ``s.lerp_(p, 1 - d)``; measured over 200 steps the two differ by up to 2.4e-7, so the
-    # committed zoo's weights (its manifest's file hashes) would not be reproduced bit for bit.
-    ema = [p.detach().clone() for p in params]
+    from diffusers.training_utils import (
+        EMAModel,  # deferred: heavy optional model library, only the DDB stages need it
+    )
+
+    # diffusers' EMAModel (decay warm-up min(decay, (1 + n) / (10 + n)) over its update count n)
+    ema = EMAModel(params, decay=recipe.unet_ema_decay, use_ema_warmup=False)
     alphas = sched.alphas_cumprod
     vae.eval()
     pre = precompute_inpainting_latents(world, vae, recipe, work, progress)
@@ -559,27 +568,22 @@ def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, prog
         return unet_loss(pred, target, a, pre["obj"][ti], full, recipe)
 
     def update_ema(step: int) -> None:
-        decay = min(recipe.unet_ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - decay)
+        ema.step(params)
 
     def restore(ck: dict) -> None:
         unet.load_state_dict(ck["unet"])
         text_encoder.load_state_dict(ck["text_encoder"])
         opt.load_state_dict(ck["opt"])
-        ema[:] = list(ck["ema"])
+        ema.load_state_dict(ck["ema"])
 
     unet.train()
     text_encoder.train()
-    train_steps(step_loss, opt, recipe.unet_steps, lr_at=lambda step: _lr_at(step, recipe.unet_steps, recipe.unet_lr),
+    train_steps(step_loss, opt, recipe.unet_steps, lr_scheduler=warmup_cosine_schedule(opt, recipe.unet_steps),
                 clip_params=params, after_step=update_ema, resume=_resume_point(work, "unet"), restore=restore,
                 state=lambda done: {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                                    "opt": opt.state_dict(), "ema": ema, "step": done},
+                                    "opt": opt.state_dict(), "ema": ema.state_dict(), "step": done},
                 save_every_s=60.0, desc="unet+text", progress=progress)
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
+    ema.copy_to(params)
     return unet.eval(), text_encoder.eval()
 
 
@@ -642,7 +646,7 @@ def train_clipseg(world: World, tokenizer, recipe: ZooRecipe, work: Path, progre
         opt.load_state_dict(ck["opt"])
 
     model.train()
-    train_steps(step_loss, opt, recipe.seg_steps, lr_at=lambda step: _lr_at(step, recipe.seg_steps, recipe.seg_lr),
+    train_steps(step_loss, opt, recipe.seg_steps, lr_scheduler=warmup_cosine_schedule(opt, recipe.seg_steps),
                 clip_params=list(model.parameters()), resume=_resume_point(work, "clipseg"), restore=restore,
                 state=lambda done: {"model": model.state_dict(), "opt": opt.state_dict(), "step": done},
                 save_every_s=60.0, desc="clipseg", progress=progress)
