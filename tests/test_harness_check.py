@@ -259,3 +259,23 @@ def test_other_cpu_type_widens_each_tolerance_to_the_seed_spread(tmp_path, monke
         assert ("this is 'Intel Xeon'" in out) == (machine == "Intel Xeon")
     got["erm"]["worst_group_acc"] = 55.0  # a stable method's 6-point drop still fails on the other CPU type
     assert check.main(["--reference", str(tmp_path / "ref.json"), "--runs-dir", str(tmp_path)]) == 1
+
+
+def test_gate_notes_runs_on_another_thread_count_and_reference_records_it(tmp_path, monkeypatch, capsys):
+    """The reference records its runs' torch threads; a gate run whose runs used others says so
+    (CPU kernels split reductions by thread count: expect more than rounding)."""
+    got = {"erm": {"worst_group_acc": 61.0, "avg_acc": 86.0}}
+    info = {"failed": [], "config_hashes": {}, "wall_time_s": {"erm/seed0": 1.0}, "per_seed": {},
+            "torch_threads": [1]}
+    monkeypatch.setattr(check, "measure", lambda *a, **k: (got, info))
+    monkeypatch.setattr(check, "hardware", lambda: {"cpu_model": "AMD EPYC"})
+    ref_path = tmp_path / "ref.json"
+    assert check.main(["--write-reference", "--methods", "erm", "--reference", str(ref_path),
+                       "--runs-dir", str(tmp_path)]) == 0
+    assert load_reference(ref_path)["_meta"]["torch_threads_per_run"] == [1]
+    capsys.readouterr()
+    assert check.main(["--reference", str(ref_path), "--runs-dir", str(tmp_path)]) == 0
+    assert "torch thread" not in capsys.readouterr().out
+    info["torch_threads"] = [2]
+    assert check.main(["--reference", str(ref_path), "--runs-dir", str(tmp_path)]) == 0
+    assert "the reference's runs used [1] torch thread(s) each, these [2]" in capsys.readouterr().out
