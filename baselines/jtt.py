@@ -123,6 +123,8 @@ class JTT(Method):
             return None
         if self.stage1_recipe(hp) != {k: erm[k] for k in STAGE1_KEYS} or any(hp[k] != erm[k] for k in SHARED_KEYS):
             return None
+        if erm.get("lr_schedule", "constant") != "constant":  # JTT's stage 1 trains at one rate throughout
+            return None
         t = hp["stage1_epochs"]
         if t == erm["epochs"]:
             return "last"

@@ -727,6 +727,18 @@ def train_epoch(
     return line, step
 
 
+def build_lr_schedule(optimizer: torch.optim.Optimizer, name: str,
+                      epochs: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule ``name`` of a run, stepped once per epoch by :func:`fit`:
+    ``"constant"`` (None: the papers' recipes) or ``"cosine"`` (torch's CosineAnnealingLR over
+    ``epochs``: epoch ``e`` of ``E`` trains at ``lr * (1 + cos(pi * (e - 1) / E)) / 2``)."""
+    if name == "constant":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {name!r}")
+
+
 def fit(
     model: nn.Module,
     sources: Mapping[str, TrainSource] | TrainSource,
@@ -748,6 +760,7 @@ def fit(
     max_steps_per_epoch: int | None = None,
     step_callback: Callable[[int, int], None] | None = None,
     channels_last: bool | None = None,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> FitResult:
     """Train ``model`` for ``epochs`` epochs over ``sources`` minimising ``objective``.
 
@@ -762,6 +775,7 @@ def fit(
 
     ``out_dir=None`` trains in memory (no files, no resume). ``channels_last`` (default: see
     :func:`use_channels_last`) sets the memory format of the model and its input batches.
+    ``lr_scheduler`` (:func:`build_lr_schedule`) is stepped after each epoch and resumes with the run.
     """
     device = resolve_device(device)
     if isinstance(sources, TrainSource):
@@ -788,6 +802,8 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         objective.load_state_dict(state.get("objective", {}))
+        if lr_scheduler is not None and "lr_scheduler" in state:
+            lr_scheduler.load_state_dict(state["lr_scheduler"])
         selector.load_state_dict(state)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         log.load(start_epoch)
@@ -810,6 +826,9 @@ def fit(
                 num_workers=num_workers, max_steps=max_steps_per_epoch, step_callback=step_callback,
                 on_nonfinite=stop, channels_last=channels_last, bar=lambda it, bar=bar: _counted(it, bar),
             )
+        if lr_scheduler is not None:
+            line["lr"] = optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
+            lr_scheduler.step()
         if epoch % eval_every == 0 or epoch == epochs:
             line.update(evaluate_sets(model, eval_sets, device, eval_batch_size, train_group_counts, num_workers,
                                       channels_last=channels_last))
@@ -828,6 +847,7 @@ def fit(
                 "model": cpu_state(model),
                 "optimizer": optimizer.state_dict(),
                 "objective": objective.state_dict(),
+                **({"lr_scheduler": lr_scheduler.state_dict()} if lr_scheduler is not None else {}),
                 "epoch": epoch,
                 "step": step,
                 **selector.state_dict(),

@@ -91,6 +91,9 @@ TRAIN_PARAMS: dict[str, Param] = {
     "weight_decay": param(1e-4, float, ge=0),
     "batch_size": param(32, int, ge=1),
     "epochs": param(10, int, ge=1),
+    "lr_schedule": param("constant", choices=("constant", "cosine"),
+                         help="constant: the papers' recipes (GroupDRO, JTT, DFR train at one rate); cosine: "
+                              "torch's CosineAnnealingLR over the epochs, stepped after each epoch"),
     "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),
     "augment": param(True, bool, help="train with the dataset's random train transform; false: its eval transform "
                                       "(group_DRO/JTT run without --augment_data)"),

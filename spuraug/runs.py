@@ -239,6 +239,7 @@ class RunContext:
         )
         return engine.fit(
             model, sources, opt, hp["epochs"], self.eval_sets(),
+            lr_scheduler=engine.build_lr_schedule(opt, hp.get("lr_schedule", "constant"), hp["epochs"]),
             objective=objective, out_dir=out_dir or self.dir, seed=self.seed, device=self.device,
             selection=hp["selection"], train_group_counts=self.train_group_counts(),
             eval_every=self.config["eval"]["every"], eval_batch_size=self.config["eval"]["batch_size"],

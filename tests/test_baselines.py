@@ -20,7 +20,8 @@ from baselines.dfr import (
 from baselines.groupdro import GroupDROObjective
 from baselines.jtt import error_set, upsampled_indices
 from spuraug.engine import Batch
-from spuraug.runs import load_model, read_metrics, run_dir, run_method
+from spuraug.methods import get_method
+from spuraug.runs import _context, load_model, read_metrics, run_dir, run_method
 
 
 @pytest.fixture
@@ -138,7 +139,10 @@ def test_jtt_train_pass_recorder_keeps_the_training_mode_predictions_of_the_last
 
 def test_jtt_run_reuses_erm_and_saves_its_error_set(tmp_path, tiny):
     over = {**tiny, "jtt.stage1_epochs": 1, "jtt.epochs": 1, "jtt.lambda_up": 3, "jtt.batch_size": 32,
-            "jtt.stage1_batch_size": 32, "jtt.error_set_from": "eval_pass"}
+            "jtt.stage1_batch_size": 32, "jtt.error_set_from": "eval_pass", "erm.lr_schedule": "constant"}
+    # ERM with a cosine schedule is not JTT's constant-rate stage 1: not reused
+    cosine = _context("toy", "jtt", 0, tmp_path / "x", None, None, {**over, "erm.lr_schedule": "cosine"}, progress=False)
+    assert get_method("jtt")().erm_checkpoint(cosine) is None
     result = run_method("toy", "jtt", 0, runs_dir=tmp_path, overrides=over, progress=False)
     erm_dir = run_dir(tmp_path, "toy", "erm", 0)
     assert (erm_dir / "done").is_file() and (erm_dir / "checkpoints/epoch001.pt").is_file()

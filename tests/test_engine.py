@@ -39,13 +39,14 @@ def _splits(small_toy):
             {"val": get_dataset("toy", "val", **opts), "test": get_dataset("toy", "test", **opts)})
 
 
-def _fit(small_toy, out_dir, epochs=3, objective=None, step_callback=None, seed=0):
+def _fit(small_toy, out_dir, epochs=3, objective=None, step_callback=None, seed=0, schedule="constant"):
     train, evals = _splits(small_toy)
     torch.manual_seed(seed)
     model = ToyCNN(2, width=8)
     opt = engine.build_optimizer(model.parameters(), "sgd", 0.05, 1e-4)
     return engine.fit(model, engine.TrainSource(train, 32), opt, epochs, evals, objective=objective,
-                      out_dir=out_dir, seed=seed, device="cpu", progress=False, step_callback=step_callback)
+                      out_dir=out_dir, seed=seed, device="cpu", progress=False, step_callback=step_callback,
+                      lr_scheduler=engine.build_lr_schedule(opt, schedule, epochs))
 
 
 def test_same_seed_same_metrics_and_weights(tmp_path, tiny):
@@ -69,8 +70,13 @@ def test_same_seed_same_metrics_and_weights(tmp_path, tiny):
     assert "groups" in la[0]["val"] and la[0]["val"]["groups"][0]["n"] > 0
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, small_toy):
-    full = _fit(small_toy, tmp_path / "full")
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, small_toy, schedule):
+    full = _fit(small_toy, tmp_path / "full", schedule=schedule)
+    if schedule == "cosine":  # each epoch's rate is logged: 0.05 * (1 + cos(pi * (e - 1) / 3)) / 2
+        assert [line["lr"] for line in full.history] == pytest.approx([0.05, 0.0375, 0.0125])
+    else:
+        assert all("lr" not in line for line in full.history)
 
     class Crash(Exception):
         pass
@@ -80,9 +86,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, small_toy):
             raise Crash
 
     with pytest.raises(Crash):
-        _fit(small_toy, tmp_path / "crashed", step_callback=crash)
+        _fit(small_toy, tmp_path / "crashed", step_callback=crash, schedule=schedule)
     assert engine.load_state(tmp_path / "crashed/checkpoints/last.pt")["epoch"] == 1
-    resumed = _fit(small_toy, tmp_path / "crashed")
+    resumed = _fit(small_toy, tmp_path / "crashed", schedule=schedule)
     assert resumed.resumed_from_epoch == 1
     assert _strip(full.history) == _strip(resumed.history)
     assert _strip(read_metrics(tmp_path / "full")) == _strip(read_metrics(tmp_path / "crashed"))
