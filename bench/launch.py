@@ -110,25 +110,23 @@ def usable_cpus() -> int:
 def local_parallelism(workers: int | str | None = "auto", threads: int | None = None) -> tuple[int, int | None]:
     """``(workers, threads)`` of a local sweep.
 
-    On a CPU-only machine ``"auto"`` runs one run per core, each on one torch thread. One
-    thread per run is what makes a run's numbers independent of the machine's size: torch's
-    CPU kernels split their reductions by thread count, so the same run on 1 and on 2 threads
-    differs in the last bits, and a 5-epoch training grows that into other accuracies. On 2
-    cores, two runs on one thread each also finish sooner than one after the other on two
-    threads (one ERM run: 36.4 s on one thread, 25.7 s on two; docs/measurements.md). With a
-    GPU, ``"auto"`` is one worker at torch's thread count (runs share the one device).
-    ``threads`` set explicitly wins; ``workers`` then defaults to ``cores // threads``.
+    Without a GPU every run trains on one torch thread unless ``threads`` says otherwise, and
+    ``"auto"`` runs one run per core at once. One thread per run is what makes a run's numbers
+    independent of the machine's size: torch's CPU kernels split their reductions by thread
+    count, so the same run on 1 and on 2 threads differs in the last bits, and training grows
+    that into other accuracies. On 2 cores, two runs on one thread each also finish sooner than
+    one after the other on two threads (one toy ERM run: 36.4 s on one thread, 25.7 s on two;
+    the sweep 9 min 12 s against 11 min 37 s; docs/measurements.md). With a GPU, ``"auto"`` is
+    one worker at torch's thread count (the runs share the one device).
     """
-    if workers in (None, "auto"):
-        if torch.cuda.is_available():
-            return 1, threads
+    gpu = torch.cuda.is_available()
+    if not gpu:
         threads = threads or 1
-        return max(1, usable_cpus() // threads), threads
+    if workers in (None, "auto"):
+        return (1, threads) if gpu else (max(1, usable_cpus() // threads), threads)
     workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1 or 'auto', not {workers}")
-    if workers > 1 and threads is None:
-        threads = max(1, usable_cpus() // workers)
     return workers, threads
 
 
@@ -220,32 +218,40 @@ class LocalLauncher(Launcher):
         outcomes = []
         start = time.monotonic()
         n = len(self._queue)
+        before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
-        for i, spec in enumerate(self._queue, 1):
-            prefix = f"[{i}/{n}] {spec.label}"
-            if not self._announce(prefix, spec, start):
-                outcomes.append(RunOutcome(spec, "skipped", 0.0))
-                continue
-            t0 = time.monotonic()
-            try:
-                if self.mode == "inprocess":
-                    self._run_inprocess(spec)
-                else:
-                    self._run_subprocess(spec)
-            except KeyboardInterrupt:
-                self.log(f"{prefix}: interrupted; finished runs are kept, re-run the sweep to resume")
-                raise
-            except Exception as e:  # one failing run must not lose the others
-                dt = time.monotonic() - t0
-                detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-                self.log(f"{prefix}: FAILED after {dt:.1f} s: {detail}")
-                outcomes.append(RunOutcome(spec, "failed", dt, detail))
-                continue
-            dt = time.monotonic() - t0
-            self.log(f"{prefix}: done in {dt:.1f} s (elapsed {_hms(time.monotonic() - start)})")
-            outcomes.append(RunOutcome(spec, "done", dt))
+        try:
+            for i, spec in enumerate(self._queue, 1):
+                self._run_one(i, n, spec, start, outcomes)
+        finally:
+            torch.set_num_threads(before)  # the caller's thread count, as it was
         return outcomes
+
+    def _run_one(self, i: int, n: int, spec: RunSpec, start: float, outcomes: list[RunOutcome]) -> None:
+        """Run ``spec`` here (the ``i``-th of ``n``) and append its outcome."""
+        prefix = f"[{i}/{n}] {spec.label}"
+        if not self._announce(prefix, spec, start):
+            outcomes.append(RunOutcome(spec, "skipped", 0.0))
+            return
+        t0 = time.monotonic()
+        try:
+            if self.mode == "inprocess":
+                self._run_inprocess(spec)
+            else:
+                self._run_subprocess(spec)
+        except KeyboardInterrupt:
+            self.log(f"{prefix}: interrupted; finished runs are kept, re-run the sweep to resume")
+            raise
+        except Exception as e:  # one failing run must not lose the others
+            dt = time.monotonic() - t0
+            detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+            self.log(f"{prefix}: FAILED after {dt:.1f} s: {detail}")
+            outcomes.append(RunOutcome(spec, "failed", dt, detail))
+            return
+        dt = time.monotonic() - t0
+        self.log(f"{prefix}: done in {dt:.1f} s (elapsed {_hms(time.monotonic() - start)})")
+        outcomes.append(RunOutcome(spec, "done", dt))
 
     def _wait_parallel(self) -> list[RunOutcome]:
         start = time.monotonic()

@@ -23,14 +23,24 @@ def test_local_parallelism_one_thread_per_run_without_gpu(monkeypatch):
     assert local_parallelism("auto") == (4, 1)
     assert local_parallelism(None) == (4, 1)
     assert local_parallelism("auto", threads=2) == (2, 2)
-    assert local_parallelism(2) == (2, 2)
-    assert local_parallelism(3) == (3, 1)
-    assert local_parallelism(1) == (1, None)  # one after another, torch's thread count (the library default)
-    assert local_parallelism(1, threads=1) == (1, 1)
+    assert local_parallelism(2) == (2, 1)
+    assert local_parallelism(1) == (1, 1)  # one after another, still one thread: the same numbers
+    assert local_parallelism(1, threads=3) == (1, 3)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         local_parallelism(0)
     monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: True)
-    assert local_parallelism("auto") == (1, None)
+    assert local_parallelism("auto") == (1, None)  # a GPU: one run at a time at torch's threads
+    assert local_parallelism(2) == (2, None)
+
+
+def test_sequential_launcher_restores_the_callers_thread_count(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(LocalLauncher, "_run_inprocess", staticmethod(lambda spec: seen.append(launch.torch.get_num_threads())))
+    before = launch.torch.get_num_threads()
+    la = LocalLauncher(log=lambda line: None, threads=1)
+    la.submit(RunSpec("toy", "erm", 0, str(tmp_path)))
+    assert [o.status for o in la.wait()] == ["done"]
+    assert seen == [1] and launch.torch.get_num_threads() == before
 
 
 def test_parallel_order_starts_erm_then_ddb():
