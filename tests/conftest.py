@@ -22,6 +22,18 @@ def small_toy():
 
 
 @pytest.fixture
+def tiny_toy_runs(small_toy):
+    """Overrides for real runs on the small toy benchmark with a width-8 CNN from scratch (the
+    zoo backbone is width 16); test files add their method settings."""
+    return {
+        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test,
+                            "correlation": small_toy.correlation},
+        "model.width": 8,
+        "model.pretrained": False,
+    }
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models gain nothing from a second thread on a shared 2-core machine; restored after."""
     n = torch.get_num_threads()

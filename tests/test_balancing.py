@@ -12,13 +12,8 @@ from spuraug.runs import read_metrics, run_dir, run_method
 
 
 @pytest.fixture
-def tiny(small_toy):
-    return {
-        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test,
-                            "correlation": small_toy.correlation},
-        "model.width": 8,
-        "model.pretrained": False,  # the zoo backbone is width 16: tiny runs train from scratch
-    }
+def tiny(tiny_toy_runs):
+    return {**tiny_toy_runs}
 
 
 @pytest.fixture

@@ -16,16 +16,8 @@ TIMING = ("images_per_s", "step_time_s", "peak_mem_mb")
 
 
 @pytest.fixture
-def tiny(small_toy):
-    return {
-        "dataset_options": {"n_train": small_toy.n_train, "n_val": small_toy.n_val, "n_test": small_toy.n_test,
-                            "correlation": small_toy.correlation},
-        "model.width": 8,
-        "model.pretrained": False,  # the zoo backbone is width 16: tiny runs train from scratch
-        "erm.epochs": 2,
-        "erm.batch_size": 32,
-        "erm.lr": 0.05,
-    }
+def tiny(tiny_toy_runs):
+    return {**tiny_toy_runs, "erm.epochs": 2, "erm.batch_size": 32, "erm.lr": 0.05}
 
 
 def _strip(lines):
