@@ -1,7 +1,7 @@
 """DDB's worst-group accuracy against the quality of its edits (issue 18 item 4).
 
     python -m bench.studies.ddb_edit_quality [--runs-dir runs-edit-quality] [--seeds 0 1 2]
-        [--mixes 0 0.25 0.5 0.75 1] [--set KEY=VALUE ...]
+        [--mixes 0 0.25 0.5 0.75 1] [--set KEY=VALUE ...] [--workers auto|N]
         [--out results/studies/ddb_edit_quality/curve.json]
 
 For each share ``m`` of ``--mixes``, DDB runs on the toy with ``ddb.inpaint.backend: oracle``
@@ -19,6 +19,10 @@ DDB stage folders are shared through links to ``--runs-dir/toy/erm`` and
 ``--runs-dir/toy/ddb_artifacts`` (stage folders are keyed by their inputs, so the
 sources, masks and learned tokens are computed once). Finished runs are found, not redone.
 The learned edits need the textual inversion (``ddb.invert``) once: the longest step on CPU.
+The DDB runs go through the sweep's local launcher (``--workers``: one run per core on one
+torch thread each without a GPU, as ``make bench``; bench/launch.py), so a mix-0 run repeats the
+table's DDB run when ``--runs-dir/toy/`` holds a copy of that sweep's ``erm`` and
+``ddb_artifacts``; the oracle then reads each run's edits here.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.launch import RunSpec, local_parallelism, make_launcher
 from bench.provenance import emit_report, git_state, hardware
 from bench.studies import ddb_toy_oracle
 from spuraug.config import load_config, parse_overrides
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=DEFAULT_OUT, help="write the report as JSON here ('' for none)")
     ap.add_argument("--quiet", action="store_true", help="do not print the report")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--workers", default="auto", help="DDB runs at once (default auto: bench/launch.py local_parallelism)")
     args = ap.parse_args(argv)
     bad = [m for m in args.mixes if not 0 <= m <= 1]
     if bad:
@@ -133,6 +139,17 @@ def main(argv: list[str] | None = None) -> dict:
     runs = Path(args.runs_dir)
     overrides = parse_overrides(args.set)
     oracle = load_oracle(ORACLE_MODEL_ID)
+    workers, threads = local_parallelism(args.workers)
+    launcher = make_launcher("local", workers=workers, threads=threads)
+    for mix in args.mixes:
+        d = mix_runs_dir(runs, mix)
+        ov = {**overrides, "ddb.inpaint.backend": "oracle", "ddb.inpaint.oracle_mix": float(mix)}
+        for seed in args.seeds:
+            launcher.submit(RunSpec("toy", "ddb", seed, str(d), overrides=ov))
+    failed = [o for o in launcher.wait() if o.status == "failed"]
+    if failed:
+        raise SystemExit("bench.studies.ddb_edit_quality: " + "; ".join(f"{o.spec.label} in {o.spec.runs_dir}: "
+                                                                        f"{o.error}" for o in failed))
     per_mix: dict = {}
     for mix in args.mixes:
         per_mix[f"{mix:g}"] = {str(seed): run_mix(runs, mix, seed, overrides, oracle, not args.no_progress)

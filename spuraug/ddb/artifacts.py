@@ -17,6 +17,7 @@ deleted since is treated as unfinished (one line names the file) and redone.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -29,6 +30,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from spuraug import atomic
 from spuraug.records import StageManifest
@@ -202,6 +205,11 @@ class Artifact:
                 out[rel] = f.stat().st_size
         return out
 
+    def lock(self) -> FileLock:
+        """The inter-process lock of this stage folder (``.<stage>-<key>.lock`` beside it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path.parent / f".{self.path.name}.lock"))
+
     def prepare(self) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
         key_file = self.path / "key.json"
@@ -222,6 +230,28 @@ class Artifact:
         merged["files"] = self.output_files()
         StageManifest.from_dict(merged, str(self.path / MANIFEST)).write(self.path / MANIFEST)
         atomic.write_text(self.path / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+
+
+def one_process_at_a_time(artifact_of: str):
+    """Decorator of a pipeline stage method: while one process computes the stage folder
+    ``getattr(self, artifact_of)()``, another that needs the same folder waits on its lock
+    (:meth:`Artifact.lock`) and then finds it done, instead of computing it a second time into
+    the same folder. DDB runs of other seeds share the inversion, and a sweep's worker
+    processes start them at once (bench/launch.py). Locks are taken downstream first (a stage,
+    then the stages it reads), so two processes cannot wait on each other."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            art = getattr(self, artifact_of)()
+            if art.done:
+                return fn(self, *args, **kwargs)
+            with art.lock():
+                return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    return deco
 
 
 #: Stage folders whose files were checked in this process.

@@ -37,7 +37,15 @@ from spuraug.data.registry import get_dataset, get_spec
 from spuraug.data.toy import ToyDataset
 from spuraug.ddb import hub
 from spuraug.ddb import invert as inv
-from spuraug.ddb.artifacts import Artifact, AttemptClock, read_json, safe_name, timed, write_json_sorted
+from spuraug.ddb.artifacts import (
+    Artifact,
+    AttemptClock,
+    one_process_at_a_time,
+    read_json,
+    safe_name,
+    timed,
+    write_json_sorted,
+)
 from spuraug.ddb.config import DDBConfig
 from spuraug.ddb.inpaint import (
     Source,
@@ -230,6 +238,7 @@ class Stages:
     def tokens(self) -> list[str]:
         return class_tokens(self.cfg.invert.tokens, self.n_classes)
 
+    @one_process_at_a_time("invert_artifact")
     def invert(self) -> Artifact:
         """Textual inversion of every class (resumable; shared across ERM seeds)."""
 
@@ -293,6 +302,7 @@ class Stages:
         return {tok: art.path / f"class{c}" / EMBEDS_FILE for c, tok in enumerate(self.tokens())}
 
     # ------------------------------------------------------------------ sources
+    @one_process_at_a_time("sources_artifact")
     def sources(self) -> pd.DataFrame:
         """The K lowest-ERM-loss training images per class (``sources.csv``)."""
 
@@ -324,6 +334,7 @@ class Stages:
         return Path(p) if p is not None else None
 
     # ------------------------------------------------------------------ stage 2a
+    @one_process_at_a_time("segment_artifact")
     def segment(self) -> Artifact:
         """Object masks of every source (``masks/<source id>.png``)."""
 
@@ -368,6 +379,7 @@ class Stages:
                                seg.path / "masks" / f"{safe_name(str(r.source_id))}.png"))
         return make_plan(srcs, self.n_classes, self.cfg.inpaint.seed)
 
+    @one_process_at_a_time("inpaint_artifact")
     def inpaint(self, on_written=None) -> Artifact:
         """Generated images (``images/<sample>.png`` + ``.json``) and ``samples.csv``.
 
@@ -426,6 +438,7 @@ class Stages:
         return art
 
     # ------------------------------------------------------------------ stage 3
+    @one_process_at_a_time("prune_artifact")
     def prune(self) -> pd.DataFrame:
         """The pruning table (every sample's p, Psi_i, rho and verdicts) with the configured thresholds."""
 
