@@ -31,69 +31,45 @@ def test_warmup_cosine_schedule_warms_up_then_decays_to_a_tenth():
     assert all(a >= b for a, b in zip(rates[warm - 1:], rates[warm:]))  # decays after the warm-up
 
 
-def _loop(tmp_path, stop_at: int | None, legacy: bool = False):
-    """The zoo's loop on a tiny model: schedule + EMA + resume, stopped after ``stop_at`` steps
-    and started again when given (``legacy``: the saved state lacks the schedule, as states
-    written before the schedule was saved)."""
-    torch.manual_seed(0)
+def _train(tmp_path, steps: int, init_seed: int):
+    """The zoo's loop on a tiny model (schedule + EMA + resume from ``tmp_path/ck.pt``), built
+    from ``init_seed``; returns the model (EMA weights copied in), optimizer and start step."""
+    torch.manual_seed(init_seed)
     model = torch.nn.Linear(4, 2)
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=1e-2)
-    sched = warmup_cosine_schedule(opt, STEPS)
     ema = EMAModel(params, decay=0.9, use_ema_warmup=False)
-    resume = ResumePoint(tmp_path / "ck.pt")
 
     def step_loss(step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 4, generator=g)
-        return model(x).pow(2).mean()
+        return model(torch.randn(8, 4, generator=torch.Generator().manual_seed(step))).pow(2).mean()
 
     def restore(ck: dict) -> None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         ema.load_state_dict(ck["ema"])
 
-    def state(done: int) -> dict:
-        return {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": done}
-
-    kw = dict(lr_scheduler=sched, after_step=lambda step: ema.step(params), resume=resume, restore=restore,
-              state=state, save_every_steps=1, progress=False)
-    if stop_at is not None:
-        train_steps(step_loss, opt, stop_at, **kw)
-        if legacy:
-            ck = torch.load(resume.path, weights_only=False)
-            del ck["lr_scheduler"]
-            torch.save(ck, resume.path)
-        # a new process: fresh model, optimizer, schedule and EMA, then resume
-        return _resume(tmp_path)
-    train_steps(step_loss, opt, STEPS, **kw)
-    ema.copy_to(params)
-    return model, opt
-
-
-def _resume(tmp_path):
-    torch.manual_seed(1)  # other initial weights: everything must come from the saved state
-    model = torch.nn.Linear(4, 2)
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    sched = warmup_cosine_schedule(opt, STEPS)
-    ema = EMAModel(params, decay=0.9, use_ema_warmup=False)
-
-    def step_loss(step: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(step)
-        return model(torch.randn(8, 4, generator=g)).pow(2).mean()
-
-    def restore(ck: dict) -> None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        ema.load_state_dict(ck["ema"])
-
-    start = train_steps(step_loss, opt, STEPS, lr_scheduler=sched, after_step=lambda step: ema.step(params),
-                        resume=ResumePoint(tmp_path / "ck.pt"), restore=restore, progress=False,
+    start = train_steps(step_loss, opt, steps, lr_scheduler=warmup_cosine_schedule(opt, STEPS),
+                        after_step=lambda step: ema.step(params), resume=ResumePoint(tmp_path / "ck.pt"),
+                        restore=restore, save_every_steps=1, progress=False,
                         state=lambda done: {"model": model.state_dict(), "opt": opt.state_dict(),
-                                            "ema": ema.state_dict(), "step": done}, save_every_steps=1)
-    assert start > 0
+                                            "ema": ema.state_dict(), "step": done})
     ema.copy_to(params)
+    return model, opt, start
+
+
+def _loop(tmp_path, stop_at: int | None, legacy: bool = False):
+    """Uninterrupted, or stopped after ``stop_at`` steps and started again as a new process
+    would (other initial weights: everything must come from the saved state); ``legacy``: the
+    saved state lacks the schedule, as states written before the schedule was saved."""
+    if stop_at is None:
+        return _train(tmp_path, STEPS, 0)[:2]
+    _train(tmp_path, stop_at, 0)
+    if legacy:
+        ck = torch.load(tmp_path / "ck.pt", weights_only=False)
+        del ck["lr_scheduler"]
+        torch.save(ck, tmp_path / "ck.pt")
+    model, opt, start = _train(tmp_path, STEPS, 1)
+    assert start == stop_at
     return model, opt
 
 
