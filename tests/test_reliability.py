@@ -157,13 +157,20 @@ def test_second_process_waits_for_the_run_lock_and_trains_nothing(tmp_path, tiny
     code = ("import json,sys; from spuraug.runs import run_method; "
             f"run_method('toy','erm',0,runs_dir={str(tmp_path)!r},overrides=json.loads(sys.argv[1]),progress=False)")
     d = run_dir(tmp_path, "toy", "erm", 0)
-    with run_lock(d):  # held while both processes start, so they really overlap
+    heads = []
+    with run_lock(d):  # held until both processes block on it, so they really overlap
         procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(tiny)], env=_env(),
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        time.sleep(1.0)
-    errs = [p.communicate(timeout=600)[1] for p in procs]
+        for p in procs:  # read each one's stderr up to its "waiting" line (or to its end, if it died)
+            lines = []
+            for line in p.stderr:
+                lines.append(line)
+                if "waiting for it to finish" in line:
+                    break
+            heads.append("".join(lines))
+    errs = [h + p.communicate(timeout=600)[1] for h, p in zip(heads, procs)]
     assert [p.returncode for p in procs] == [0, 0], errs
-    assert sum("waiting for it to finish" in e for e in errs) >= 1
+    assert all("waiting for it to finish" in h for h in heads), heads
     lines = read_metrics(d)
     assert [ln["epoch"] for ln in lines] == [1, 2]  # no epoch twice
     assert len(json.loads((d / "attempts.json").read_text())) == 1  # trained once
