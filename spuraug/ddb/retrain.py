@@ -130,7 +130,7 @@ class DDBObjective(Objective):
     def __init__(self, n_train: int, gamma: Sequence[float], keys: Sequence[int] | None = None) -> None:
         self.n_train = int(n_train)
         self.gamma = [float(g) for g in gamma]
-        self.keys = None if keys is None else torch.as_tensor(np.asarray(keys, dtype=np.int64))
+        self.keys = None if keys is None else torch.tensor(np.asarray(keys, dtype=np.int64))  # a copy: keys may be a read-only view
         self._sums = np.zeros(1 + len(self.gamma))
         self._counts = np.zeros(1 + len(self.gamma))
 
