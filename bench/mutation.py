@@ -5,7 +5,8 @@ For each method of the reference (``results/reference/toy.json``) a mutation of
 :data:`MUTATIONS` removes what makes the method work, through config overrides (the
 ``--set KEY=VALUE`` items of ``make bench``), applied to that method only: JTT without
 upweighting, DFR refit on the unbalanced training split instead of balanced validation subsets,
-DDB without pruning or with zero gammas, GroupDRO without its robust loss and its group-balanced
+DDB with zero gammas or with its edits labelled by their source class (and, as a probe, without
+pruning), GroupDRO without its robust loss and its group-balanced
 sampler, ERM stopped after one epoch. The gate is
 then run with it, through the gate's own functions (:func:`bench.check.measure` on the CI
 sweep :data:`bench.check.CI_OVERRIDES` plus the mutation, :func:`bench.check.compare` against
@@ -28,8 +29,10 @@ are checked unchanged after the mutations ran (``isolation`` in the record).
 
 Writes ``results/check/mutation_<machine>_<time>.json`` (through :mod:`spuraug.atomic`) and the
 Markdown table into the section "Mutation test of the gate" of docs/harness.md (``--docs``).
-Exit 0 when every mutation failed the gate and every clean run passed it, else 1; a bad
-option or override exits 2 before anything runs.
+Exit 0 when every required mutation failed the gate and every clean run passed it, else 1; a
+bad option or override exits 2 before anything runs. A probe (``Mutation.required`` false:
+removing a part whose published effect is below the gate's tolerance, DDB's pruning) runs and is
+reported, caught or not, without deciding the exit code.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class Mutation:
     name: str
     overrides: tuple[str, ...]
     removes: str
+    #: ``False`` for a probe: a part whose published effect is below the gate's tolerance, so the
+    #: gate is not required to catch its removal; it runs and is reported, but does not decide
+    #: whether the mutation test passes (``why_probe`` says why).
+    required: bool = True
+    why_probe: str = ""
 
     @property
     def label(self) -> str:
@@ -92,7 +100,11 @@ MUTATIONS: tuple[Mutation, ...] = (
              "layer; C still chosen on validation (balance_val=false alone would not do on the toy: its "
              "validation split is already group-balanced within each class)"),
     Mutation("ddb", "no_pruning", ("ddb.prune.use_condition1=false", "ddb.prune.use_condition2=false"),
-             "DDB's bicephalous pruning (both conditions off: every generated image is kept), method.md Stage 3"),
+             "DDB's bicephalous pruning (both conditions off: every generated image is kept), method.md Stage 3",
+             required=False,
+             why_probe="pruning's published effect is below the gate's 5-point tolerance (worst-group +1.7 on "
+                       "Waterbirds, +0.6 on MetaShift: method.md Stage 3), and on the toy the rules prune 1-6% "
+                       "of the edits (docs/harness.md)"),
     Mutation("ddb", "zero_gammas", ("ddb.retrain.gamma=[0,0]",),
              "DDB's generated images in retraining (gamma 0 for both classes: weight 0), method.md Stage 4"),
     Mutation("ddb", "source_labels", ("ddb.inpaint.label=source",),
@@ -254,8 +266,9 @@ def run_mutation_test(reference: dict, methods: Sequence[str], seeds: Sequence[i
         report["mutations"].append({
             **{k: entry[k] for k in ("method", "mutation", "overrides", "removes", "runs_dir", "config_hash",
                                      "clean_config_hash")},
-            "copied_from_clean0": copied, "expected": "FAIL", "gate": "PASS" if r["passed"] else "FAIL",
-            "ok": not r["passed"], "reason": verdict_reason(r),
+            "copied_from_clean0": copied, "expected": "FAIL" if mut.required else "probe",
+            "required": mut.required, "why_probe": mut.why_probe, "gate": "PASS" if r["passed"] else "FAIL",
+            "ok": (not r["passed"]) if mut.required else True, "caught": not r["passed"], "reason": verdict_reason(r),
             "hash_differs_from_clean": bool(hashes) and all(h != entry["clean_config_hash"] for h in hashes.values()),
             **r,
         })
@@ -290,7 +303,10 @@ def report_table(report: dict) -> str:
         for e in entries:
             name = f"{e['method']}-{e['mutation']}" if kind == "mutation" else f"clean {e['run']}"
             sets = " ".join(e["overrides"]) if kind == "mutation" else "(none)"
-            verdict = "caught" if kind == "mutation" and e["ok"] else ("passed" if e["ok"] else "WRONG")
+            if kind == "mutation" and not e.get("required", True):
+                verdict = "caught (probe)" if e["caught"] else "not caught (probe)"
+            else:
+                verdict = "caught" if kind == "mutation" and e["ok"] else ("passed" if e["ok"] else "WRONG")
             gate = e["gate"] + (f" ({e['reason']})" if e["reason"] else "")
             for r in e["rows"]:
                 rows.append([name if kind == "mutation" else f"{name}: {r['method']}", sets, r["metric"],
@@ -312,11 +328,16 @@ def docs_section(report: dict, command: str) -> str:
         "",
         report_table(report),
         "",
-        f"Every mutation failed the gate: {'yes' if all(m['ok'] for m in report['mutations']) else 'NO'}; "
+        f"Every required mutation failed the gate: "
+        f"{'yes' if all(m['ok'] for m in report['mutations'] if m.get('required', True)) else 'NO'}; "
         f"every clean run passed it: {'yes' if all(c['ok'] for c in report['clean']) else 'NO'}; "
         f"mutated config hashes differ from the clean ones: {'yes' if iso['mutated_hashes_differ_from_clean'] else 'NO'}; "
         f"clean results unchanged by the mutations: {'yes' if iso['clean0_results_unchanged_by_mutations'] else 'NO'}.",
     ]
+    for m in report["mutations"]:
+        if not m.get("required", True):
+            lines.append(f"Probe {m['method']}-{m['mutation']} ({'caught' if m['caught'] else 'not caught'}), "
+                         f"not required: {m['why_probe']}.")
     return "\n".join(lines)
 
 
@@ -383,7 +404,8 @@ def main(argv: list[str] | None = None, measure: Measure = check.measure) -> int
         write_docs(Path(args.docs), docs_section(report, command))
         print(f"wrote the table into {args.docs} ({SECTION[3:]})")
     print(f"wrote {record}")
-    print("mutation test PASSED: the gate failed on every mutation and passed every clean run" if report["passed"]
+    print("mutation test PASSED: the gate failed on every required mutation and passed every clean run"
+          if report["passed"]
           else "mutation test FAILED: see the verdicts and isolation above")
     return 0 if report["passed"] else 1
 

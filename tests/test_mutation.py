@@ -69,8 +69,9 @@ def test_groupdro_and_dfr_mutations_remove_their_use_of_group_labels_in_training
 
 
 def test_every_gated_method_has_a_mutation():
-    assert {m.method for m in MUTATIONS} == set(GATED)
+    assert {m.method for m in MUTATIONS if m.required} == set(GATED)  # a required one each, not only probes
     assert len({m.label for m in MUTATIONS}) == len(MUTATIONS)
+    assert all(m.why_probe for m in MUTATIONS if not m.required)
 
 
 def test_dry_run_prints_the_plan_and_a_bad_override_exits_2(tmp_path, monkeypatch, capsys):
@@ -180,6 +181,27 @@ def test_report_flags_a_missed_mutation_and_a_failing_clean_run(tmp_path):
     code, report, _ = _main(tmp_path, FakeMeasure({"erm-one_epoch": 12.0, "jtt-no_upweighting": 30.0,
                                                    "clean1": 9.0}))
     assert code == 1 and [c["ok"] for c in report["clean"]] == [True, False]
+
+
+def test_a_probe_is_reported_but_does_not_decide_the_verdict(tmp_path, monkeypatch):
+    probe = mutation.Mutation("jtt", "probe_small", ("jtt.lambda_up=2",), "part of the upweighting",
+                              required=False, why_probe="a test probe")
+    monkeypatch.setattr(mutation, "MUTATIONS", (*MUTATIONS, probe))
+    # the probe moves JTT by 1 point: within the tolerance, not caught, and the test still passes
+    code, report, docs = _main(tmp_path, FakeMeasure({"erm-one_epoch": 12.0, "jtt-no_upweighting": 30.0,
+                                                      "jtt-probe_small": 1.0}))
+    assert code == 0 and report["passed"]
+    p = next(m for m in report["mutations"] if m["mutation"] == "probe_small")
+    assert (p["required"], p["expected"], p["gate"], p["caught"]) == (False, "probe", "PASS", False)
+    flat = " ".join(docs.split())
+    assert "| jtt-probe_small | jtt.lambda_up=2 | worst_group_acc | 70.00 | 69.00 | -1.00 | 5.00 | ok | PASS | probe | not caught (probe) |" in flat
+    assert "Probe jtt-probe_small (not caught), not required: a test probe." in flat
+    assert "Every required mutation failed the gate: yes" in flat
+    # a required mutation that is missed still fails the test, probe or no probe
+    code, report, _ = _main(tmp_path, FakeMeasure({"erm-one_epoch": 12.0, "jtt-no_upweighting": 2.0,
+                                                   "jtt-probe_small": 30.0}))
+    assert code == 1 and not report["passed"]
+    assert next(m for m in report["mutations"] if m["mutation"] == "probe_small")["caught"]
 
 
 def test_a_method_outside_the_reference_is_refused(tmp_path, capsys):
