@@ -38,6 +38,7 @@ def continue_unet(steps: int, work: Path) -> Path:
         AutoencoderKL,
         UNet2DConditionModel,
     )
+    from diffusers.training_utils import EMAModel  # deferred: as above
     from transformers import CLIPTextModel  # deferred: heavy model library, only the DDB stages need it
 
 
@@ -54,9 +55,12 @@ def continue_unet(steps: int, work: Path) -> Path:
     text_encoder = CLIPTextModel.from_pretrained(zoo / "text_encoder")
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
-    # train_unet resumes from this checkpoint: the committed (EMA) weights at step 2400.
+    # train_unet resumes from this checkpoint, in its own format: the committed (EMA) weights at
+    # step 2400, and an EMA whose shadow weights are those weights, updated 2400 times.
+    ema = EMAModel(params, decay=recipe.unet_ema_decay, use_ema_warmup=False)
+    ema.optimization_step = base.unet_steps
     torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
-                "ema": [p.detach().clone() for p in params], "step": base.unet_steps}, stage / "unet.ckpt.pt")
+                "ema": ema.state_dict(), "step": base.unet_steps}, stage / "unet.ckpt.pt")
     unet, text_encoder = train_unet(world, vae, tokenizer, recipe, stage)
     out = work / "pipeline"
     shutil.rmtree(out, ignore_errors=True)

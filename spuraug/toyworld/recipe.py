@@ -574,11 +574,7 @@ def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, prog
         unet.load_state_dict(ck["unet"])
         text_encoder.load_state_dict(ck["text_encoder"])
         opt.load_state_dict(ck["opt"])
-        if isinstance(ck["ema"], list):  # a state written before the EMA came from diffusers: its shadow weights
-            ema.shadow_params = [t.detach().clone() for t in ck["ema"]]
-            ema.optimization_step = int(ck["step"])
-        else:
-            ema.load_state_dict(ck["ema"])
+        ema.load_state_dict(ck["ema"])
 
     unet.train()
     text_encoder.train()
