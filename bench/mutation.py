@@ -253,7 +253,7 @@ def run_mutation_test(reference: dict, methods: Sequence[str], seeds: Sequence[i
         r = gate_run(reference, methods, d, seeds, check.CI_OVERRIDES, measure, log)
         report["clean"].append({"run": i, "runs_dir": str(d), "expected": "PASS",
                                 "gate": "PASS" if r["passed"] else "FAIL", "ok": r["passed"],
-                                "reason": verdict_reason(r), **r})
+                                "verdict": "passed" if r["passed"] else "WRONG", "reason": verdict_reason(r), **r})
 
     if clean:
         clean_run(0)
@@ -264,12 +264,15 @@ def run_mutation_test(reference: dict, methods: Sequence[str], seeds: Sequence[i
         log(f"\n== mutation {mut.label}: --set {' '.join(mut.overrides)} -> {d}")
         r = gate_run(reference, [mut.method], d, seeds, mutated_overrides(mut), measure, log)
         hashes = {k: v for k, v in r["config_hashes"].items() if k.startswith(f"{mut.method}/")}
+        caught = not r["passed"]
+        verdict = ("caught" if caught else "WRONG") if mut.required else \
+            ("caught (probe)" if caught else "not caught (probe)")
         report["mutations"].append({
             **{k: entry[k] for k in ("method", "mutation", "overrides", "removes", "runs_dir", "config_hash",
                                      "clean_config_hash")},
             "copied_from_clean0": copied, "expected": "FAIL" if mut.required else "probe",
-            "required": mut.required, "why_probe": mut.why_probe, "gate": "PASS" if r["passed"] else "FAIL",
-            "ok": (not r["passed"]) if mut.required else True, "caught": not r["passed"], "reason": verdict_reason(r),
+            "required": mut.required, "why_probe": mut.why_probe, "gate": "FAIL" if caught else "PASS",
+            "ok": caught or not mut.required, "caught": caught, "verdict": verdict, "reason": verdict_reason(r),
             "hash_differs_from_clean": bool(hashes) and all(h != entry["clean_config_hash"] for h in hashes.values()),
             **r,
         })
@@ -304,10 +307,7 @@ def report_table(report: dict) -> str:
         for e in entries:
             name = f"{e['method']}-{e['mutation']}" if kind == "mutation" else f"clean {e['run']}"
             sets = " ".join(e["overrides"]) if kind == "mutation" else "(none)"
-            if kind == "mutation" and not e.get("required", True):
-                verdict = "caught (probe)" if e["caught"] else "not caught (probe)"
-            else:
-                verdict = "caught" if kind == "mutation" and e["ok"] else ("passed" if e["ok"] else "WRONG")
+            verdict = e["verdict"]
             gate = e["gate"] + (f" ({e['reason']})" if e["reason"] else "")
             for r in e["rows"]:
                 rows.append([name if kind == "mutation" else f"{name}: {r['method']}", sets, r["metric"],
@@ -330,15 +330,13 @@ def docs_section(report: dict, command: str) -> str:
         report_table(report),
         "",
         f"Every required mutation failed the gate: "
-        f"{'yes' if all(m['ok'] for m in report['mutations'] if m.get('required', True)) else 'NO'}; "
+        f"{'yes' if all(m['ok'] for m in report['mutations'] if m['required']) else 'NO'}; "
         f"every clean run passed it: {'yes' if all(c['ok'] for c in report['clean']) else 'NO'}; "
         f"mutated config hashes differ from the clean ones: {'yes' if iso['mutated_hashes_differ_from_clean'] else 'NO'}; "
         f"clean results unchanged by the mutations: {'yes' if iso['clean0_results_unchanged_by_mutations'] else 'NO'}.",
     ]
-    for m in report["mutations"]:
-        if not m.get("required", True):
-            lines.append(f"Probe {m['method']}-{m['mutation']} ({'caught' if m['caught'] else 'not caught'}), "
-                         f"not required: {m['why_probe']}.")
+    lines += [f"Probe {m['method']}-{m['mutation']} ({m['verdict'].removesuffix(' (probe)')}), not required: "
+              f"{m['why_probe']}." for m in report["mutations"] if not m["required"]]
     return "\n".join(lines)
 
 
