@@ -72,10 +72,19 @@ WITH_JEMALLOC = $(if $(JEMALLOC_LIB),LD_PRELOAD="$(JEMALLOC_LIB)$(if $(LD_PRELOA
 help: ## list every target with one line
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
+# A dropped connection to the package index (a large wheel cut off mid-download) is retried:
+# the upgraded pip resumes partial downloads (--resume-retries; the venv's bundled pip predates
+# it), and the whole install is tried PIP_ATTEMPTS times, a minute apart.
+PIP_ATTEMPTS ?= 3
+PIP_NET = --retries 10 --timeout 60
 $(STAMP): requirements/lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements/lock.txt -e '.[dev,ray]'
+	@for i in $$(seq 1 $(PIP_ATTEMPTS)); do \
+	  $(PY) -m pip install -q $(PIP_NET) --upgrade pip \
+	  && $(PY) -m pip install -q $(PIP_NET) --resume-retries 20 -c requirements/lock.txt -e '.[dev,ray]' && break; \
+	  if [ $$i -eq $(PIP_ATTEMPTS) ]; then echo "install failed $$i times; see pip's message above" >&2; exit 1; fi; \
+	  echo "install attempt $$i failed; retrying in 60 s" >&2; sleep 60; \
+	done
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
