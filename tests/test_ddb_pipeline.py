@@ -73,6 +73,27 @@ def test_ddb_method_writes_a_run_folder(config_file, tmp_path):
     assert (src.groupby("source_class")["loss"].apply(lambda s: s.is_monotonic_increasing)).all()
 
 
+def test_retraining_follows_the_configured_learning_rate_schedule(config_file, tmp_path):
+    """retrain.lr_schedule: constant (public train.py) trains every epoch at retrain.lr; cosine
+    anneals it per epoch like the other methods' lr_schedule, from the same generated edits."""
+    from spuraug.config import ConfigError, load_config
+    from spuraug.runs import run_method
+
+    lr = yaml.safe_load(config_file.read_text())["ddb"]["retrain"]["lr"]
+    runs = tmp_path / "runs"
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        run_method("toy", "ddb", 0, runs_dir=runs, config_file=config_file, device="cpu", progress=False,
+                   overrides={"ddb.retrain.lr_schedule": schedule}, force=True)
+        lines = [json.loads(s) for s in (runs / "toy" / "ddb" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+        rates[schedule] = [ln.get("lr") for ln in lines]
+    assert rates["constant"] == [None, None]  # no scheduler: the optimiser's one rate
+    assert rates["cosine"] == pytest.approx([lr, lr / 2])  # epoch e of 2: lr * (1 + cos(pi (e-1) / 2)) / 2
+    assert len(list((runs / "toy" / "ddb_artifacts" / "seed0").glob("inpaint-*"))) == 1  # edits reused
+    with pytest.raises(ConfigError, match="ddb.retrain.lr_schedule"):
+        load_config("toy", "ddb", overrides={"ddb.retrain.lr_schedule": "step"})
+
+
 def test_cli_prune_rethresholds_without_regenerating(config_file, tmp_path, capsys):
     from spuraug.cli import main
 

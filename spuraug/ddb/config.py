@@ -215,6 +215,9 @@ class RetrainConfig:
     #: the edits trained with label c (with inpaint.label: new that swaps the two weights).
     gamma_by: str = "source"
     lr: float = 5e-6  # train.py --lr
+    #: "constant" (train.py: Adam at one rate, no scheduler) | "cosine" (torch's
+    #: CosineAnnealingLR over ``epochs``, stepped per epoch, as ``lr_schedule`` of the other methods)
+    lr_schedule: str = "constant"
     batch_size: int = 32  # train.py --batch_size
     epochs: int = 200  # train.py --epochs
     weight_decay: float = 0.0  # train.py: Adam without weight decay
@@ -258,6 +261,7 @@ _CHOICES = {
     ("inpaint", "engine"): ("local", "ray"),
     ("prune", "engine"): ("local", "ray"),
     ("prune", "ig_target"): ("new", "source"),
+    ("retrain", "lr_schedule"): ("constant", "cosine"),
     ("retrain", "gamma_by"): ("source", "label"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
     ("invert", "loss_region"): ("image", "object", "region"),

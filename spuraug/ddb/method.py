@@ -92,7 +92,7 @@ class DDB(Method):
             reinit_head(model, ctx.seed)
         rc = cfg.retrain
         hp = {"optimizer": "adam", "lr": rc.lr, "weight_decay": rc.weight_decay, "momentum": 0.0,
-              "epochs": rc.epochs, "selection": ctx.hparams["selection"]}
+              "epochs": rc.epochs, "lr_schedule": rc.lr_schedule, "selection": ctx.hparams["selection"]}
         fit = ctx.fit(model, {"train": TrainSource(aug, rc.batch_size)},
                       objective=DDBObjective(len(train), rc.gamma,
                                              keys=source_classes if rc.gamma_by == "source" else None),
