@@ -26,7 +26,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         "waterbirds": {**_SGD, "lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "batch_size": 32, "augment": True},
         "celeba": {**_SGD, "lr": 1e-3, "weight_decay": 1e-4, "epochs": 50, "batch_size": 128, "augment": True},
     },
-    # DDB's first stage: the DaC ERM checkpoints the public DDB README links (method.md Stage 0):
+    # DDB's first stage: the DaC ERM checkpoints the public DDB README links (DDB paper, ERM stage):
     # the DFR recipe with batch 128 on Waterbirds (and MetaShift, which reuses it).
     "ddb2025": {
         "waterbirds": {**_SGD, "lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "batch_size": 128, "augment": True},

@@ -8,7 +8,7 @@ Inputs (see docs/harness.md):
 - submissions ``results/submissions/<dataset>/<name>.json``: the output of
   ``spuraug score --dataset <dataset> --predictions preds.csv --json``, optionally with
   the keys ``name``, ``description``, ``url`` and ``annotation`` added by hand;
-- ``spuraug/configs/published.yaml``: the published numbers of shared/spec/anchors.md;
+- ``spuraug/configs/published.yaml``: the published numbers, each with its paper;
 - the grid of DDB examples a version folder holds (``ddb_examples.png``, written by the sweep);
 - the curve of DDB's worst-group accuracy against the quality of its edits,
   ``results/studies/ddb_edit_quality/curve.json`` (written by ``bench.studies.ddb_edit_quality``),

@@ -100,16 +100,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "layer; C still chosen on validation (balance_val=false alone would not do on the toy: its "
              "validation split is already group-balanced within each class)"),
     Mutation("ddb", "no_pruning", ("ddb.prune.use_condition1=false", "ddb.prune.use_condition2=false"),
-             "DDB's bicephalous pruning (both conditions off: every generated image is kept), method.md Stage 3",
+             "DDB's bicephalous pruning (both conditions off: every generated image is kept), the DDB paper's pruning (docs/ddb.md prune)",
              required=False,
              why_probe="pruning's published effect is below the gate's 5-point tolerance (the DDB paper's "
                        "pruning ablation, Yazdan Parast et al., ICCV 2025: worst-group +1.7 on Waterbirds, +0.6 on "
                        "MetaShift, +4.1 on CelebA), and on the toy the rules prune 1-6% of the edits "
                        "(docs/harness.md)"),
     Mutation("ddb", "zero_gammas", ("ddb.retrain.gamma=[0,0]",),
-             "DDB's generated images in retraining (gamma 0 for both classes: weight 0), method.md Stage 4"),
+             "DDB's generated images in retraining (gamma 0 for both classes: weight 0), the DDB paper's retraining (docs/ddb.md retrain)"),
     Mutation("ddb", "source_labels", ("ddb.inpaint.label=source",),
-             "DDB's relabelling: edits trained with their SOURCE class instead of the new class j, method.md Stage 2"),
+             "DDB's relabelling: edits trained with their SOURCE class instead of the new class j, the DDB paper's inpainting (docs/ddb.md inpaint)"),
 )
 
 

@@ -41,7 +41,7 @@ class HubModel:
 
     name: str
     repo_id: str
-    #: What the benchmark uses it for (method.md).
+    #: What the benchmark uses it for (docs/ddb.md).
     role: str
     #: ``"diffusers"`` (a pipeline folder with component subfolders) or ``"transformers"``.
     layout: str
@@ -110,7 +110,7 @@ def _hash_prefix(url: str) -> str:
 
 
 def benchmark_weights() -> list[HubModel | TorchCheckpoint]:
-    """Every pretrained model the real benchmark uses (method.md), in pipeline order."""
+    """Every pretrained model the real benchmark uses (docs/ddb.md), in pipeline order."""
     resnet_url = RESNET50_IMAGENET1K_V1_URL
     return [
         TorchCheckpoint(

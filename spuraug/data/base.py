@@ -30,7 +30,7 @@ class DatasetInfo:
     name: str
     class_names: tuple[str, ...]
     attribute_names: tuple[str, ...]
-    #: Published per-split group counts, ``{split: [n_g for g in groups]}`` (anchors.md).
+    #: Published per-split group counts, ``{split: [n_g for g in groups]}`` (docs/datasets.md).
     published_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: Human-readable origin of the data: where to download it by hand.
     source: str = ""

@@ -57,7 +57,7 @@ INFO = DatasetInfo(
     name="celeba",
     class_names=("not blond", "blond"),
     attribute_names=("female", "male"),
-    # anchors.md "Data facts": groups (y, a) = (0,0), (0,1), (1,0), (1,1).
+    # The official split with Sagawa et al. 2020's y and a (docs/datasets.md): groups (y, a) = (0,0), (0,1), (1,0), (1,1).
     published_counts={
         "train": (71629, 66874, 22880, 1387),
         "val": (8535, 8276, 2874, 182),

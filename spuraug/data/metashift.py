@@ -50,7 +50,7 @@ INFO = DatasetInfo(
     name="metashift",
     class_names=CLASSES,
     attribute_names=CONTEXTS,
-    # No authoritative per-group counts of this version are published (anchors.md).
+    # No authoritative per-group counts of this version are published (docs/datasets.md).
     published_counts={},
     source=SOURCE,
     folder_names=("MetaDatasetCatDog", "metashifts/MetaDatasetCatDog", "metashift/MetaDatasetCatDog"),

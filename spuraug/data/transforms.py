@@ -1,4 +1,4 @@
-"""Image transforms of the papers (method.md, "Stage 0").
+"""Image transforms of the papers (the ERM stage of DDB and the baselines, reference code below).
 
 Waterbirds and MetaShift: train = RandomResizedCrop(224, scale 0.7-1.0) + horizontal
 flip; eval = resize to 256x256 (both sides: the aspect ratio is NOT kept) then centre-crop

@@ -42,7 +42,7 @@ INFO = DatasetInfo(
     name="waterbirds",
     class_names=("landbird", "waterbird"),
     attribute_names=("land", "water"),
-    # anchors.md "Data facts": groups (y, place) = (0,0), (0,1), (1,0), (1,1).
+    # Sagawa et al. 2020's released dataset (docs/datasets.md): groups (y, place) = (0,0), (0,1), (1,0), (1,1).
     published_counts={
         "train": (3498, 184, 56, 1057),
         "val": (467, 466, 133, 133),

@@ -48,7 +48,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 
 @dataclass
 class InvertConfig:
-    """Textual inversion, one token per class (method.md, Stage 1; public README command)."""
+    """Textual inversion, one token per class (DDB paper; public README command)."""
 
     model: str = "stabilityai/stable-diffusion-2-base"  # public README --pretrained_model_name_or_path
     revision: str | None = None
@@ -134,7 +134,7 @@ class SegmentConfig:
 
 @dataclass
 class InpaintConfig:
-    """Repaint the object as the OTHER class (method.md, Stage 2)."""
+    """Repaint the object as the OTHER class (DDB paper, inpainting)."""
 
     #: Who makes the edits. "diffusers": the inpainting pipeline of ``model`` with the learned
     #: tokens (the paper). "oracle": the toy benchmark only, not in the paper: the source's digit
@@ -187,7 +187,7 @@ class InpaintConfig:
 
 @dataclass
 class PruneConfig:
-    """Bicephalous pruning (method.md, Stage 3)."""
+    """Bicephalous pruning (DDB paper, pruning)."""
 
     threshold: float = 0.3  # P, public generate.py --threshold
     #: "raw": rho = sum of IG attributions inside the mask (public code, P calibrated to it);
@@ -207,7 +207,7 @@ class PruneConfig:
 
 @dataclass
 class RetrainConfig:
-    """Retraining from the ERM weights (method.md, Stage 4; public train.py)."""
+    """Retraining from the ERM weights (DDB paper, retraining; public train.py)."""
 
     gamma: list[float] = field(default_factory=lambda: [6.0, 10.0])  # train.py --gamma1 6 --gamma2 10
     #: Which set of edits gamma[c] weighs: "source" = the edits made from class-c sources (public
