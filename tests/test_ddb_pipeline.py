@@ -73,22 +73,30 @@ def test_ddb_method_writes_a_run_folder(config_file, tmp_path):
     assert (src.groupby("source_class")["loss"].apply(lambda s: s.is_monotonic_increasing)).all()
 
 
-def test_retraining_follows_the_configured_learning_rate_schedule(config_file, tmp_path):
+def test_retraining_follows_the_configured_learning_rate_schedule_and_head(config_file, tmp_path, monkeypatch):
     """retrain.lr_schedule: constant (public train.py) trains every epoch at retrain.lr; cosine
-    anneals it per epoch like the other methods' lr_schedule, from the same generated edits."""
+    anneals it per epoch like the other methods' lr_schedule. retrain.reinit_head: true
+    re-initialises the ERM model's head (public train.py), false keeps it (the toy config).
+    Both from the same generated edits."""
+    import spuraug.ddb.method as ddb_method
     from spuraug.config import ConfigError, load_config
     from spuraug.runs import run_method
 
+    reinits = []
+    real_reinit = ddb_method.reinit_head
+    monkeypatch.setattr(ddb_method, "reinit_head", lambda model, seed: (reinits.append(seed), real_reinit(model, seed)))
     lr = yaml.safe_load(config_file.read_text())["ddb"]["retrain"]["lr"]
     runs = tmp_path / "runs"
-    rates = {}
-    for schedule in ("constant", "cosine"):
+    rates, heads = {}, {}
+    for schedule, reinit in (("constant", True), ("cosine", False)):
+        reinits.clear()
         run_method("toy", "ddb", 0, runs_dir=runs, config_file=config_file, device="cpu", progress=False,
-                   overrides={"ddb.retrain.lr_schedule": schedule}, force=True)
+                   overrides={"ddb.retrain.lr_schedule": schedule, "ddb.retrain.reinit_head": reinit}, force=True)
         lines = [json.loads(s) for s in (runs / "toy" / "ddb" / "seed0" / "metrics.jsonl").read_text().splitlines()]
-        rates[schedule] = [ln.get("lr") for ln in lines]
+        rates[schedule], heads[reinit] = [ln.get("lr") for ln in lines], list(reinits)
     assert rates["constant"] == [None, None]  # no scheduler: the optimiser's one rate
     assert rates["cosine"] == pytest.approx([lr, lr / 2])  # epoch e of 2: lr * (1 + cos(pi (e-1) / 2)) / 2
+    assert heads == {True: [0], False: []}
     assert len(list((runs / "toy" / "ddb_artifacts" / "seed0").glob("inpaint-*"))) == 1  # edits reused
     with pytest.raises(ConfigError, match="ddb.retrain.lr_schedule"):
         load_config("toy", "ddb", overrides={"ddb.retrain.lr_schedule": "step"})
