@@ -84,6 +84,9 @@ def param(default: Any, *types: type, choices: tuple | None = None, help: str = 
 
 
 #: Hyperparameters of every method that trains a network with :func:`spuraug.engine.fit`.
+#: The learning-rate schedules of spuraug.engine.build_lr_schedule (every method's ``lr_schedule``,
+#: DDB's ``retrain.lr_schedule``).
+LR_SCHEDULES = ("constant", "cosine")
 TRAIN_PARAMS: dict[str, Param] = {
     "optimizer": param("sgd", choices=("sgd", "adam", "adamw")),
     "lr": param(1e-3, float, gt=0),
@@ -91,7 +94,7 @@ TRAIN_PARAMS: dict[str, Param] = {
     "weight_decay": param(1e-4, float, ge=0),
     "batch_size": param(32, int, ge=1),
     "epochs": param(10, int, ge=1),
-    "lr_schedule": param("constant", choices=("constant", "cosine"),
+    "lr_schedule": param("constant", choices=LR_SCHEDULES,
                          help="constant: the papers' recipes (GroupDRO, JTT, DFR train at one rate); cosine: "
                               "torch's CosineAnnealingLR over the epochs, stepped after each epoch"),
     "selection": param("val_worst_group_acc", choices=("val_worst_group_acc", "val_worst_class_acc", "test_oracle")),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from spuraug.methods import Param, param
+from spuraug.methods import LR_SCHEDULES, Param, param
 
 #: diffusers' textual-inversion object templates, with the class noun after the token
 #: (the public code's ``textual_inversion.py`` appends " animal"; DDB uses the class noun).
@@ -261,7 +261,7 @@ _CHOICES = {
     ("inpaint", "engine"): ("local", "ray"),
     ("prune", "engine"): ("local", "ray"),
     ("prune", "ig_target"): ("new", "source"),
-    ("retrain", "lr_schedule"): ("constant", "cosine"),
+    ("retrain", "lr_schedule"): LR_SCHEDULES,
     ("retrain", "gamma_by"): ("source", "label"),
     ("invert", "full_mask_latents"): ("encode", "zeros"),
     ("invert", "loss_region"): ("image", "object", "region"),
