@@ -170,11 +170,14 @@ def test_actor_killed_mid_shard_is_retried_without_loss_or_duplicates(local_ray,
     killed = []
 
     def killer():  # the worker stops after 3 samples (mid-shard, mid-batch); kill it from outside
-        deadline = time.time() + 120
+        # Kill only once the worker has hung: on a loaded machine loading the pipeline can take
+        # minutes, and an actor killed before the marker left its retry to hang with no killer.
+        deadline = time.time() + 1200
         while not marker.is_file() and time.time() < deadline:
             time.sleep(0.2)
-        ray.kill(ray.get_actor(f"{engine.actor_name_prefix}-0"))
-        killed.append(True)
+        if marker.is_file():
+            ray.kill(ray.get_actor(f"{engine.actor_name_prefix}-0"))
+            killed.append(True)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
