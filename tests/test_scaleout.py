@@ -296,3 +296,24 @@ def test_ray_scaling_benchmark_smoke(local_ray, tmp_path):
     assert all(r["images_per_s"] > 0 and r["shards"] == 1 for r in res["runs"])
     assert res["actor_startup_with_imports_s"] > res["actor_startup_s"] > 0 and res["noop_shard_roundtrip_s"] > 0
     assert len(res["load_before"]) == 3 and ray.is_initialized()  # the module's Ray is left running
+
+
+def test_fault_injection_fires_once_even_when_workers_race(tmp_path, monkeypatch):
+    # Two workers reaching the fault together must not both fire: the marker is created
+    # exclusively, so the loser returns instead of exiting (a race made the exit test see 2 retries).
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr("spuraug.ddb.scaleout.os._exit", fake_exit)
+    marker = tmp_path / "fault.marker"
+    fault = FaultInjection(after_samples=1, marker=str(marker), action="exit")
+    fault.hit(0)
+    assert not marker.exists()
+    with pytest.raises(Exited):
+        fault.hit(1)
+    assert marker.read_text().isdigit()
+    monkeypatch.setattr("spuraug.ddb.scaleout.os.path.exists", lambda p: False)  # the old check-then-write race
+    fault.hit(2)  # returns: the marker exists, whatever a racing check saw

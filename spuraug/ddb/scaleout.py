@@ -64,9 +64,14 @@ class FaultInjection:
     action: str = "exit"
 
     def hit(self, count: int) -> None:
-        if count < self.after_samples or os.path.exists(self.marker):
+        if count < self.after_samples:
             return
-        Path(self.marker).write_text(str(os.getpid()))
+        try:  # created exclusively: of workers reaching the fault at once, only one fires
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
         if self.action == "exit":
             os._exit(17)
         while True:  # "hang": the test kills this actor with ray.kill
