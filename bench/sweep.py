@@ -66,6 +66,30 @@ def check_sweep(dataset: str, methods: Sequence[str], seeds: Sequence[int], conf
             load_config(dataset, m, config_file, overrides)
 
 
+def split_stale(records: Sequence[RunRecord], dataset: str, config_file: str | None,
+                overrides: dict | None) -> tuple[list[RunRecord], list[str]]:
+    """``(current, problems)``: the records whose ``config_hash`` is this sweep's for their
+    method, and one line for each other one (a finished run of another config, e.g. left in
+    place when this sweep's run stopped with ``RunConfigMismatch``): a table must not mix
+    configs under one header."""
+    expected: dict[str, str | None] = {}
+    current, problems = [], []
+    for r in records:
+        m = r.method
+        if m not in expected:
+            try:
+                expected[m] = load_config(dataset, m, config_file, overrides)["config_hash"]
+            except (KeyError, ValueError, ConfigError):
+                expected[m] = None  # a method this code cannot configure: nothing to compare
+        have = r.result.get("config_hash")
+        if expected[m] is not None and have is not None and have != expected[m]:
+            problems.append(f"{r.path}: its run has config {have}, not this sweep's {expected[m]} "
+                            f"(a stale run: redo it with --force, or use another --runs-dir)")
+        else:
+            current.append(r)
+    return current, problems
+
+
 # -- DDB generation throughput --------------------------------------------------------
 
 def ddb_generation_throughput(runs_dir: str | Path, dataset: str) -> list[dict]:
@@ -239,6 +263,9 @@ def _sweep_locked(dataset, methods, seeds, runs_dir, results_dir, data_dir, conf
         outcomes = la.wait()
     sweep_time = time.monotonic() - t0
     records, problems = find_runs(runs_dir, dataset, methods, seeds)
+    if run:  # what this sweep ran must be what its table shows (--no-run collects what is there)
+        records, stale = split_stale(records, dataset, config_file, overrides)
+        problems += stale
     df = summarize(records, method_order=methods)
     if not records:
         log(f"no finished runs of {dataset!r} under {runs_dir}; nothing to summarise")

@@ -295,6 +295,40 @@ def test_local_launcher_does_not_skip_a_finished_run_of_another_config(tmp_path,
     assert not RunSpec("toy", "erm", 0, runs_dir=str(tmp_path)).is_finished()
 
 
+def test_a_sweep_whose_run_hit_another_config_leaves_that_run_out_of_its_table(tmp_path, monkeypatch):
+    """A run folder finished under another config makes this sweep's run stop with
+    RunConfigMismatch; the folder's old result.json must not appear in the new table as if
+    this sweep's config had made it."""
+    from spuraug.runs import RunConfigMismatch
+
+    runs = tmp_path / "runs"
+    _finished_with_default_config(make_run(runs, "toy", "erm", 0, 50.0, 60.0))
+    overrides = {"erm": {"epochs": 3}, "jtt": {"epochs": 3}}
+    from spuraug.runs import load_config
+
+    jtt_hash = load_config("toy", "jtt", None, overrides)["config_hash"]
+    d = make_run(runs, "toy", "jtt", 0, 80.0, 85.0)
+    for name in ("config.json", "result.json"):
+        doc = json.loads((d / name).read_text())
+        doc["config_hash"] = jtt_hash
+        (d / name).write_text(json.dumps(doc))
+
+    def refuse(spec):  # ERM's folder holds the default config's run; JTT's is this config's
+        if spec.method == "erm":
+            raise RunConfigMismatch(f"{spec.label}: holds a run with another config")
+
+    monkeypatch.setattr(LocalLauncher, "_run_inprocess", staticmethod(refuse))
+    logs = []
+    out, df, outcomes = run_sweep("toy", ["erm", "jtt"], [0], runs_dir=str(runs), results_dir=str(tmp_path / "res"),
+                                  overrides=overrides, workers=1, log=logs.append)
+    assert [o.status for o in outcomes][0] == "failed"
+    assert list(df.method) == ["jtt"]  # the stale ERM result is not in the table
+    stale = [line for line in logs if "not in the table" in line and "erm/seed0" in line]
+    assert stale and "not this sweep's" in stale[0]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert "toy/erm/seed0" not in prov["config_hashes"] and "erm/seed0" not in prov["config_hashes"]
+
+
 def test_local_launcher_skips_finished_and_survives_failures(tmp_path, monkeypatch):
     calls = []
 
