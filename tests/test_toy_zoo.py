@@ -232,3 +232,67 @@ def test_zoo_time_projection_fits_fixed_plus_per_step_and_runs_the_real_build(tm
     rep = main(["--short", "--fraction", "0.5", "--threads", "1", "--quiet", "--out", str(tmp_path / "t.json")])
     assert set(rep["stages"]) == set(STEP_FIELDS) and rep["projected_total_s"] > 0
     assert json.loads((tmp_path / "t.json").read_text())["recipe_key"] == ZooRecipe.short().key()
+
+
+def test_latent_probe_learns_to_name_digits_and_its_loss_stays_inside_the_mask():
+    """The UNet's digit-naming loss: its probe learns from latents alone, the loss reaches the
+    x0 prediction only inside the mask, and an empty caption contributes nothing."""
+    from dataclasses import replace
+
+    from spuraug.toyworld.recipe import digit_naming_loss, train_latent_probe
+
+    g = torch.Generator().manual_seed(0)
+    n = 256
+    digits = np.arange(n) % 2
+    z0 = 0.3 * torch.randn(n, 4, 16, 16, generator=g)
+    z0[:, 0, 4:10, 4:10] += torch.from_numpy(np.where(digits == 1, 1.5, -1.5)).float().view(-1, 1, 1)
+    probe = train_latent_probe(z0, digits, replace(ZooRecipe.short(), probe_steps=150))
+    assert not any(p.requires_grad for p in probe.parameters())
+    acc = (probe(z0).argmax(1).numpy() == digits).mean()
+    assert acc > 0.95, acc
+
+    pred = torch.randn(8, 4, 16, 16, generator=g, requires_grad=True)
+    m_lat = torch.zeros(8, 1, 16, 16)
+    m_lat[:, :, 2:12, 2:12] = 1.0
+    y = torch.from_numpy(digits[:8])
+    named = torch.tensor([True] * 6 + [False] * 2)
+    loss = digit_naming_loss(probe, pred, z0[:8], m_lat, y, named)
+    loss.backward()
+    grad = pred.grad
+    assert grad[:, :, 2:12, 2:12][:6].abs().sum() > 0  # inside the mask, captioned samples
+    assert torch.all(grad * (1 - m_lat) == 0)  # nothing outside the mask
+    assert torch.all(grad[6:] == 0)  # nothing from empty captions
+    none = digit_naming_loss(probe, pred, z0[:8], m_lat, y, torch.zeros(8, dtype=torch.bool))
+    assert float(none) == 0.0
+
+
+def test_digit_naming_loss_changes_the_trained_unet_and_needs_x0_prediction(short_zoo, tmp_path):
+    from dataclasses import replace
+
+    _, manifest = short_zoo
+    base = ZooRecipe.short()
+    other = replace(base, digit_loss_weight=0.0 if base.digit_loss_weight > 0 else 0.5, probe_steps=2)
+    out = tmp_path / "zoo"
+    m2 = build_zoo(out, other, work_dir=tmp_path / "work", progress=False, threads=1)
+    unet = f"{PIPELINE_DIR}/unet/diffusion_pytorch_model.safetensors"
+    vae = f"{PIPELINE_DIR}/vae/diffusion_pytorch_model.safetensors"
+    assert m2["files"][vae] == manifest["files"][vae]  # the same VAE under both ...
+    assert m2["files"][unet] != manifest["files"][unet]  # ... and the loss changed the UNet
+    with pytest.raises(ValueError, match="prediction_type"):
+        build_zoo(tmp_path / "eps", replace(base, digit_loss_weight=0.5, prediction_type="epsilon"),
+                  work_dir=tmp_path / "work-eps", progress=False, threads=1)
+
+
+def test_a_recipe_with_the_digit_loss_off_is_written_as_before_the_loss_existed():
+    """The digit-naming loss's fields are left out of the recipe (and its key) while the loss is
+    off, so a zoo trained before them is still recognised as up to date."""
+    from dataclasses import replace
+
+    from spuraug.toyworld.recipe import DIGIT_LOSS_FIELDS
+
+    off = replace(ZooRecipe(), digit_loss_weight=0.0)
+    on = replace(ZooRecipe(), digit_loss_weight=0.1)
+    assert not set(DIGIT_LOSS_FIELDS) & set(off.to_json())
+    assert set(DIGIT_LOSS_FIELDS) <= set(on.to_json())
+    assert off.key() != on.key() != replace(on, digit_loss_max_t=700).key()
+    assert off.key() == replace(off, probe_steps=5).key()  # no effect while off, no new key
