@@ -296,3 +296,42 @@ def test_a_recipe_with_the_digit_loss_off_is_written_as_before_the_loss_existed(
     assert set(DIGIT_LOSS_FIELDS) <= set(on.to_json())
     assert off.key() != on.key() != replace(on, digit_loss_max_t=700).key()
     assert off.key() == replace(off, probe_steps=5).key()  # no effect while off, no new key
+
+
+def test_digit_loss_study_collects_each_variants_recipe_probes_and_ddb_point(tmp_path):
+    from bench.studies.toy_digit_loss import collect
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    recipe = replace_recipe(digit_loss_weight=0.2)
+    (zoo / "manifest.json").write_text(json.dumps({"recipe_key": recipe.key(), "recipe": recipe.to_json(),
+                                                   "stage_train_s": {"unet": 12.5}}))
+    probe = {"composition_success": 0.5, "source_digit_rate": 0.1, "mae_outside_mask": 9.876}
+    check = {"n": 64, "text_to_image_digit_rate": 0.25, "inpainting_benchmark_box": {
+        "other_class_word": probe, "random_other_word": {**probe, "composition_success": 0.75},
+        "initializer_word_digit": {"other_class_rate": 0.125}}}
+    (tmp_path / "check.json").write_text(json.dumps(check))
+    stat = {"mean": 1.0, "std": 0.0, "n": 3}
+    ddb = {"overrides": {"ddb.inpaint.guidance_scale": 3}, "command": "x",
+           "curve": [{"oracle_mix": 0.0, "composition_success_all": {**stat, "mean": 0.9},
+                      "composition_success_kept": stat, "ddb_test_worst_group_acc": {**stat, "mean": 88.0},
+                      "erm_test_worst_group_acc": stat}],
+           "per_mix": {"0": {"0": {"ddb": {"test_worst_group_acc": 87.0}}, "1": {"ddb": {"test_worst_group_acc": 89.0}}}}}
+    (tmp_path / "ddb.json").write_text(json.dumps(ddb))
+    rows = collect([f"w02={zoo},{tmp_path / 'check.json'},{tmp_path / 'ddb.json'}", f"bare={zoo}"], ["bare=no probes"])
+    row = rows["w02"]
+    assert row["recipe_key"] == recipe.key() and row["digit_loss"]["digit_loss_weight"] == 0.2
+    assert row["check_box_masks"]["other_class_word"] == 0.5 and row["check_box_masks"]["random_other_word"] == 0.75
+    assert row["check_box_masks"]["mae_outside_mask"] == 9.88
+    assert row["ddb_learned"]["composition_success_all"]["mean"] == 0.9
+    assert row["ddb_learned"]["per_seed_worst_group"] == {"0": 87.0, "1": 89.0}
+    assert "check_box_masks" not in rows["bare"] and "ddb_learned" not in rows["bare"]
+    assert rows["bare"]["note"] == "no probes" and "note" not in row
+    with pytest.raises(SystemExit, match="NAME=ZOO_FOLDER"):
+        collect([str(zoo)])
+
+
+def replace_recipe(**changes) -> ZooRecipe:
+    from dataclasses import replace
+
+    return replace(ZooRecipe(), **changes)
