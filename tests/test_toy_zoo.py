@@ -253,7 +253,7 @@ def test_latent_probe_learns_to_name_digits_and_its_loss_stays_inside_the_mask()
     digits = np.arange(n) % 2
     z0 = 0.3 * torch.randn(n, 4, 16, 16, generator=g)
     z0[:, 0, 4:10, 4:10] += torch.from_numpy(np.where(digits == 1, 1.5, -1.5)).float().view(-1, 1, 1)
-    probe = train_latent_probe(z0, digits, replace(ZooRecipe.short(), probe_steps=150))
+    probe = train_latent_probe(z0, torch.from_numpy(digits), replace(ZooRecipe.short(), probe_steps=150))
     assert not any(p.requires_grad for p in probe.parameters())
     acc = (probe(z0).argmax(1).numpy() == digits).mean()
     assert acc > 0.95, acc
@@ -310,7 +310,7 @@ def test_digit_loss_study_collects_each_variants_recipe_probes_and_ddb_point(tmp
 
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    recipe = replace_recipe(digit_loss_weight=0.2)
+    recipe = ZooRecipe(digit_loss_weight=0.2)
     (zoo / "manifest.json").write_text(json.dumps({"recipe_key": recipe.key(), "recipe": recipe.to_json(),
                                                    "stage_train_s": {"unet": 12.5}}))
     probe = {"composition_success": 0.5, "source_digit_rate": 0.1, "mae_outside_mask": 9.876}
@@ -337,8 +337,3 @@ def test_digit_loss_study_collects_each_variants_recipe_probes_and_ddb_point(tmp
     with pytest.raises(SystemExit, match="NAME=ZOO_FOLDER"):
         collect([str(zoo)])
 
-
-def replace_recipe(**changes) -> ZooRecipe:
-    from dataclasses import replace
-
-    return replace(ZooRecipe(), **changes)

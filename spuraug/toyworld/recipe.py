@@ -561,24 +561,33 @@ class LatentDigitProbe(torch.nn.Module):
         return self.net(z)
 
 
-def train_latent_probe(z0: torch.Tensor, digits: np.ndarray, recipe: ZooRecipe) -> LatentDigitProbe:
-    """Train :class:`LatentDigitProbe` on the world's clean latents (light Gaussian noise as
-    augmentation) and return it frozen."""
+def train_latent_probe(z0: torch.Tensor, digits: torch.Tensor, recipe: ZooRecipe,
+                       work: Path | None = None) -> LatentDigitProbe:
+    """Train :class:`LatentDigitProbe` on the world's clean latents ``z0`` with their ``digits``
+    (light Gaussian noise and 4-pixel shifts as augmentation) through the zoo's one loop,
+    ``engine.train_steps``; its final state is kept in ``work`` (a resumed UNet stage does not
+    train it again). Returns it frozen."""
     torch.manual_seed(recipe.seed + 5)
     probe = LatentDigitProbe()
     opt = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=1e-2)
-    y = torch.as_tensor(np.array(digits), dtype=torch.long)
-    for step in range(recipe.probe_steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         rng = _batch_rng(recipe, 5, step)
         gen = _torch_gen(recipe, 5, step)
         idx = torch.from_numpy(rng.integers(0, len(z0), size=128))
         z = z0[idx] + 0.2 * torch.rand(len(idx), 1, 1, 1, generator=gen) * torch.randn(z0[idx].shape, generator=gen)
         dy, dx = (int(v) for v in rng.integers(-1, 2, size=2))
         z = torch.roll(z, shifts=(dy, dx), dims=(2, 3))  # 4-pixel shifts: the world's objects move
-        loss = F.cross_entropy(probe(z), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return F.cross_entropy(probe(z), digits[idx])
+
+    def restore(ck: dict) -> None:
+        probe.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+
+    train_steps(step_loss, opt, recipe.probe_steps, resume=None if work is None else _resume_point(work, "probe"),
+                restore=restore, save_every_steps=recipe.probe_steps,
+                state=lambda done: {"model": probe.state_dict(), "opt": opt.state_dict(), "step": done},
+                desc="latent probe", progress=False)
     return probe.eval().requires_grad_(False)
 
 
@@ -617,8 +626,8 @@ def train_unet(world: World, vae, tokenizer, recipe: ZooRecipe, work: Path, prog
     full_share = recipe.mask_mix[0] / sum(recipe.mask_mix)
     if recipe.digit_loss_weight > 0 and recipe.prediction_type != "sample":
         raise ValueError("digit_loss_weight needs prediction_type 'sample' (the probe reads the x0 prediction)")
-    probe = train_latent_probe(pre["z0"], world.digits, recipe) if recipe.digit_loss_weight > 0 else None
     digits = torch.as_tensor(np.asarray(world.digits), dtype=torch.long)
+    probe = train_latent_probe(pre["z0"], digits, recipe, work) if recipe.digit_loss_weight > 0 else None
 
     def step_loss(step: int) -> torch.Tensor:
         rng = _batch_rng(recipe, 3, step)
