@@ -337,3 +337,15 @@ def test_digit_loss_study_collects_each_variants_recipe_probes_and_ddb_point(tmp
     with pytest.raises(SystemExit, match="NAME=ZOO_FOLDER"):
         collect([str(zoo)])
 
+
+def test_a_zoo_assembled_from_cached_stages_names_no_local_path(short_zoo, tmp_path):
+    """build_zoo reading every stage back from its work folder writes the same model configs as
+    the run that trained them: none names the folder it was read from."""
+    out, _ = short_zoo
+    again = tmp_path / "zoo"
+    build_zoo(again, ZooRecipe.short(), work_dir=out / "work", progress=False, threads=1)
+    for part in ("unet", "vae", "text_encoder"):
+        config = f"{PIPELINE_DIR}/{part}/config.json"
+        assert "_name_or_path" not in json.loads((again / config).read_text()), config
+        if part in ("unet", "vae"):
+            assert (again / config).read_bytes() == (out / config).read_bytes(), config

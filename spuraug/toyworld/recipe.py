@@ -774,6 +774,13 @@ def save_inpainting_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, r
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    # A component loaded from a cached stage (build_zoo's work folder) carries the folder it was
+    # read from as "_name_or_path": the zoo's files must not name this machine's paths, and must
+    # not depend on whether a stage was trained in this run or read back.
+    for config in folder.glob("*/config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            atomic.write_text(config, json.dumps(data, indent=2, sort_keys=True) + "\n")
     # Keep the CLIP-format vocabulary files next to tokenizer.json (tokenizer folder).
 
     write_tokenizer_files(folder / "tokenizer", caption_words())
