@@ -351,6 +351,7 @@ def test_inpaint_keeps_background_records_and_labels(models, tmp_path):
         assert rec["target_class"] == 1 - src.source_class == rec["label"]  # the paper: the NEW class
         assert rec["prompt"] == f"a photo of a <class-{1 - src.source_class}> digit"
         assert rec["seed"] == inpaint.sample_seed(cfg.seed, src.source_id, rec["target_class"])
+        assert rec["strength"] == cfg.strength == 1.0  # recorded with the other sampling settings
         out = np.asarray(Image.open(tmp_path / "out" / rec["file"]))
         orig = np.asarray(src.load_image())
         mask = np.asarray(Image.open(src.mask_file)) > 127

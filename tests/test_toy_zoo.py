@@ -154,6 +154,35 @@ def test_committed_inpainter_keeps_pixels_outside_the_mask_and_oracle_reads_worl
     assert outside3 < 20 and inside3 > 2 * outside3
 
 
+@committed
+def test_committed_inpainter_at_low_strength_keeps_the_source_colour_and_draws_the_new_digit():
+    """DDB's toy strength (spuraug/configs/toy.yaml ddb.inpaint.strength): starting from the
+    source's noised latents keeps the source object's colour, which the learned tokens otherwise
+    replace by one colour per class, while the asked-for digit is still drawn
+    (docs/toyworld.md, "Inpainting strength")."""
+    from spuraug.toyworld.check import box_masks, inpaint, load_inpainter, object_colors
+    from spuraug.toyworld.oracle import load_oracle, predict
+    from spuraug.toyworld.render import DIGIT_WORDS
+    from spuraug.toyworld.world import WorldConfig, generate_world
+
+    world = generate_world(WorldConfig(n_per_kind=4, seed=123))
+    world = world.subset(np.nonzero(np.isin(world.digits, (3, 8)))[0])
+    other = np.where(world.digits == 3, 8, 3)
+    regions = box_masks(world.masks, grow=2)  # DDB's toy mask_mode box, mask_dilation 2
+    assert (object_colors(world.images, regions) == world.colors).mean() > 0.8  # the reading works
+    pipe, oracle = load_inpainter(), load_oracle()
+    prompts = [f"a photo of a {DIGIT_WORDS[d]} digit" for d in other]
+    kept, drawn = {}, {}
+    for strength in (1.0, 0.4):
+        out = inpaint(pipe, world.images, regions, prompts, steps=20, guidance_scale=3.0, strength=strength)
+        kept[strength] = (object_colors(out, regions) == world.colors).mean()
+        drawn[strength] = (predict(oracle, out)[0] == other).mean()
+    # 48 world images: colour kept 0.12 (chance 1/8) at 1.0, 0.48 at 0.4; the other digit read
+    # in 0.85 and 0.90 of the edits.
+    assert kept[0.4] > 0.3 and kept[0.4] > 2 * kept[1.0]
+    assert drawn[0.4] > 0.7
+
+
 def test_box_masks_cover_each_objects_grown_box():
     from spuraug.toyworld.check import box_masks
 
@@ -323,7 +352,8 @@ def test_digit_loss_study_collects_each_variants_recipe_probes_and_ddb_point(tmp
            "curve": [{"oracle_mix": 0.0, "composition_success_all": {**stat, "mean": 0.9},
                       "composition_success_kept": stat, "ddb_test_worst_group_acc": {**stat, "mean": 88.0},
                       "erm_test_worst_group_acc": stat}],
-           "per_mix": {"0": {"0": {"ddb": {"test_worst_group_acc": 87.0}}, "1": {"ddb": {"test_worst_group_acc": 89.0}}}}}
+           "per_mix": {"0": {"0": {"ddb": {"test_worst_group_acc": 87.0, "val_worst_group_acc": 86.0}, "n_generated_kept": 590},
+                             "1": {"ddb": {"test_worst_group_acc": 89.0, "val_worst_group_acc": 90.0}, "n_generated_kept": 597}}}}
     (tmp_path / "ddb.json").write_text(json.dumps(ddb))
     rows = collect([f"w02={zoo},{tmp_path / 'check.json'},{tmp_path / 'ddb.json'}", f"bare={zoo}"], ["bare=no probes"])
     row = rows["w02"]
@@ -332,6 +362,9 @@ def test_digit_loss_study_collects_each_variants_recipe_probes_and_ddb_point(tmp
     assert row["check_box_masks"]["mae_outside_mask"] == 9.88
     assert row["ddb_learned"]["composition_success_all"]["mean"] == 0.9
     assert row["ddb_learned"]["per_seed_worst_group"] == {"0": 87.0, "1": 89.0}
+    assert row["ddb_learned"]["per_seed_val_worst_group"] == {"0": 86.0, "1": 90.0}
+    assert row["ddb_learned"]["ddb_val_worst_group_acc"]["mean"] == 88.0  # what selection reads
+    assert row["ddb_learned"]["n_generated_kept"] == {"0": 590, "1": 597}
     assert "check_box_masks" not in rows["bare"] and "ddb_learned" not in rows["bare"]
     assert rows["bare"]["note"] == "no probes" and "note" not in row
     with pytest.raises(SystemExit, match="NAME=ZOO_FOLDER"):

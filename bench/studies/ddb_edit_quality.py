@@ -80,7 +80,7 @@ def _composition(report: dict) -> dict:
     return out
 
 
-def _mean_std(values: list) -> dict:
+def mean_std(values: list) -> dict:
     vals = [float(v) for v in values if v is not None]
     if not vals:
         return {"mean": None, "std": None, "n": 0}
@@ -110,11 +110,11 @@ def curve(per_mix: dict) -> list[dict]:
         rows = list(seeds.values())
         points.append({
             "oracle_mix": float(mix),
-            "composition_success_all": _mean_std([r["composition_success"]["all"] for r in rows]),
-            "composition_success_kept": _mean_std([r["composition_success"]["kept"] for r in rows]),
-            "ddb_test_worst_group_acc": _mean_std([r["ddb"]["test_worst_group_acc"] for r in rows]),
-            "ddb_test_avg_acc": _mean_std([r["ddb"]["test_avg_acc"] for r in rows]),
-            "erm_test_worst_group_acc": _mean_std([r["erm"]["test_worst_group_acc"] for r in rows]),
+            "composition_success_all": mean_std([r["composition_success"]["all"] for r in rows]),
+            "composition_success_kept": mean_std([r["composition_success"]["kept"] for r in rows]),
+            "ddb_test_worst_group_acc": mean_std([r["ddb"]["test_worst_group_acc"] for r in rows]),
+            "ddb_test_avg_acc": mean_std([r["ddb"]["test_avg_acc"] for r in rows]),
+            "erm_test_worst_group_acc": mean_std([r["erm"]["test_worst_group_acc"] for r in rows]),
         })
     return points
 

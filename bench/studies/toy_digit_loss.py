@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.provenance import emit_report, git_state, hardware
+from bench.studies.ddb_edit_quality import mean_std
 from spuraug.toyworld.recipe import ZooRecipe, build_zoo
 from spuraug.toyworld.zoo import ZOO_DIR
 from spuraug.toyworld.zoo.__main__ import with_fields
@@ -81,14 +82,19 @@ def collect(variants: list[str], notes: list[str] = ()) -> dict:
         if len(parts) > 2 and parts[2]:
             ddb = json.loads(Path(parts[2]).read_text())
             point = ddb["curve"][0]
+            seeds = ddb["per_mix"][f"{point['oracle_mix']:g}"]
             row["ddb_learned"] = {
                 "overrides": ddb.get("overrides"),
                 "composition_success_all": point["composition_success_all"],
                 "composition_success_kept": point["composition_success_kept"],
                 "ddb_test_worst_group_acc": point["ddb_test_worst_group_acc"],
                 "erm_test_worst_group_acc": point["erm_test_worst_group_acc"],
-                "per_seed_worst_group": {s: v["ddb"]["test_worst_group_acc"]
-                                         for s, v in ddb["per_mix"][f"{point['oracle_mix']:g}"].items()},
+                "per_seed_worst_group": {s: v["ddb"]["test_worst_group_acc"] for s, v in seeds.items()},
+                # what the paper's protocol selects on: validation worst-group accuracy
+                "ddb_val_worst_group_acc": mean_std([v["ddb"]["val_worst_group_acc"] for v in seeds.values()]),
+                "per_seed_val_worst_group": {s: v["ddb"]["val_worst_group_acc"] for s, v in seeds.items()},
+                "n_generated_kept": {s: v.get("n_generated_kept") for s, v in seeds.items()},
+                "wall_s": ddb.get("wall_s"),
                 "command": ddb.get("command"),
             }
         if name in said:

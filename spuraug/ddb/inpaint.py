@@ -258,7 +258,7 @@ def inpaint(
                 write_sample(out_dir, p, final, cfg, {
                     "generator": "diffusers", "prompt": prompt, "negative_prompt": cfg.negative_prompt,
                     "num_inference_steps": cfg.num_inference_steps, "guidance_scale": cfg.guidance_scale,
-                    "resolution": r, "paste_back": cfg.paste_back})
+                    "strength": cfg.strength, "resolution": r, "paste_back": cfg.paste_back})
                 done.add(p.sample_id)
                 pbar.update(1)
                 if on_written is not None:

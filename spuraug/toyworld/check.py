@@ -41,7 +41,7 @@ from spuraug.toyworld.recipe import (
     tokenize,
     unet_input,
 )
-from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, object_box
+from spuraug.toyworld.render import BACKGROUNDS, DIGIT_WORDS, color_index, object_box
 from spuraug.toyworld.world import WorldConfig, generate_world
 from spuraug.toyworld.zoo import resolve_model_id
 
@@ -66,8 +66,11 @@ def dilate_masks(masks: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def inpaint(pipe, images: np.ndarray, masks: np.ndarray, prompts: list[str], seed: int = 0,
-            steps: int = 20, guidance_scale: float = 5.0, batch_size: int = 32) -> np.ndarray:
-    """Inpaint uint8 ``images`` (N, 64, 64, 3) inside bool ``masks`` with ``prompts``; uint8 out."""
+            steps: int = 20, guidance_scale: float = 5.0, batch_size: int = 32,
+            strength: float = 1.0) -> np.ndarray:
+    """Inpaint uint8 ``images`` (N, 64, 64, 3) inside bool ``masks`` with ``prompts``; uint8 out.
+    ``strength`` < 1 starts from the source's latents noised to that share of the schedule
+    (diffusers' ``strength``), so the source's colours inside the mask are partly kept."""
     out = []
     for j in range(0, len(images), batch_size):
         sl = slice(j, j + batch_size)
@@ -76,7 +79,7 @@ def inpaint(pipe, images: np.ndarray, masks: np.ndarray, prompts: list[str], see
             image=[Image.fromarray(a) for a in images[sl]],
             mask_image=[Image.fromarray(m.astype(np.uint8) * 255) for m in masks[sl]],
             height=images.shape[1], width=images.shape[2],
-            num_inference_steps=steps, guidance_scale=guidance_scale,
+            num_inference_steps=steps, guidance_scale=guidance_scale, strength=strength,
             generator=torch.Generator().manual_seed(seed + j), output_type="np",
         ).images
         out.append((np.clip(res, 0, 1) * 255 + 0.5).astype(np.uint8))
@@ -103,6 +106,22 @@ def vae_roundtrip(images: np.ndarray, model_id: str = "spuraug/toy-sd-inpainting
             y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
             out.append(((y + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
+
+
+def object_colors(images: np.ndarray, regions: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """The hue word (index into :data:`COLOR_WORDS`) of the object painted in each ``region``:
+    the mean colour of the region's most vivid pixels (top ``share`` by saturation x value).
+    Toy objects are bright and saturated, toy backgrounds mostly are not."""
+    out = np.zeros(len(images), dtype=np.int64)
+    for i, (img, reg) in enumerate(zip(images, regions)):
+        px = img[reg].astype(np.float32) / 255
+        if len(px) == 0:
+            continue
+        hi, lo = px.max(axis=1), px.min(axis=1)
+        vivid = (hi - lo) / np.maximum(hi, 1e-6) * hi
+        top = px[np.argsort(vivid)[-max(5, int(len(px) * share)):]]
+        out[i] = color_index(top.mean(axis=0))
+    return out
 
 
 def box_masks(masks: np.ndarray, grow: int = 0) -> np.ndarray:
