@@ -382,3 +382,22 @@ def test_a_zoo_assembled_from_cached_stages_names_no_local_path(short_zoo, tmp_p
         assert "_name_or_path" not in json.loads((again / config).read_text()), config
         if part in ("unet", "vae"):
             assert (again / config).read_bytes() == (out / config).read_bytes(), config
+
+
+def test_edit_colours_study_parses_variants_and_measures_hue_entropy():
+    from bench.studies.toy_edit_colours import hue_entropy, parse_variant
+    from spuraug.ddb.config import InpaintConfig
+
+    assert hue_entropy(np.arange(8)) == pytest.approx(3.0)  # the world's uniform hues
+    assert hue_entropy(np.zeros(10, np.int64)) == 0.0  # one colour for every edit
+    assert hue_entropy(np.array([0, 0, 1, 1])) == pytest.approx(1.0)
+    base = InpaintConfig(strength=1.0, mask_mode="box", mask_dilation=2)
+    name, cfg, sampler = parse_variant("lowmask=strength=0.4;mask_mode=mask;mask_dilation=4;sampler=ddpm", base)
+    assert (name, cfg.strength, cfg.mask_mode, cfg.mask_dilation, sampler) == ("lowmask", 0.4, "mask", 4, "ddpm")
+    assert parse_variant("same=", base)[1:] == (base, "default")
+    with pytest.raises(SystemExit, match="not one of"):
+        parse_variant("x=sampler=euler_a", base)
+    with pytest.raises(SystemExit, match="not FIELD=VALUE"):
+        parse_variant("x=strenght=0.4", base)
+    with pytest.raises(SystemExit, match="expected NAME="):
+        parse_variant("no_equals_sign", base)
