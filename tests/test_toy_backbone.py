@@ -98,7 +98,7 @@ def test_the_ablation_script_end_to_end_on_tiny_models(tmp_path):
     sets = ["model.width=8", "erm.epochs=1", f"ddb.invert.model={sd}", "ddb.invert.resolution=16",
             "ddb.invert.max_train_steps=2", "ddb.invert.n_images=3", "ddb.sources.k=[3,2]",
             f"ddb.segment.clipseg={cs}", "ddb.segment.clipseg_threshold=0.0", f"ddb.inpaint.model={sd}",
-            "ddb.inpaint.resolution=16", "ddb.inpaint.num_inference_steps=2", "ddb.inpaint.batch_size=2",
+            "ddb.inpaint.resolution=16", "ddb.inpaint.num_inference_steps=3", "ddb.inpaint.batch_size=2",
             "ddb.prune.n_steps=4", "ddb.retrain.epochs=1"]
     rep = main(["--runs-dir", str(tmp_path / "runs"), "--seeds", "0", "--steps", "2", "--world-per-kind", "1",
                 "--no-progress", "--out", str(out), "--set", *sets])

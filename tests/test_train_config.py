@@ -123,6 +123,8 @@ def test_cli_nan_loss_exit_2_keeps_the_finished_run(tmp_path, capsys, small_toy)
         ("dataset_options:\n  n_train: 0\n", r"dataset_options.n_train: expected a number >= 1"),
         ("ddb:\n  inpaint:\n    num_inference_steps: -5\n", r"ddb.inpaint.num_inference_steps: expected a number >= 1"),
         ("ddb:\n  inpaint:\n    strength: 0.0\n", r"ddb.inpaint.strength: expected a number > 0"),
+        ("ddb:\n  inpaint:\n    strength: 0.4\n    num_inference_steps: 2\n",
+         r"ddb.inpaint.strength: 0.4 x num_inference_steps 2 leaves no denoising step"),
         ("ddb:\n  retrain:\n    epochs: 0\n", r"ddb.retrain.epochs: expected a number >= 1"),
         ("ddb:\n  sources:\n    k: [10, -1]\n", r"ddb.sources.k: expected numbers >= 0"),
         ("ddb:\n  segment:\n    box_threshold: 2\n", r"ddb.segment.box_threshold: expected a number <= 1"),

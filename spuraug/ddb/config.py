@@ -341,7 +341,8 @@ def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb", datase
     Keys not given keep the defaults. An unknown stage or field, a value of the wrong type,
     outside a field's choices or out of its range raises ``ValueError`` naming ``where.stage.field``;
     so does ``inpaint.backend: oracle`` on a ``dataset`` other than the toy, and
-    ``inpaint.oracle_mix`` below 1 without it.
+    ``inpaint.oracle_mix`` below 1 without it, and an ``inpaint.strength`` that leaves
+    ``int(num_inference_steps x strength)`` at 0 denoising steps.
     """
     section = dict(section or {})
     cfg = DDBConfig()
@@ -365,4 +366,7 @@ def ddb_config(section: dict[str, Any] | None = None, where: str = "ddb", datase
     if inp.backend != "oracle" and inp.oracle_mix != 1.0:
         raise ValueError(f"{where}.inpaint.oracle_mix: {inp.oracle_mix!r} applies only with inpaint.backend: oracle "
                          f"(backend is {inp.backend!r})")
+    if int(inp.num_inference_steps * inp.strength) < 1:  # diffusers runs int(steps x strength) steps
+        raise ValueError(f"{where}.inpaint.strength: {inp.strength!r} x num_inference_steps "
+                         f"{inp.num_inference_steps!r} leaves no denoising step; raise either")
     return cfg
