@@ -354,14 +354,20 @@ def plot_edit_quality(data: dict, refs: list[dict], out_png: Path) -> Path | Non
     xerr = [100 * (_num(p["composition_success_all"]["std"]) or 0) for p in points]
     yerr = [_num(p["ddb_test_worst_group_acc"]["std"]) or 0 for p in points]
     several = any(int(p["ddb_test_worst_group_acc"]["n"] or 0) > 1 for p in points)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.errorbar(xs, ys, xerr=xerr if several else None, yerr=yerr if several else None, fmt="o-",
-                color="#3b7dd8", capsize=3, label="DDB (mean ± std over seeds)" if several else "DDB (one seed)")
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(10.4, 4.4))
+    for a in (ax, zoom):  # the whole 0-100 square, and the points' own range
+        a.errorbar(xs, ys, xerr=xerr if several else None, yerr=yerr if several else None, fmt="o-",
+                   color="#3b7dd8", capsize=3, label="DDB (mean ± std over seeds)" if several else "DDB (one seed)")
+        for ref, color in zip(refs, ("#7a7a7a", "#d8743b")):
+            a.axhline(ref["value"], ls="--", lw=1.2, color=color, label=ref["label"])
     for p, x, y in zip(points, xs, ys):
-        ax.annotate(f"{100 * p['oracle_mix']:g}% oracle", (x, y), textcoords="offset points", xytext=(5, 6),
-                    fontsize=8)
-    for ref, color in zip(refs, ("#7a7a7a", "#d8743b")):
-        ax.axhline(ref["value"], ls="--", lw=1.2, color=color, label=ref["label"])
+        zoom.annotate(f"{100 * p['oracle_mix']:g}% oracle", (x, y), textcoords="offset points", xytext=(5, 6),
+                      fontsize=8)
+    near = [r["value"] for r in refs if min(ys) - 10 <= r["value"] <= max(ys) + 10]
+    zoom.set_xlim(max(0, min(xs) - 4), min(100, max(xs) + 6))
+    zoom.set_ylim(max(0, min(ys + near) - 3), min(100, max(ys + near) + 3))
+    zoom.set_xlabel("composition success (%), zoomed")
+    zoom.grid(alpha=0.3)
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel("composition success of the mix's edits, all edits (%)")
