@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from bench.provenance import emit_report, git_state, hardware
-from spuraug.ddb.config import InpaintConfig
+from spuraug.config import ConfigError, parse_overrides
+from spuraug.ddb.config import InpaintConfig, ddb_config
 from spuraug.ddb.inpaint import load_inpaint_pipeline, paste_back, region_from_mask
 from spuraug.toyworld.check import object_colors
 from spuraug.toyworld.oracle import load_oracle, predict
@@ -45,22 +46,24 @@ def hue_entropy(colors: np.ndarray) -> float:
 
 
 def parse_variant(item: str, base: InpaintConfig) -> tuple[str, InpaintConfig, str]:
+    """``NAME=FIELD=VALUE[;FIELD=VALUE...]`` -> (name, ``base`` with those fields, sampler). Values
+    are read by the project's one override parser and checked by the DDB config's own checks."""
     name, sep, body = item.partition("=")
     if not sep or not name:
         raise SystemExit(f"--variant {item!r}: expected NAME=[FIELD=VALUE;...]")
     cfg, sampler = base, "default"
-    known = {f.name: f for f in fields(InpaintConfig)}
     for part in filter(None, body.split(";")):
-        key, sep, value = part.partition("=")
+        key, _, value = part.partition("=")
         if key == "sampler":
             if value not in SAMPLERS:
                 raise SystemExit(f"--variant {name}: sampler {value!r} is not one of {SAMPLERS}")
             sampler = value
-        elif key in known and sep:
-            typed = type(getattr(base, key))(value) if getattr(base, key) is not None else value
-            cfg = replace(cfg, **{key: typed})
-        else:
-            raise SystemExit(f"--variant {name}: {part!r} is not FIELD=VALUE of InpaintConfig or sampler=...")
+            continue
+        try:
+            checked = ddb_config({"inpaint": parse_overrides([part])}, where=f"--variant {name}").inpaint
+        except (ConfigError, ValueError) as e:
+            raise SystemExit(f"--variant {name}: {part!r} is not FIELD=VALUE of InpaintConfig or sampler=... ({e})") from None
+        cfg = replace(cfg, **{key: getattr(checked, key)})
     return name, cfg, sampler
 
 
@@ -68,7 +71,7 @@ def _sampler(pipe, sampler: str):
     import diffusers  # deferred: heavy optional model library
 
     conf = pipe.scheduler.config
-    if sampler in ("ddim_eta1",):
+    if sampler == "ddim_eta1":
         pipe.scheduler = diffusers.DDIMScheduler.from_config(conf)
     elif sampler == "ddpm":
         pipe.scheduler = diffusers.DDPMScheduler.from_config(conf)
