@@ -254,6 +254,7 @@ def test_zoo_cli_recipe_changes_are_checked_fields():
 
 def test_zoo_time_projection_fits_fixed_plus_per_step_and_runs_the_real_build(tmp_path):
     from bench.studies.toy_zoo_time import STEP_FIELDS, main, project, scaled
+    from spuraug.toyworld.backbone import BackboneRecipe
 
     a = {"steps": {"vae": 10, "unet": 10}, "stage_s": {"vae": 3.0, "unet": 12.0}, "world_s": 1.0, "wall_s": 17.0}
     b = {"steps": {"vae": 20, "unet": 20}, "stage_s": {"vae": 5.0, "unet": 22.0}, "world_s": 1.0, "wall_s": 29.5}
@@ -266,8 +267,13 @@ def test_zoo_time_projection_fits_fixed_plus_per_step_and_runs_the_real_build(tm
     r = scaled(ZooRecipe(), 0.05)
     assert r.vae_steps == 100 and r.unet_steps == 120 and r.seg_steps == 15 and r.oracle_steps == 75
     rep = main(["--short", "--fraction", "0.5", "--threads", "1", "--quiet", "--out", str(tmp_path / "t.json")])
-    assert set(rep["stages"]) == set(STEP_FIELDS) and rep["projected_total_s"] > 0
-    assert json.loads((tmp_path / "t.json").read_text())["recipe_key"] == ZooRecipe.short().key()
+    # what `make toy-zoo` trains: the zoo's stages and the pretrained backbone
+    assert set(rep["stages"]) == set(STEP_FIELDS) | {"backbone"} and rep["projected_total_s"] > 0
+    assert rep["stages"]["backbone"]["steps"] == BackboneRecipe.short().steps
+    assert rep["builds"]["b"]["steps"]["backbone"] == 2 * rep["builds"]["a"]["steps"]["backbone"]
+    written = json.loads((tmp_path / "t.json").read_text())
+    assert written["recipe_key"] == ZooRecipe.short().key()
+    assert written["backbone_recipe_key"] == BackboneRecipe.short().key()
 
 
 def test_latent_probe_learns_to_name_digits_and_its_loss_stays_inside_the_mask():

@@ -3,11 +3,13 @@
     python -m bench.studies.toy_zoo_time [--fraction 0.05] [--threads 2] [--out FILE]
 
 `make toy-zoo` from nothing must finish in 20 minutes on 2 cores, and machines of the same
-size differ by up to 1.7x per stage. Rather than 14-21 minutes of training, this builds
-the zoo twice, every stage's step count cut to ``fraction`` and then twice that (fresh
-folders, so the world, the UNet's pre-encoded latents and the oracle's world are made
-each time), fits each stage's time as ``fixed + per_step x steps`` from the two builds'
-``stage_train_s`` and projects the committed recipe's steps. About 2.5 minutes with the
+size differ by up to 1.7x per stage. Rather than 20-odd minutes of training, this builds
+the zoo twice, what `make toy-zoo` builds (the inpainter's VAE and UNet, CLIPSeg, the
+oracle, then the pretrained backbone), every stage's step count cut to ``fraction`` and
+then twice that (fresh folders, so the world, the UNet's pre-encoded latents and the
+oracle's and backbone's worlds are made each time), fits each stage's time as ``fixed +
+per_step x steps`` from the two builds' ``stage_train_s`` (the backbone's ``train_s``) and
+projects the committed recipes' steps. About 2.5 minutes with the
 default fraction; the check of the projection against a full build is in docs/toyworld.md.
 """
 
@@ -19,16 +21,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from bench.provenance import emit_report, hardware
+from spuraug.toyworld.backbone import BackboneRecipe, build_backbone
 from spuraug.toyworld.recipe import ZooRecipe, build_zoo
 
 #: The recipe field holding each timed stage's number of optimizer steps.
 STEP_FIELDS = {"vae": "vae_steps", "unet": "unet_steps", "clipseg": "seg_steps", "oracle": "oracle_steps"}
 
 
-def scaled(recipe, fraction: float):
-    """``recipe`` with every stage's step count multiplied by ``fraction`` (at least 2)."""
-    return replace(recipe, **{f: max(2, round(getattr(recipe, f) * fraction)) for f in STEP_FIELDS.values()})
+#: The backbone recipe's step field (spuraug.toyworld.backbone.BackboneRecipe).
+BACKBONE_STEPS = "steps"
+
+
+def scaled(recipe, fraction: float, fields=tuple(STEP_FIELDS.values())):
+    """``recipe`` with every stage's step count (``fields``) multiplied by ``fraction`` (at least 2)."""
+    return replace(recipe, **{f: max(2, round(getattr(recipe, f) * fraction)) for f in fields})
 
 
 def project(full_steps: dict[str, int], a: dict, b: dict) -> dict:
@@ -51,15 +60,27 @@ def project(full_steps: dict[str, int], a: dict, b: dict) -> dict:
             "projected_total_s": round(total, 1), "projected_total_min": round(total / 60, 2)}
 
 
-def timed_build(recipe, folder: Path, threads: int) -> dict:
-
+def timed_build(recipe, folder: Path, threads: int, backbone_recipe=None) -> dict:
+    """Build the zoo for ``recipe`` into ``folder`` as `make toy-zoo` does (with the backbone
+    when ``backbone_recipe`` is given); its steps and per-stage times."""
     t = time.time()
     m = build_zoo(folder / "zoo", recipe, work_dir=folder / "work" / "k", progress=False, force=True,
                   threads=threads)
-    wall = time.time() - t
     st = m["stage_train_s"]
-    return {"steps": {s: getattr(recipe, f) for s, f in STEP_FIELDS.items()},
-            "stage_s": {s: float(st[s]) for s in STEP_FIELDS}, "world_s": float(st["world"]), "wall_s": wall}
+    out = {"steps": {s: getattr(recipe, f) for s, f in STEP_FIELDS.items()},
+           "stage_s": {s: float(st[s]) for s in STEP_FIELDS}, "world_s": float(st["world"])}
+    if backbone_recipe is not None:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            bb = build_backbone(folder / "zoo", backbone_recipe, work_dir=folder / "work" / "backbone",
+                                progress=False, force=True, cache_dir=str(folder / "work"))
+        finally:
+            torch.set_num_threads(old)
+        out["steps"]["backbone"] = getattr(backbone_recipe, BACKBONE_STEPS)
+        out["stage_s"]["backbone"] = float(bb["train_s"])
+    out["wall_s"] = time.time() - t
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,20 +88,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fraction", type=float, default=0.05, help="first build's share of each stage's steps")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--short", action="store_true", help="project the tiny test recipe (ZooRecipe.short)")
+    ap.add_argument("--short", action="store_true", help="project the tiny test recipes (ZooRecipe.short, BackboneRecipe.short)")
+    ap.add_argument("--no-backbone", action="store_true", help="leave the pretrained backbone out (the inpainter's stages, CLIPSeg, oracle)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 0.5:
         raise SystemExit(f"--fraction must be in (0, 0.5], got {args.fraction}")
     recipe = ZooRecipe.short() if args.short else ZooRecipe()
+    bb = None if args.no_backbone else (BackboneRecipe.short() if args.short else BackboneRecipe())
     with tempfile.TemporaryDirectory(prefix="spuraug-zoo-time-") as tmp:
         ra = scaled(recipe, args.fraction)
         rb = replace(ra, **{f: 2 * getattr(ra, f) for f in STEP_FIELDS.values()})
-        a = timed_build(ra, Path(tmp) / "a", args.threads)
-        b = timed_build(rb, Path(tmp) / "b", args.threads)
+        bba = None if bb is None else scaled(bb, args.fraction, (BACKBONE_STEPS,))
+        bbb = None if bb is None else replace(bba, **{BACKBONE_STEPS: 2 * getattr(bba, BACKBONE_STEPS)})
+        a = timed_build(ra, Path(tmp) / "a", args.threads, bba)
+        b = timed_build(rb, Path(tmp) / "b", args.threads, bbb)
     full = {s: getattr(recipe, f) for s, f in STEP_FIELDS.items()}
-    report = {"recipe_key": recipe.key(), "fraction": args.fraction, "threads": args.threads,
+    if bb is not None:
+        full["backbone"] = getattr(bb, BACKBONE_STEPS)
+    report = {"recipe_key": recipe.key(), "backbone_recipe_key": None if bb is None else bb.key(),
+              "fraction": args.fraction, "threads": args.threads,
               "hardware": hardware(),
               "builds": {"a": a, "b": b}, **project(full, a, b)}
     return emit_report(report, args.out, args.quiet)
