@@ -34,6 +34,26 @@ def test_seed_count_pairs_by_seed_and_splits_tuned_from_fresh(tmp_path):
     fresh = rep["ddb"]["minus_dfr_fresh"]
     assert fresh["seeds"] == [3, 4, 5] and fresh["wins"] == 3 and fresh["difference"]["mean"] == pytest.approx(1.0)
     assert "minus_dfr" not in rep["dfr"]
+    # make_run writes the test metrics as validation metrics too
+    assert json.loads(out.read_text())["val_worst_group"]["ddb"]["all"]["mean"] == pytest.approx(sum(ddb) / 6, abs=0.01)
+
+
+def test_seed_count_keeps_named_sweeps_side_by_side(tmp_path):
+    from bench.studies.toy_seed_count import main
+
+    for s, (a, b) in enumerate([(95.0, 93.0), (96.0, 94.0)]):
+        make_run(tmp_path / "old", "toy", "dfr", s, a, 96.0)
+        make_run(tmp_path / "old", "toy", "ddb", s, b, 96.0)
+        make_run(tmp_path / "new", "toy", "ddb", s, b + 2, 96.0)
+    out = tmp_path / "seeds.json"
+    assert main([str(tmp_path / "old"), "--methods", "dfr", "ddb", "--seeds", "0", "1", "--name", "old",
+                 "--out", str(out), "--quiet"]) == 0
+    assert main([str(tmp_path / "new"), "--methods", "ddb", "--seeds", "0", "1", "--against", "ddb",
+                 "--name", "new", "--out", str(out), "--quiet"]) == 0
+    variants = json.loads(out.read_text())["variants"]
+    assert set(variants) == {"old", "new"}
+    assert variants["old"]["test_worst_group"]["ddb"]["minus_dfr"]["difference"]["mean"] == pytest.approx(-2.0)
+    assert variants["new"]["test_worst_group"]["ddb"]["all"]["mean"] == pytest.approx(95.5)
 
 
 def test_seed_count_names_missing_runs_and_unknown_baseline(tmp_path, capsys):

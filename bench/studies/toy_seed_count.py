@@ -2,7 +2,7 @@
 
     python -m bench.sweep --dataset toy --seeds 0 1 2 3 4 5 6 7 8 9 --runs-dir RUNS
     python -m bench.studies.toy_seed_count RUNS --seeds 0 1 2 3 4 5 6 7 8 9 \
-        --tuned-seeds 0 1 2 --against dfr --out results/studies/toy_seed_count/ten_seeds.json
+        --tuned-seeds 0 1 2 --against dfr --name NAME --out results/studies/toy_seed_count/ten_seeds.json
 
 `make bench` runs three seeds, and the toy's settings were tuned on those seeds' validation
 split. This study reads the finished runs of a longer sweep (``bench.summary.find_runs``, the
@@ -12,7 +12,10 @@ chosen on), with a 95% t interval. Each method is compared with ``--against`` se
 DFR and DDB both start from the ERM run of the same seed, so their difference is paired (for
 methods that do not start from ERM the pairing is by seed number only). Reported: the mean
 paired difference, its 95% t interval, the paired t test's p value, Welch's unpaired p value,
-and how many seeds the method won, tied and lost.
+and how many seeds the method won, tied and lost. The validation worst-group accuracy of each
+run's selected checkpoint (what model selection saw) is summarised the same way, without
+comparisons. With ``--name`` the report is stored under that key of ``--out``'s
+``"variants"`` (other keys kept), so one file holds several sweeps (configs) side by side.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from pathlib import Path
 
 from scipy import stats
 
-from bench.provenance import emit_report, git_state, hardware
+from bench.provenance import emit_report, git_state, hardware, write_json
 from bench.summary import find_runs
+from spuraug.records import read_json
 
 
 def interval(values: Sequence[float]) -> dict:
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tuned-seeds", nargs="*", type=int, default=[0, 1, 2],
                    help="the seeds the settings were chosen on (make bench's); the rest are fresh")
     p.add_argument("--against", default="dfr", help="the method every other is compared with")
+    p.add_argument("--name", default=None, help="store the report under this key of --out's \"variants\"")
     p.add_argument("--out", default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -96,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print("missing or unfinished runs:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     worst: dict[str, dict[int, float]] = {}
+    val: dict[str, dict[int, float]] = {}
     config_hashes: dict[str, set] = {}
     for r in records:
         worst.setdefault(r.method, {})[r.seed] = float(r.test["worst_group_acc"])
+        val.setdefault(r.method, {})[r.seed] = float(r.result["val"]["worst_group_acc"])
         config_hashes.setdefault(r.method, set()).add(r.result.get("config_hash"))
     report = {
         "command": "python -m bench.studies.toy_seed_count " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -106,8 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         "runs_dir": str(Path(args.runs_dir)), "tuned_seeds": args.tuned_seeds, "against": args.against,
         "config_hashes": {m: sorted(h) for m, h in config_hashes.items()},
         "test_worst_group": summarise(worst, args.tuned_seeds, args.against),
+        "val_worst_group": {m: {"all": interval(list(v.values())),
+                                "values": {str(s): round(x, 2) for s, x in sorted(v.items())}}
+                            for m, v in val.items()},
     }
-    emit_report(report, args.out, quiet=args.quiet)
+    if args.name is None:
+        emit_report(report, args.out, quiet=args.quiet)
+        return 0
+    emit_report(report, None, quiet=args.quiet)
+    if args.out:
+        out = Path(args.out)
+        stored = read_json(out) if out.exists() else {}
+        stored.setdefault("variants", {})[args.name] = report
+        write_json(out, stored)
     return 0
 
 
