@@ -2,7 +2,7 @@
 
     python -m bench.sweep --dataset toy --seeds 0 1 2 3 4 5 6 7 8 9 --runs-dir RUNS
     python -m bench.studies.toy_seed_count RUNS --seeds 0 1 2 3 4 5 6 7 8 9 \
-        --tuned-seeds 0 1 2 --against dfr --name NAME --out results/studies/toy_seed_count/ten_seeds.json
+        --tuned-seeds 0 1 2 --against dfr --name NAME --out results/studies/toy_seed_count/sweeps.json
 
 `make bench` runs three seeds, and the toy's settings were tuned on those seeds' validation
 split. This study reads the finished runs of a longer sweep (``bench.summary.find_runs``, the
