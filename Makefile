@@ -160,7 +160,7 @@ ZOO_THREADS ?= 2
 toy-zoo: setup ## train the toy model zoo (inpainter, segmenter, oracle) on the toy world; skipped when its manifest matches [ZOO_THREADS=2]
 	$(PY) -m spuraug.toyworld.zoo train --threads $(ZOO_THREADS)
 
-toy-zoo-time: setup ## project the from-nothing `make toy-zoo` time on this machine from two short builds (~3 min) into results/studies/toy_zoo_time/
+toy-zoo-time: setup ## project the from-nothing `make toy-zoo` time on this machine from two short builds (~6 min) into results/studies/toy_zoo_time/
 	$(PY) -m bench.studies.toy_zoo_time --threads $(ZOO_THREADS) --out results/studies/toy_zoo_time/zoo_time_projection.json
 
 toy-zoo-check: setup ## measure the toy zoo's quality (oracle, segmenter IoU, inpainting identity) into results/studies/toy_zoo_time/

@@ -9,8 +9,8 @@ oracle, then the pretrained backbone), every stage's step count cut to ``fractio
 then twice that (fresh folders, so the world, the UNet's pre-encoded latents and the
 oracle's and backbone's worlds are made each time), fits each stage's time as ``fixed +
 per_step x steps`` from the two builds' ``stage_train_s`` (the backbone's ``train_s``) and
-projects the committed recipes' steps. About 2.5 minutes with the
-default fraction; the check of the projection against a full build is in docs/toyworld.md.
+projects the committed recipes' steps. About 6 minutes with the default
+fraction (idle 2-core AMD EPYC, backbone included); the check of the projection against a full build is in docs/toyworld.md.
 """
 
 from __future__ import annotations
