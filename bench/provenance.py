@@ -10,12 +10,15 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from spuraug import atomic
+from spuraug.records import read_json
 
 #: Distributions whose versions every provenance record lists.
 PACKAGES: tuple[str, ...] = (
@@ -140,6 +143,18 @@ def write_json(path: Path, obj: dict) -> None:
         return o
 
     atomic.write_json(path, clean(obj), default=str)
+
+
+def update_json(path: str | Path, update: Callable[[dict], dict]) -> dict:
+    """Read-modify-write a study's keyed record: ``update(current)`` (``{}`` when ``path`` does
+    not exist yet) returns the new content, written by :func:`write_json`, all under
+    ``path``'s file lock so that two studies filling one record at once lose no entry."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        new = update(read_json(path) if path.exists() else {})
+        write_json(path, new)
+    return new
 
 
 def emit_report(report: dict, out: str | Path | None = None, quiet: bool = False) -> dict:

@@ -64,3 +64,25 @@ def test_seed_count_names_missing_runs_and_unknown_baseline(tmp_path, capsys):
     assert "ddb/seed0: missing" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--against 'jtt'"):
         summarise({"dfr": {0: 95.0, 1: 96.0}}, [0], "jtt")
+
+
+def test_update_json_merges_under_the_lock_and_writes_nan_as_null(tmp_path):
+    """bench.provenance.update_json, the keyed records' read-modify-write (toy_seed_count --name,
+    toy_calibration): starts from {} for a new file, keeps other keys, holds the file's lock."""
+    from filelock import FileLock, Timeout
+
+    from bench.provenance import update_json
+
+    out = tmp_path / "sub" / "record.json"
+    update_json(out, lambda d: {**d, "a": 1})
+    seen = []
+
+    def add_b(d):
+        seen.append(dict(d))
+        with pytest.raises(Timeout):  # the lock is held while the update runs
+            FileLock(str(out.parent / ".record.json.lock")).acquire(timeout=0.05)
+        return {**d, "b": float("nan")}
+
+    assert update_json(out, add_b)["a"] == 1
+    assert seen == [{"a": 1}]
+    assert json.loads(out.read_text()) == {"a": 1, "b": None}

@@ -21,8 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.provenance import git_state, hardware
-from spuraug import atomic
+from bench.provenance import git_state, hardware, update_json
 from spuraug.config import parse_overrides
 from spuraug.runs import run_method
 
@@ -84,17 +83,18 @@ def main(argv: list[str] | None = None) -> dict:
         "per_group_test_acc": per_group, "machine": hardware().get("cpu_model"),
         "git": git_state().get("short_sha"), "wall_s": round(time.time() - t0, 1),
     }
-    out = Path(args.out)
-    table = json.loads(out.read_text()) if out.exists() else {}
-    earlier = table.get(args.name)
-    if earlier and earlier.get("overrides") == args.set:  # more methods of the same variant: keep both
-        record["methods"] = {**earlier["methods"], **methods}
-        record["per_group_test_acc"] = {**earlier.get("per_group_test_acc", {}), **per_group}
-        record["regime"] = regime(record["methods"])
-        record["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]),
-                             record["command"]]
-    table[args.name] = record
-    atomic.write_json(out, table)
+
+    def merged(table: dict) -> dict:
+        earlier = table.get(args.name)
+        if earlier and earlier.get("overrides") == args.set:  # more methods of the same variant: keep both
+            record["methods"] = {**earlier["methods"], **methods}
+            record["per_group_test_acc"] = {**earlier.get("per_group_test_acc", {}), **per_group}
+            record["regime"] = regime(record["methods"])
+            record["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]),
+                                 record["command"]]
+        return {**table, args.name: record}
+
+    update_json(args.out, merged)
     for m, r in methods.items():
         print(f"{args.name} {m}: WGA {r['worst_group_acc']['mean']:.2f} +- {r['worst_group_acc']['std']} "
               f"avg {r['avg_acc']['mean']:.2f} +- {r['avg_acc']['std']}")

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from scipy import stats
 
-from bench.provenance import emit_report, git_state, hardware, write_json
+from bench.provenance import emit_report, git_state, hardware, update_json
 from bench.summary import find_runs
-from spuraug.records import read_json
 
 
 def interval(values: Sequence[float]) -> dict:
@@ -69,10 +68,11 @@ def summarise(worst: dict[str, dict[int, float]], tuned: Sequence[int], against:
         raise ValueError(f"--against {against!r}: no runs of that method (have {sorted(worst)})")
     methods = {}
     for name, by_seed in worst.items():
-        fresh = [s for s in by_seed if s not in set(tuned)]
+        tuned_values = [by_seed[s] for s in tuned if s in by_seed]
+        fresh = [s for s in by_seed if s not in tuned]
         row = {"values": {str(s): round(v, 2) for s, v in sorted(by_seed.items())},
                "all": interval(list(by_seed.values())),
-               "tuned": interval([by_seed[s] for s in tuned if s in by_seed]) if any(s in by_seed for s in tuned) else None,
+               "tuned": interval(tuned_values) if tuned_values else None,
                "fresh": interval([by_seed[s] for s in fresh]) if fresh else None}
         if name != against:
             row[f"minus_{against}"] = compare(by_seed, worst[against])
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     emit_report(report, None, quiet=args.quiet)
     if args.out:
-        out = Path(args.out)
-        stored = read_json(out) if out.exists() else {}
-        stored.setdefault("variants", {})[args.name] = report
-        write_json(out, stored)
+        update_json(args.out, lambda stored: {**stored, "variants": {**stored.get("variants", {}), args.name: report}})
     return 0
 
 
